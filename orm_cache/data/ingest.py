@@ -1,0 +1,308 @@
+"""Read a split from a hub id, a file or a directory; validate it; turn rows into texts and pairs.
+
+Two row shapes are accepted:
+
+* pairwise: ``chosen``, ``rejected`` (+ optional ``prompt``, ``group``; every other column is
+  kept as per-pair metadata);
+* pointwise: ``text``, ``label`` in {0, 1} (+ optional ``group``, ``prompt``); pairs are built
+  from it as the reference data was (see :mod:`orm_cache.data.pairs`).
+
+Every text the encoder sees is ``template.format(prompt=..., response=...)`` when the row has a
+prompt, else the response itself; its key is the sha256 of exactly that string.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from ..config import DataSpec
+
+FILE_EXTS = (".jsonl", ".json", ".parquet", ".csv")
+SPLIT_ALIASES = {
+    "validation": ("validation", "val", "valid", "dev"),
+    "val": ("val", "validation", "valid", "dev"),
+    "dev": ("dev", "validation", "val", "valid"),
+}
+
+
+class DataError(ValueError):
+    """Bad input data: the message names the source, the row and the problem, in one line."""
+
+
+def trace_key(text: str) -> str:
+    """The content address of a trace: sha256 of the exact UTF-8 string fed to the tokenizer."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def render(template: str, response: str, prompt: str | None) -> str:
+    """Join prompt and response with ``template``; a missing or empty prompt gives the response."""
+    if not prompt:
+        return response
+    return template.format(prompt=prompt, response=response)
+
+
+@dataclass
+class Pairs:
+    """Pairwise comparisons by key; ``chosen[i]`` should outscore ``rejected[i]``."""
+
+    chosen: list[str]
+    rejected: list[str]
+    group: list | None = None
+    meta: list[dict] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.chosen)
+
+
+@dataclass
+class SplitData:
+    """One split, validated: the distinct texts by key, the pointwise rows if any, the pairs."""
+
+    source: str
+    split: str
+    kind: str  # "pairwise" | "pointwise"
+    texts: dict[str, str]  # key -> text, distinct, in first-seen order
+    pairs: Pairs
+    keys: list[str] | None = None  # pointwise: one key per row
+    labels: np.ndarray | None = None  # pointwise: (N,) int8 in {0, 1}
+    groups: list | None = None  # pointwise: one group per row (None when no group column)
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def identity(self) -> dict:
+        """What identifies this data in a checkpoint: source, split and a digest of the pairs."""
+        h = hashlib.sha256()
+        for c, r in zip(self.pairs.chosen, self.pairs.rejected):
+            h.update(f"{c}{r}".encode())
+        return {"source": self.source, "split": self.split, "kind": self.kind,
+                "n_pairs": len(self.pairs), "n_texts": len(self.texts),
+                "pairs_sha256": h.hexdigest()}
+
+
+# --------------------------------------------------------------------------------------- readers
+
+def _read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{lineno}: bytes are not valid UTF-8 ({e.reason} at byte {e.start})")
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg}, column {e.colno})")
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            yield lineno, row
+
+
+def _read_json(path: Path) -> Iterator[tuple[int, dict]]:
+    try:
+        doc = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: bytes are not valid UTF-8 ({e.reason} at byte {e.start})")
+    except json.JSONDecodeError:
+        # Many ".json" files are really JSON lines.
+        yield from _read_jsonl(path)
+        return
+    if isinstance(doc, dict) and isinstance(doc.get("data"), list):
+        doc = doc["data"]
+    if not isinstance(doc, list):
+        raise DataError(f"{path}: expected a list of objects (or JSON lines)")
+    for i, row in enumerate(doc, 1):
+        if not isinstance(row, dict):
+            raise DataError(f"{path}: record {i}: expected a JSON object, got {type(row).__name__}")
+        yield i, row
+
+
+def _read_csv(path: Path) -> Iterator[tuple[int, dict]]:
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            for i, row in enumerate(csv.DictReader(f), 2):  # line 1 is the header
+                yield i, row
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: bytes are not valid UTF-8 ({e.reason} at byte {e.start})")
+
+
+def _read_parquet(path: Path) -> Iterator[tuple[int, dict]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # pyarrow raises several types for a bad file
+        raise DataError(f"{path}: not a readable Parquet file ({e})")
+    for i, row in enumerate(table.to_pylist(), 1):
+        yield i, row
+
+
+READERS = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet}
+
+
+def read_rows(path: Path) -> Iterator[tuple[int, dict]]:
+    """Yield ``(row number, row)`` from a local file; row numbers are what a person sees
+    (line numbers for JSONL and CSV)."""
+    reader = READERS.get(path.suffix.lower())
+    if reader is None:
+        raise DataError(f"{path}: unknown format {path.suffix!r}; use one of {', '.join(FILE_EXTS)}")
+    return reader(path)
+
+
+def split_file(directory: Path, split: str) -> Path:
+    """The file of ``split`` inside a per-split directory (``train.jsonl``, ``validation.parquet``…)."""
+    names = SPLIT_ALIASES.get(split, (split,))
+    for name in names:
+        for ext in FILE_EXTS:
+            p = directory / f"{name}{ext}"
+            if p.is_file():
+                return p
+    found = sorted(p.name for p in directory.iterdir() if p.suffix.lower() in FILE_EXTS)
+    raise DataError(f"{directory}: no file for split {split!r} (looked for {names[0]}{{{','.join(FILE_EXTS)}}}; "
+                    f"found: {', '.join(found) or 'none'})")
+
+
+def _hub_rows(data: str, split: str) -> Iterator[tuple[int, dict]]:
+    try:
+        import datasets  # imported only here: the hub is the only place it is needed
+    except ImportError as e:  # pragma: no cover - datasets is a declared dependency
+        raise DataError(f"{data}: loading a hub data set needs the 'datasets' package ({e})")
+    try:
+        ds = datasets.load_dataset(data, split=split)
+    except Exception as e:
+        raise DataError(f"{data}: could not load split {split!r} from the hub "
+                        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                        "pass a local file or directory with --data")
+    for i, row in enumerate(ds, 1):
+        yield i, row
+
+
+def source_rows(spec: DataSpec) -> tuple[str, Iterator[tuple[int, dict]]]:
+    """Resolve ``spec.data`` to (description of the source, row iterator)."""
+    path = Path(spec.data).expanduser()
+    if path.is_dir():
+        f = split_file(path, spec.split)
+        return str(f), read_rows(f)
+    if path.is_file():
+        rows = read_rows(path)
+        return str(path), _filter_split(path, rows, spec.split)
+    looks_local = spec.data.startswith((".", "/", "~")) or Path(spec.data).suffix.lower() in FILE_EXTS
+    if looks_local or spec.data.count("/") != 1:
+        raise DataError(f"{spec.data}: no such file or directory (and not a hub id of the form owner/name)")
+    return f"{spec.data}[{spec.split}]", _hub_rows(spec.data, spec.split)
+
+
+def _filter_split(path: Path, rows, split: str):
+    """A single file with a ``split`` column yields only ``split``'s rows; otherwise all rows."""
+    names = SPLIT_ALIASES.get(split, (split,))
+    for lineno, row in rows:
+        if "split" in row and row["split"] not in names:
+            continue
+        yield lineno, row
+
+
+# ----------------------------------------------------------------------------------- validation
+
+def _text(value, where: str, col: str) -> str:
+    if value is None:
+        raise DataError(f"{where}: column {col!r} is missing or null")
+    if not isinstance(value, str):
+        raise DataError(f"{where}: column {col!r} must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise DataError(f"{where}: column {col!r} is empty")
+    return value
+
+
+def _label(value, where: str, col: str) -> int:
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, (int, np.integer)) and value in (0, 1):
+        return int(value)
+    if isinstance(value, float) and value in (0.0, 1.0):
+        return int(value)
+    if isinstance(value, str) and value.strip().lower() in ("0", "1", "true", "false"):
+        return int(value.strip().lower() in ("1", "true"))
+    raise DataError(f"{where}: column {col!r} must be 0 or 1, got {value!r}")
+
+
+def _prompt(row: dict, spec: DataSpec, where: str) -> str | None:
+    p = row.get(spec.prompt_col)
+    if p is not None and not isinstance(p, str):
+        raise DataError(f"{where}: column {spec.prompt_col!r} must be a string, got {type(p).__name__}")
+    return p
+
+
+def load_split(spec: DataSpec) -> SplitData:
+    """Read, validate and key one split. Raises :class:`DataError` on the first bad row."""
+    from .pairs import pairs_from_pointwise
+
+    source, rows = source_rows(spec)
+    texts: dict[str, str] = {}
+    kind = None
+    chosen, rejected, pgroups, metas = [], [], [], []
+    pkeys, plabels, pgroups_pt = [], [], []
+    has_group = False
+    n_rows = 0
+    reserved = {spec.chosen_col, spec.rejected_col, spec.prompt_col, spec.group_col}
+
+    def add(text: str) -> str:
+        k = trace_key(text)
+        texts.setdefault(k, text)
+        return k
+
+    for lineno, row in rows:
+        where = f"{source}:{lineno}"
+        if kind is None:
+            if spec.chosen_col in row and spec.rejected_col in row:
+                kind = "pairwise"
+            elif spec.text_col in row and spec.label_col in row:
+                kind = "pointwise"
+            else:
+                raise DataError(
+                    f"{where}: neither pairwise columns ({spec.chosen_col!r}, {spec.rejected_col!r}) nor "
+                    f"pointwise columns ({spec.text_col!r}, {spec.label_col!r}) found; columns are "
+                    f"{sorted(row)}; map names with --chosen-col/--rejected-col/--text-col/--label-col")
+        n_rows += 1
+        prompt = _prompt(row, spec, where)
+        group = row.get(spec.group_col)
+        has_group = has_group or group is not None
+        if kind == "pairwise":
+            c = render(spec.template, _text(row.get(spec.chosen_col), where, spec.chosen_col), prompt)
+            r = render(spec.template, _text(row.get(spec.rejected_col), where, spec.rejected_col), prompt)
+            if c == r:
+                raise DataError(f"{where}: chosen and rejected are the same text")
+            chosen.append(add(c))
+            rejected.append(add(r))
+            pgroups.append(group)
+            metas.append({k: v for k, v in row.items() if k not in reserved})
+        else:
+            t = render(spec.template, _text(row.get(spec.text_col), where, spec.text_col), prompt)
+            pkeys.append(add(t))
+            plabels.append(_label(row.get(spec.label_col), where, spec.label_col))
+            pgroups_pt.append(group)
+    if kind is None:
+        raise DataError(f"{source}: no rows for split {spec.split!r}")
+
+    stats = {"rows": n_rows}
+    if kind == "pairwise":
+        pairs = Pairs(chosen, rejected, pgroups if has_group else None, metas)
+        data = SplitData(source, spec.split, kind, texts, pairs, stats=stats)
+    else:
+        labels = np.asarray(plabels, dtype=np.int8)
+        groups = pgroups_pt if has_group else None
+        pairs, pstats = pairs_from_pointwise(pkeys, labels, groups, spec.negatives_per_positive, spec.pair_seed)
+        stats.update(pstats)
+        data = SplitData(source, spec.split, kind, texts, pairs, pkeys, labels, groups, stats)
+    seen = set(zip(data.pairs.chosen, data.pairs.rejected))
+    stats["duplicate_pairs"] = len(data.pairs) - len(seen)
+    stats["pairs"] = len(data.pairs)
+    stats["texts"] = len(texts)
+    return data

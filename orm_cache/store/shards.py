@@ -1,0 +1,285 @@
+"""The vector store: append-only Arrow IPC shards under ``<cache>/vectors/<fingerprint16>/``.
+
+Layout::
+
+    cache/vectors/3f2a…/encoder.json          identity of the encoder (written once, atomically)
+    cache/vectors/3f2a…/<id>.arrow             one shard: key, n_tokens, truncated, <pool>@<layer>…
+
+A shard is written under a hidden temporary name and renamed into place, so a reader only ever
+sees complete shards; shard names are unique per process, so any number of writers (processes,
+torchrun ranks) add shards to one store without touching a shared file. Duplicate keys (two
+writers embedding the same text) collapse on read: the first shard in name order wins.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from .fingerprint import SCHEMA_VERSION, canonical_json, short
+
+log = logging.getLogger(__name__)
+
+META_FINGERPRINT = b"orm_cache.fingerprint"
+META_IDENTITY = b"orm_cache.encoder_identity"
+META_SCHEMA = b"orm_cache.schema_version"
+SHARD_SUFFIX = ".arrow"
+TMP_PREFIX = ".tmp-"
+
+
+class StoreError(RuntimeError):
+    """A store that cannot be used as asked (wrong fingerprint, missing vectors, I/O failure)."""
+
+
+def store_dir(cache_dir: str | os.PathLike, fp: str) -> Path:
+    return Path(cache_dir) / "vectors" / short(fp)
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class ShardWriter:
+    """Buffers embedded rows and writes them as complete shards (temp name, fsync, rename)."""
+
+    def __init__(self, directory: Path, fp: str, identity: dict, columns: tuple[str, ...], dim: int,
+                 vector_dtype: str, shard_rows: int = 2048, flush_seconds: float = 30.0):
+        self.dir = Path(directory)
+        self.fp = fp
+        self.columns = columns
+        self.dim = dim
+        self.np_dtype = np.dtype(vector_dtype)
+        self.shard_rows = shard_rows
+        self.flush_seconds = flush_seconds
+        value_type = pa.float16() if self.np_dtype == np.float16 else pa.float32()
+        fields = [pa.field("key", pa.string(), nullable=False),
+                  pa.field("n_tokens", pa.int32(), nullable=False),
+                  pa.field("truncated", pa.bool_(), nullable=False)]
+        fields += [pa.field(c, pa.list_(value_type, dim), nullable=False) for c in columns]
+        self.schema = pa.schema(fields, metadata={
+            META_FINGERPRINT: fp.encode(),
+            META_IDENTITY: canonical_json(identity).encode(),
+            META_SCHEMA: str(SCHEMA_VERSION).encode(),
+        })
+        self._reset()
+        self._seq = 0
+        self._last_flush = time.monotonic()
+        self.shards_written: list[Path] = []
+        self.rows_written = 0
+
+    def _reset(self):
+        self._keys: list[str] = []
+        self._n_tokens: list[np.ndarray] = []
+        self._truncated: list[np.ndarray] = []
+        self._vecs: dict[str, list[np.ndarray]] = {c: [] for c in self.columns}
+
+    @property
+    def buffered(self) -> int:
+        return len(self._keys)
+
+    def add(self, keys: list[str], n_tokens: np.ndarray, truncated: np.ndarray,
+            vectors: dict[str, np.ndarray]) -> None:
+        """Buffer one batch; ``vectors[col]`` is ``(B, D)``. Flushes when the shard is full or old."""
+        for c in self.columns:
+            v = vectors[c]
+            assert v.shape == (len(keys), self.dim), (c, v.shape)  # (B, D)
+            if not np.isfinite(v).all():
+                raise StoreError(f"refusing to store non-finite values in column {c}")
+            self._vecs[c].append(np.ascontiguousarray(v, dtype=self.np_dtype))
+        self._keys.extend(keys)
+        self._n_tokens.append(np.asarray(n_tokens, dtype=np.int32))
+        self._truncated.append(np.asarray(truncated, dtype=bool))
+        if self.buffered >= self.shard_rows or time.monotonic() - self._last_flush >= self.flush_seconds:
+            self.flush()
+
+    def flush(self) -> Path | None:
+        """Write the buffered rows as one shard; returns its path (None when nothing was buffered)."""
+        self._last_flush = time.monotonic()
+        if not self._keys:
+            return None
+        arrays = [pa.array(self._keys, pa.string()),
+                  pa.array(np.concatenate(self._n_tokens)),
+                  pa.array(np.concatenate(self._truncated))]
+        for c in self.columns:
+            flat = np.concatenate(self._vecs[c]).reshape(-1)  # (N*D,)
+            arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(flat), self.dim))
+        table = pa.Table.from_arrays(arrays, schema=self.schema)
+        name = f"{time.time_ns():016x}-{socket.gethostname()}-{os.getpid()}-{self._seq:05d}{SHARD_SUFFIX}"
+        self._seq += 1
+        final = self.dir / name
+        tmp = self.dir / f"{TMP_PREFIX}{name}"
+        try:
+            with pa.OSFile(str(tmp), "wb") as sink:
+                with pa.ipc.new_file(sink, table.schema) as writer:
+                    writer.write_table(table)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise StoreError(f"could not write shard {final} ({e.strerror or e}); "
+                             f"the {len(self.shards_written)} shards already written are intact") from e
+        self.shards_written.append(final)
+        self.rows_written += len(self._keys)
+        self._reset()
+        return final
+
+
+class VectorStore:
+    """Read side of one encoder's store: key -> row index over memory-mapped shards."""
+
+    def __init__(self, directory: Path, fp: str):
+        self.dir = Path(directory)
+        self.fp = fp
+        self._tables: list[pa.Table] = []
+        self._paths: list[Path] = []
+        self._index: dict[str, tuple[int, int]] = {}
+        self.skipped: list[tuple[Path, str]] = []
+        self.refresh()
+
+    # -- opening -------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, cache_dir, fp: str, identity: dict | None = None, create: bool = False) -> "VectorStore":
+        d = store_dir(cache_dir, fp)
+        if create:
+            try:
+                d.mkdir(parents=True, exist_ok=True)
+                enc = d / "encoder.json"
+                if not enc.exists() and identity is not None:
+                    _atomic_write_bytes(enc, (json.dumps({"fingerprint": fp, "identity": identity},
+                                                         indent=2, sort_keys=True) + "\n").encode())
+            except OSError as e:
+                raise StoreError(f"cannot write to the cache directory {d} ({e.strerror or e})") from e
+        return cls(d, fp)
+
+    def refresh(self) -> None:
+        """(Re)scan the directory for complete shards; temporary files are never read."""
+        self._tables, self._paths, self._index, self.skipped = [], [], {}, []
+        if not self.dir.is_dir():
+            return
+        for path in sorted(self.dir.glob(f"*{SHARD_SUFFIX}")):
+            if path.name.startswith(TMP_PREFIX):
+                continue
+            try:
+                table = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
+            except (pa.ArrowInvalid, OSError) as e:
+                self._skip(path, f"unreadable Arrow file ({e})")
+                continue
+            meta = table.schema.metadata or {}
+            got = meta.get(META_FINGERPRINT, b"").decode()
+            if got != self.fp:
+                self._skip(path, f"fingerprint {short(got) or 'missing'} != store {short(self.fp)}")
+                continue
+            idx = len(self._tables)
+            self._tables.append(table)
+            self._paths.append(path)
+            for row, key in enumerate(table.column("key").to_pylist()):
+                self._index.setdefault(key, (idx, row))
+
+    def _skip(self, path: Path, why: str) -> None:
+        self.skipped.append((path, why))
+        warnings.warn(f"skipping shard {path}: {why}; its rows will be embedded again", stacklevel=3)
+
+    # -- queries -------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._index
+
+    @property
+    def shards(self) -> list[Path]:
+        return list(self._paths)
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        if not self._tables:
+            return ()
+        return tuple(n for n in self._tables[0].schema.names if "@" in n)
+
+    @property
+    def dim(self) -> int | None:
+        if not self._tables:
+            return None
+        return self._tables[0].schema.field(self.columns[0]).type.list_size
+
+    def missing(self, keys) -> list[str]:
+        return [k for k in keys if k not in self._index]
+
+    def _locate(self, keys) -> tuple[np.ndarray, np.ndarray]:
+        missing = self.missing(keys)
+        if missing:
+            raise StoreError(f"{len(missing)} of {len(keys)} keys have no vector in {self.dir} "
+                             f"(first: {missing[0][:16]}…)")
+        loc = np.array([self._index[k] for k in keys], dtype=np.int64).reshape(-1, 2)
+        return loc[:, 0], loc[:, 1]
+
+    def _column_np(self, shard: int, column: str) -> np.ndarray:
+        col = self._tables[shard].column(column).combine_chunks()
+        d = col.type.list_size
+        return col.values.to_numpy(zero_copy_only=False).reshape(-1, d)  # (N_shard, D)
+
+    def vectors(self, keys, column: str | None = None, dtype=np.float32) -> np.ndarray:
+        """Vectors of ``keys`` (in order) from ``column`` as a ``(len(keys), D)`` array."""
+        column = column or self.columns[0]
+        if column not in self.columns:
+            raise StoreError(f"column {column!r} is not in this store; it has {', '.join(self.columns)}")
+        shard, row = self._locate(list(keys))
+        out = np.empty((len(row), self.dim), dtype=dtype)  # (N, D)
+        for s in np.unique(shard):
+            sel = shard == s
+            out[sel] = self._column_np(int(s), column)[row[sel]]
+        return out
+
+    def _scalar(self, keys, name: str) -> np.ndarray:
+        shard, row = self._locate(list(keys))
+        out = None
+        for s in np.unique(shard):
+            arr = self._tables[int(s)].column(name).to_numpy()
+            if out is None:
+                out = np.empty(len(row), dtype=arr.dtype)
+            sel = shard == s
+            out[sel] = arr[row[sel]]
+        return out if out is not None else np.empty(0)
+
+    def n_tokens(self, keys) -> np.ndarray:
+        return self._scalar(keys, "n_tokens")
+
+    def truncated(self, keys) -> np.ndarray:
+        return self._scalar(keys, "truncated")
+
+    def identity(self) -> dict:
+        enc = self.dir / "encoder.json"
+        if enc.exists():
+            return json.loads(enc.read_text())["identity"]
+        if self._tables:
+            return json.loads(self._tables[0].schema.metadata[META_IDENTITY])
+        return {}
+
+
+def list_stores(cache_dir) -> list[dict]:
+    """Every store under ``cache_dir``: fingerprint, identity, shards, rows and bytes on disk."""
+    out = []
+    root = Path(cache_dir) / "vectors"
+    if not root.is_dir():
+        return out
+    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+        enc = d / "encoder.json"
+        info = json.loads(enc.read_text()) if enc.exists() else {"fingerprint": None, "identity": {}}
+        shards = [p for p in d.glob(f"*{SHARD_SUFFIX}") if not p.name.startswith(TMP_PREFIX)]
+        out.append({"dir": str(d), "fingerprint": info["fingerprint"], "identity": info["identity"],
+                    "shards": len(shards), "bytes": sum(p.stat().st_size for p in shards)})
+    return out

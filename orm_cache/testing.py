@@ -1,0 +1,63 @@
+"""Models built offline for tests, benchmarks and GPU throughput runs: no hub, no network.
+
+``tiny_opt`` saves a real ``OPTModel`` (the same code path as facebook/opt-1.3b) with seeded
+random weights and a byte-level BPE tokenizer trained on the spot, as a Hugging Face directory
+that ``--model DIR`` loads through ``from_pretrained`` like any downloaded model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CORPUS = [
+    "Step 1: Tom has 3 apples and buys 4 more, so he has 3 + 4 = 7 apples.",
+    "Step 2: He gives away 2, leaving 7 - 2 = 5. The answer is 5.",
+    "Each box holds 12 pencils; 6 boxes hold 6 * 12 = 72 pencils. Final answer: 72",
+    "A train travels 60 miles per hour for 2.5 hours: 60 * 2.5 = 150 miles.",
+    "Question: how many eggs are left? Answer: 16 - 3 - 4 = 9 eggs, sold at $2 each = $18.",
+    "the quick brown fox jumps over the lazy dog 0123456789 + - * / = ( ) . , : ; ? ! $ %",
+]
+
+# facebook/opt-1.3b's architecture (the defaults of OPTConfig are the 350m's).
+OPT_1_3B = dict(hidden_size=2048, num_hidden_layers=24, num_attention_heads=32, ffn_dim=8192,
+                word_embed_proj_dim=2048, max_position_embeddings=2048, vocab_size=50272)
+
+
+def build_tokenizer(vocab_size: int = 400):
+    """A byte-level BPE with OPT's special tokens (<s>=0, <pad>=1, </s>=2, <unk>=3) that
+    prepends ``</s>`` like OPT's tokenizer. Any text encodes (byte level: nothing is unknown)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(CORPUS * 4, trainer)
+    tok.post_processor = processors.TemplateProcessing(single="</s> $A", pair="</s> $A </s> $B",
+                                                       special_tokens=[("</s>", 2)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="</s>", eos_token="</s>",
+                                   pad_token="<pad>", unk_token="<unk>")
+
+
+def tiny_opt(directory: str | Path, seed: int = 0, hidden_size: int = 64, num_hidden_layers: int = 2,
+             padding_side: str = "right", **config) -> Path:
+    """Save a seeded random-weight OPT and its tokenizer to ``directory``; return the path."""
+    import torch
+    from transformers import OPTConfig, OPTModel
+
+    directory = Path(directory)
+    tok = build_tokenizer()
+    tok.padding_side = padding_side
+    params = dict(hidden_size=hidden_size, num_hidden_layers=num_hidden_layers,
+                  num_attention_heads=max(1, hidden_size // 16), ffn_dim=hidden_size * 4,
+                  word_embed_proj_dim=hidden_size, max_position_embeddings=1024,
+                  vocab_size=len(tok), pad_token_id=1, bos_token_id=2, eos_token_id=2)
+    params.update(config)
+    torch.manual_seed(seed)
+    model = OPTModel(OPTConfig(**params)).eval()
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    tok.save_pretrained(directory)
+    return directory

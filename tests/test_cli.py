@@ -1,0 +1,53 @@
+"""The CLI as a user meets it: env vars, one-line errors, exit codes, `python cli.py` and `-m`."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+from click.testing import CliRunner
+
+from orm_cache.cli import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args, env=None):
+    return CliRunner().invoke(cli, list(map(str, args)), env=env, catch_exceptions=False)
+
+
+def test_embed_writes_one_row_per_distinct_text_and_env_vars_work(tiny_opt_dir, pointwise_dir, tmp_path):
+    env = {"ORM_CACHE_MODEL": str(tiny_opt_dir), "ORM_CACHE_DIR": str(tmp_path / "c")}
+    r = run("embed", "--data", pointwise_dir, "--split", "train", "-q", env=env)
+    assert r.exit_code == 0, r.output
+    assert "48 distinct texts" in r.output and "to embed: 48" in r.output
+    shards = list((tmp_path / "c" / "vectors").glob("*/*.arrow"))
+    keys = [k for s in shards for k in pa.ipc.open_file(str(s)).read_all().column("key").to_pylist()]
+    assert len(keys) == len(set(keys)) == 48
+    r = run("embed", "--data", pointwise_dir, "--split", "train", "-q", env=env)
+    assert "cached already: 48   to embed: 0" in r.output
+    info = run("cache", "info", "--cache-dir", tmp_path / "c")
+    assert "48 rows" in info.output
+
+
+def test_user_errors_are_one_line_without_traceback(tmp_path):
+    r = CliRunner().invoke(cli, ["embed", "--data", str(tmp_path / "missing.jsonl"), "-q"])
+    assert r.exit_code == 1
+    assert r.output.strip().startswith("Error:") and "no such file" in r.output
+    assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
+    r = CliRunner().invoke(cli, ["embed", "--no-such-flag"])
+    assert r.exit_code == 2 and "No such option" in r.output
+    r = CliRunner().invoke(cli, ["embed", "--dtype", "float8"])
+    assert r.exit_code == 2 and "float8" in r.output
+
+
+def test_missing_model_is_one_line(pointwise_dir, tmp_path):
+    r = CliRunner().invoke(cli, ["embed", "--data", str(pointwise_dir), "--model", str(tmp_path / "nomodel"),
+                                 "--cache-dir", str(tmp_path / "c"), "-q"])
+    assert r.exit_code == 1 and "cannot load model" in r.output and "Traceback" not in r.output
+
+
+def test_entry_points_agree():
+    for cmd in ([sys.executable, "cli.py", "--help"], [sys.executable, "-m", "orm_cache", "--help"]):
+        out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True).stdout
+        assert "Stage 1" in out and "embed" in out
