@@ -107,7 +107,7 @@ def embed_texts(texts: dict[str, str], encoder, run: RunSpec, desc: str = "embed
     """Embed the texts (key -> text) that ``run.cache_dir`` lacks for ``encoder``; return the report."""
     t0 = time.perf_counter()
     fp = encoder.fingerprint
-    store = VectorStore.open(run.cache_dir, fp, encoder.identity, create=True)
+    store = VectorStore.open(run.cache_dir, fp, encoder.identity, create=True, spec=encoder.spec_record)
     missing = store.missing(texts)
     cached = len(texts) - len(missing)
     if run.num_shards > 1:

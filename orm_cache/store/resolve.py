@@ -1,0 +1,64 @@
+"""Find the store of an encoder from its options, without loading the encoder (stage 2).
+
+Stage 2 never imports transformers, so it cannot compute a tokenizer identity; it matches the
+stores under the cache directory on what it can know: the model (a local directory's content
+digest, or the hub id), dtype (unless auto), max_length, truncation side, and the feature column.
+"""
+
+from __future__ import annotations
+
+from ..config import EncoderSpec
+from .fingerprint import short
+from .shards import StoreError, VectorStore, list_stores
+
+
+def _matches(identity: dict, hint: dict) -> bool:
+    model = identity.get("model", {})
+    if hint["source"] != model.get("source"):
+        return False
+    if hint["source"] == "local":
+        return model.get("digest") == hint["digest"]
+    return model.get("id") == hint["id"] and hint.get("revision") in (None, model.get("revision"),
+                                                                      model.get("revision_requested"))
+
+
+def find_store(cache_dir, spec: EncoderSpec, feature: str | None = None, store: str | None = None,
+               embed_hint: str = "orm-cache embed") -> VectorStore:
+    """The one store under ``cache_dir`` that holds vectors of ``spec``'s encoder (and ``feature``).
+
+    ``store`` (a fingerprint prefix) picks one explicitly. Raises :class:`StoreError` naming the
+    command to run when there is none, and the candidates when there are several.
+    """
+    from ..encode.identity import model_identity_hint
+
+    stores = [s for s in list_stores(cache_dir) if s["fingerprint"]]
+    if store:
+        chosen = [s for s in stores if s["fingerprint"].startswith(store)]
+        if len(chosen) != 1:
+            raise StoreError(f"--store {store!r} matches {len(chosen)} stores under {cache_dir}")
+    else:
+        hint = model_identity_hint(spec.model, spec.revision)
+        chosen = []
+        for s in stores:
+            ident = s["identity"]
+            if not _matches(ident, hint):
+                continue
+            if spec.dtype != "auto" and ident.get("dtype") != spec.dtype:
+                continue
+            if ident.get("max_length") != spec.max_length or ident.get("truncation_side") != spec.truncation_side:
+                continue
+            cols = [f"{p}@{l}" for l in ident.get("layers", []) for p in ident.get("pooling", [])]
+            if feature and feature not in cols:
+                continue
+            chosen.append(s)
+        if not chosen:
+            raise StoreError(f"no cached vectors for model {spec.model!r} (max_length {spec.max_length}"
+                             + (f", feature {feature}" if feature else "") + f") under {cache_dir}; "
+                             f"run first: {embed_hint}")
+        if len(chosen) > 1:
+            listing = "; ".join(f"{short(s['fingerprint'])} ({s['identity'].get('dtype')}, "
+                                f"pooling {','.join(s['identity'].get('pooling', []))})" for s in chosen)
+            raise StoreError(f"several stores match model {spec.model!r}: {listing}; pick one with "
+                             "--store FINGERPRINT (or --dtype / --feature)")
+    s = chosen[0]
+    return VectorStore(s["dir"], s["fingerprint"])
