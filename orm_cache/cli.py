@@ -23,12 +23,13 @@ class Group(click.Group):
 
     def invoke(self, ctx):
         from .data import DataError
-        from .encode.model import EncoderError
+        from .encode.identity import EncoderError
+        from .head.checkpoint import CheckpointError
         from .store import StoreError
 
         try:
             return super().invoke(ctx)
-        except (DataError, StoreError, EncoderError, ValueError, FileNotFoundError) as e:
+        except (DataError, StoreError, EncoderError, ValueError, FileNotFoundError, CheckpointError) as e:
             if isinstance(e, click.ClickException):
                 raise
             raise click.ClickException(str(e)) from None
@@ -180,6 +181,143 @@ def embed(**kw):
                    f"{report.truncated:,} truncated to {enc_spec.max_length} tokens")
     click.echo(f"store: {report.store}  (fingerprint {short(report.fingerprint)}, "
                f"{len(report.shards_written)} new shards)")
+
+
+def head_options(f):
+    h = HeadConfig()
+    return _options(
+        _opt(HeadConfig, "solver", type=click.Choice(["adamw", "lbfgs"]), default=h.solver),
+        _opt(HeadConfig, "lr", type=float, default=h.lr),
+        _opt(HeadConfig, "betas", default=",".join(map(str, h.betas))),
+        _opt(HeadConfig, "weight_decay", type=float, default=h.weight_decay),
+        _opt(HeadConfig, "warmup_steps", type=int, default=h.warmup_steps),
+        _opt(HeadConfig, "batch_size", type=int, default=h.batch_size),
+        _opt(HeadConfig, "grad_clip", type=float, default=h.grad_clip),
+        _opt(HeadConfig, "steps", type=int, default=h.steps),
+        _opt(HeadConfig, "seed", type=int, default=h.seed),
+        _opt(HeadConfig, "init", type=click.Choice(["linear", "zeros"]), default=h.init),
+        _opt(HeadConfig, "l2", type=float, default=h.l2),
+        _opt(HeadConfig, "margin", type=float, default=h.margin),
+        _opt(HeadConfig, "center_coef", type=float, default=h.center_coef),
+        _opt(HeadConfig, "feature", default=None, show_default=False),
+    )(f)
+
+
+store_option = click.option("--store", default=None, metavar="FINGERPRINT",
+                            help="Use the store whose fingerprint starts with this (when several match).")
+
+
+@cli.command("fit-head")
+@data_options
+@encoder_options
+@cache_option
+@head_options
+@store_option
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Checkpoint path [default: cache/heads/<fingerprint>-<feature>-<solver>-seed<seed>.pt].")
+@click.option("--eval-split", default="validation", show_default=True,
+              help="Split evaluated (and the calibration temperature fitted on) after training, when cached; "
+                   "'' to skip.")
+@quiet_option
+def fit_head_cmd(out, eval_split, store, **kw):
+    """Stage 2: train the linear head on cached vectors (no model is loaded).
+
+    --solver adamw reproduces the reference recipe (AdamW lr 2e-5, betas 0.9,0.999, weight decay
+    0.01, 50 warm-up steps then constant, 8 pairs per step, clip 1.0, 800 steps); --solver lbfgs
+    finds the exact minimiser of the same loss + L2 on standardised features. The pairwise loss
+    ignores the bias: it is set afterwards so training traces score 0 on average, and their score
+    std is saved for normalised scores.
+    """
+    from .evaluate import format_report
+    from .stage2 import fit_head
+
+    setup_logging(kw["quiet"])
+    cfg = build(HeadConfig, kw)
+    r = fit_head(build(DataSpec, kw), build(EncoderSpec, kw), cfg, kw["cache_dir"], out, eval_split or None, store)
+    t = r.head.meta["train"]
+    click.echo(f"trained {cfg.solver} head on {r.head.meta['data']['n_pairs']:,} pairs "
+               f"({r.head.dim}-dim {r.head.feature}) in {t['seconds']:.2f}s: train loss {t['final_loss']:.4f}, "
+               f"train accuracy {100 * t['accuracy']:.1f}%")
+    if r.eval_report:
+        click.echo(format_report(r.eval_report))
+    click.echo(f"checkpoint: {r.path}")
+
+
+@cli.command("eval")
+@click.option("--head", "head_path", required=True, type=click.Path(dir_okay=False), help="Checkpoint (.pt).")
+@data_options
+@cache_option
+@store_option
+@click.option("--feature", default=None, help="Vector column [default: the head's].")
+@click.option("--calibrate-on", default="validation", show_default=True,
+              help="Split the temperature T of σ(Δ/T) is fitted on (and saved into the checkpoint); "
+                   "'' fits it on the evaluated split itself.")
+@click.option("--ci", "ci_level", type=float, default=0.9, show_default=True, help="Bootstrap CI level.")
+@click.option("--bootstrap", type=int, default=1000, show_default=True, help="Bootstrap resamples.")
+@click.option("--bootstrap-seed", type=int, default=0, show_default=True)
+@click.option("--length-edges", default="128,256", show_default=True, help="Token-length bucket edges.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write every metric here.")
+@click.option("--plot-dir", type=click.Path(file_okay=False), default=None,
+              help="Write PNG plots here (reliability, accuracy by length, margins; needs matplotlib).")
+@quiet_option
+def eval_cmd(head_path, store, feature, calibrate_on, ci_level, bootstrap, bootstrap_seed, length_edges,
+             json_path, plot_dir, quiet, **kw):
+    """The reference model card's metric table for a head on a split, from cached vectors.
+
+    Pairwise accuracy (strict >, ties wrong) with a bootstrap CI (resampling problems when the
+    data has groups), margin statistics, accuracy by token length of the longer trace, the
+    label-swap anti-symmetry test, near-tie accuracy, calibration (ECE, reliability), and for
+    pointwise data AUROC, Spearman and best-of-N beside random and oracle.
+    """
+    import json
+
+    from .config import parse_csv
+    from .evaluate import format_report
+    from .stage2 import evaluate_split
+
+    setup_logging(quiet)
+    if plot_dir:
+        from .evaluate.plots import require_matplotlib
+
+        require_matplotlib()
+    r = evaluate_split(head_path, build(DataSpec, kw), kw["cache_dir"], calibrate_on or None, bootstrap,
+                       ci_level, bootstrap_seed, parse_csv(length_edges, int), store, feature)
+    click.echo(format_report(r))
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(r, f, indent=2)
+        click.echo(f"metrics: {json_path}")
+    if plot_dir:
+        from .evaluate.plots import write_plots
+
+        for p in write_plots(r, plot_dir):
+            click.echo(f"plot: {p}")
+
+
+@cli.command("make-data")
+@click.option("--out", type=click.Path(file_okay=False), default="cache/data/synthetic", show_default=True)
+@click.option("--train", "n_train", type=int, default=400, show_default=True, help="Training problems.")
+@click.option("--validation", "n_val", type=int, default=100, show_default=True, help="Validation problems.")
+@click.option("--test", "n_test", type=int, default=200, show_default=True, help="Test problems.")
+@click.option("--candidates", type=int, default=8, show_default=True, help="Traces per problem (1-2 correct).")
+@click.option("--seed", type=int, default=0, show_default=True)
+def make_data(out, n_train, n_val, n_test, candidates, seed):
+    """Generate the synthetic reasoning-trace data set (arithmetic word problems).
+
+    Writes pointwise/<split>.jsonl (group, prompt, text, label, fault) and pairwise/<split>.jsonl
+    (8 negatives per positive for train, 4 otherwise, within problem). Incorrect traces carry one
+    realistic fault: a calculation slip, a wrong operation, a dropped step, a misread quantity,
+    or a final answer that does not follow; it propagates through later steps.
+    """
+    from .data.synthetic import write_dataset
+
+    if candidates < 3:
+        raise click.BadParameter("need at least 3 candidates per problem", param_hint="--candidates")
+    counts = write_dataset(out, {"train": n_train, "validation": n_val, "test": n_test}, seed, candidates)
+    for split, c in counts.items():
+        click.echo(f"{split:>10}: {c['problems']:,} problems, {c['traces']:,} traces ({c['correct']:,} correct), "
+                   f"{c['pairs']:,} pairs")
+    click.echo(f"written to {out}/pointwise and {out}/pairwise")
 
 
 @cli.group(cls=Group)

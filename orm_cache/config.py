@@ -208,8 +208,11 @@ class HeadConfig:
     """Adds ``center_coef * mean((r_chosen + r_rejected)^2)`` (TRL's center_rewards_coefficient)."""
     feature: str | None = None
     """Vector column to train on (e.g. ``mean@-1``); default: the store's first column."""
-    init_std: float = 0.0
-    """Std of the random initial weights (0 starts from zeros, like a zero-init head)."""
+    init: str = "linear"
+    """adamw start: linear (PyTorch's nn.Linear initialisation, seeded, as the reference head)
+    or zeros."""
+    lbfgs_max_iter: int = 1000
+    """lbfgs: iteration limit (it usually converges long before)."""
 
     def __post_init__(self):
         _check_choice("solver", self.solver, ("adamw", "lbfgs"))
@@ -219,7 +222,8 @@ class HeadConfig:
         for name in ("lr", "batch_size", "steps"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be positive")
-        for name in ("weight_decay", "warmup_steps", "grad_clip", "l2", "center_coef", "init_std"):
+        _check_choice("init", self.init, ("linear", "zeros"))
+        for name in ("weight_decay", "warmup_steps", "grad_clip", "l2", "center_coef"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
 

@@ -1,0 +1,80 @@
+"""The reference model card's metric table, from a head and a split's cached vectors."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import metrics as M
+
+
+def margins_of(scores: np.ndarray, ci: np.ndarray, ri: np.ndarray) -> np.ndarray:
+    return scores[ci] - scores[ri]
+
+
+def evaluate(head, sv, bootstrap: int = 1000, ci_level: float = 0.9, seed: int = 0,
+             length_edges=(128, 256), temperature: float | None = None) -> dict:
+    """Every metric of the card for one split. ``temperature`` (fitted elsewhere, e.g. on
+    validation) is used for calibration; without one it is fitted on this split and said so."""
+    scores = head.score(sv.X)  # (U,)
+    margins = margins_of(scores, sv.ci, sv.ri)  # (N,)
+    swapped = margins_of(scores, sv.ri, sv.ci)  # the same pairs with chosen and rejected exchanged
+    data = sv.data
+    groups = data.pairs.group
+    lengths = np.maximum(sv.n_tokens[sv.ci], sv.n_tokens[sv.ri])
+    fitted_here = temperature is None
+    T = M.fit_temperature(margins) if fitted_here else temperature
+    out = {
+        "split": data.split, "source": data.source, "pairs": int(len(margins)), "traces": len(sv.keys),
+        "feature": sv.feature,
+        "accuracy": M.pairwise_accuracy(margins),
+        "ci": M.bootstrap_ci(margins > 0, groups, bootstrap, ci_level, seed),
+        "margin": M.margin_stats(margins),
+        "length_buckets": M.length_buckets(margins, lengths, length_edges),
+        "length_bucket_rule": "bucket of the longer trace of each pair (tokens, after truncation)",
+        "antisymmetry": M.antisymmetry(margins, swapped),
+        "near_ties": M.near_ties(margins),
+        "margin_histogram": dict(zip(("counts", "edges"), (x.tolist() for x in np.histogram(margins, 30)))),
+        "calibration": {**M.calibration(margins, T), "fitted_on": data.split if fitted_here else "given"},
+    }
+    if data.labels is not None:
+        row_scores = scores[sv.rows(data.keys)]
+        out["pointwise"] = M.pointwise(row_scores, data.labels)
+        if data.groups is not None:
+            out["best_of_n"] = M.best_of_n(row_scores, data.labels, data.groups)
+            out["best_of_n_curve"] = M.best_of_n_curve(row_scores, data.labels, data.groups)
+    return out
+
+
+def _pct(x) -> str:
+    return "   -  " if x is None else f"{100 * x:5.1f}%"
+
+
+def format_report(r: dict) -> str:
+    """A readable table of :func:`evaluate`'s result."""
+    c, m, a = r["ci"], r["margin"], r["antisymmetry"]
+    lines = [
+        f"split {r['split']}  ({r['pairs']:,} pairs, {r['traces']:,} traces, feature {r['feature']})",
+        f"  pairwise accuracy   {_pct(r['accuracy'])}   {int(c['level'] * 100)}% CI [{_pct(c['low']).strip()}, "
+        f"{_pct(c['high']).strip()}]  (bootstrap, {c['resamples']} resamples by {c['unit']})",
+        f"  margin              mean {m['mean']:.4f}  median {m['median']:.4f}  std {m['std']:.4f}",
+        f"  incorrect or tied   {_pct(m['incorrect_or_tied'])}   (ties {_pct(m['tie_rate']).strip()})",
+        "  by length (longer trace of the pair, tokens):",
+    ]
+    for b in r["length_buckets"]:
+        lines.append(f"    {b['bucket']:>9}  {_pct(b['accuracy'])}  n={b['count']:,}")
+    lines.append(f"  anti-symmetry       swapped accuracy {_pct(a['swapped_accuracy']).strip()}, mean swapped margin "
+                 f"{a['mean_swapped_margin']:.4f}, corr {a['correlation']:.4f}")
+    lines.append("  near-ties (|Δ| < t):")
+    for t in r["near_ties"]:
+        lines.append(f"    {t['threshold']:>9}  {_pct(t['accuracy'])}  n={t['count']:,}")
+    cal = r["calibration"]
+    lines.append(f"  calibration         T={cal['temperature']:.4g} (fitted on {cal['fitted_on']}), "
+                 f"ECE {cal['ece']:.4f}" + (f", NLL {cal['nll']:.4f}" if cal["nll"] is not None else ""))
+    if "pointwise" in r and r["pointwise"]["auroc"] is not None:
+        lines.append(f"  pointwise           AUROC {r['pointwise']['auroc']:.4f}, Spearman {r['pointwise']['spearman']:.4f}")
+    if "best_of_n" in r:
+        b = r["best_of_n"]
+        lines.append(f"  best-of-N           {_pct(b['accuracy']).strip()} over {b['groups']:,} groups "
+                     f"(~{b['mean_candidates']:.1f} candidates; random {_pct(b['random']).strip()}, "
+                     f"oracle {_pct(b['oracle']).strip()}; ties: fractional credit)")
+    return "\n".join(lines)

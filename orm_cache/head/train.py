@@ -1,0 +1,150 @@
+"""Trainers of the linear head over cached vectors.
+
+Both take the distinct trace vectors ``X`` ``(U, D)`` and, per pair, the row of its chosen and
+rejected trace (``ci``, ``ri``, ``(N,)``): pairs share traces (the reference data repeats each
+trace in ~8 pairs), so working on ``U`` rows instead of ``2N`` is several times less work.
+
+* :func:`train_adamw` is the reference recipe: AdamW on raw vectors, linear warm-up then constant
+  (as ``transformers.get_constant_schedule_with_warmup``: step ``t < warmup`` uses ``lr·t/warmup``),
+  mini-batches of pairs drawn epoch by epoch from a seeded permutation, gradient-norm clipping.
+* :func:`train_lbfgs` is the exact minimiser of the same convex loss plus an L2 penalty, found on
+  standardised features and mapped back so the head scores raw vectors.
+
+The pairwise loss does not see the bias; after training it is set so the training traces' scores
+have mean 0, and their standard deviation is kept for normalised scores.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..config import HeadConfig
+from .losses import pairwise_loss
+
+
+@dataclass
+class TrainResult:
+    weight: np.ndarray  # (D,) float32, scores raw vectors
+    bias: float
+    score_std: float  # std of training-trace scores (bias makes their mean 0)
+    final_loss: float  # training pairwise loss of the final head (full data)
+    seconds: float
+    steps: int
+    history: list = field(default_factory=list)  # (step, mean loss over the last window)
+
+
+def _finish(weight: np.ndarray, X: np.ndarray, ci, ri, cfg: HeadConfig, seconds, steps, history) -> TrainResult:
+    s = X @ weight  # (U,) raw scores without bias
+    bias = -float(s.mean())
+    delta = torch.from_numpy((s[ci] - s[ri]).astype(np.float64))
+    final = float(pairwise_loss(delta, torch.zeros_like(delta), cfg.margin))
+    return TrainResult(weight.astype(np.float32), bias, float(s.std()), final, seconds, steps, history)
+
+
+def warmup_factor(step: int, warmup_steps: int) -> float:
+    """lr multiplier at ``step`` (0-based): linear from 0 over ``warmup_steps``, then 1."""
+    return step / max(1, warmup_steps) if step < warmup_steps else 1.0
+
+
+def batch_order(n_pairs: int, batch_size: int, steps: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """Indices of the pairs of each step: consecutive batches of seeded per-epoch permutations
+    (the last batch of an epoch may be smaller, as a DataLoader with shuffle=True gives)."""
+    batches: list[torch.Tensor] = []
+    while len(batches) < steps:
+        perm = torch.randperm(n_pairs, generator=generator)
+        batches.extend(perm.split(batch_size))
+    return batches[:steps]
+
+
+def train_adamw(X: np.ndarray, ci: np.ndarray, ri: np.ndarray, cfg: HeadConfig) -> TrainResult:
+    """The reference recipe on cached vectors ``X`` (U, D); pairs ``(ci[i], ri[i])``."""
+    t0 = time.perf_counter()
+    U, D = X.shape
+    gen = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    head = torch.nn.Linear(D, 1)  # PyTorch's default init, seeded: the reference's head
+    if cfg.init == "zeros":
+        torch.nn.init.zeros_(head.weight)
+        torch.nn.init.zeros_(head.bias)
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: warmup_factor(t, cfg.warmup_steps))
+    Xt = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))  # (U, D)
+    cit, rit = torch.from_numpy(np.asarray(ci)), torch.from_numpy(np.asarray(ri))
+    history, window = [], []
+    for step, idx in enumerate(batch_order(len(ci), cfg.batch_size, cfg.steps, gen)):
+        r_c = head(Xt[cit[idx]]).squeeze(-1)  # (B,)
+        r_r = head(Xt[rit[idx]]).squeeze(-1)  # (B,)
+        loss = pairwise_loss(r_c, r_r, cfg.margin, cfg.center_coef)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(head.parameters(), cfg.grad_clip)
+        opt.step()
+        sched.step()
+        window.append(float(loss.detach()))
+        if len(window) == 50 or step == cfg.steps - 1:
+            history.append((step + 1, float(np.mean(window))))
+            window = []
+    w = head.weight.detach().numpy()[0].copy()
+    return _finish(w, X, ci, ri, cfg, time.perf_counter() - t0, cfg.steps, history)
+
+
+def standardizer(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and std of the traces (a constant feature gets std 1)."""
+    mu = X.mean(axis=0, dtype=np.float64)
+    sd = X.std(axis=0, dtype=np.float64)
+    sd[sd < 1e-12] = 1.0
+    return mu, sd
+
+
+def lbfgs_objective(Z: np.ndarray, ci, ri, l2: float, margin: float = 0.0, center_coef: float = 0.0):
+    """``f(v)`` and its gradient for standardised traces ``Z`` (U, D) (float64, for an exact optimum):
+    ``mean softplus(margin - (s_c - s_r)) + center_coef·mean((s_c + s_r)²) + l2·|v|²/(2N)``."""
+    N, U = len(ci), Z.shape[0]
+
+    def f(v: np.ndarray):
+        s = Z @ v  # (U,)
+        d = s[ci] - s[ri] - margin  # (N,)
+        loss = np.logaddexp(0.0, -d).mean() + 0.5 * l2 * (v @ v) / N
+        g_pair = -0.5 * (1.0 - np.tanh(0.5 * d)) / N  # d loss / d delta = -σ(-d) / N
+        g_s = np.bincount(ci, g_pair, U) - np.bincount(ri, g_pair, U)  # (U,)
+        if center_coef:
+            t = s[ci] + s[ri]
+            loss += center_coef * (t ** 2).mean()
+            g_t = 2 * center_coef * t / N
+            g_s += np.bincount(ci, g_t, U) + np.bincount(ri, g_t, U)
+        grad = g_s @ Z + l2 * v / N  # (D,)
+        return loss, grad
+
+    return f
+
+
+def train_lbfgs(X: np.ndarray, ci: np.ndarray, ri: np.ndarray, cfg: HeadConfig) -> TrainResult:
+    """Exact minimiser of the pairwise loss + L2 on standardised features, mapped to raw vectors."""
+    from scipy.optimize import minimize
+
+    t0 = time.perf_counter()
+    mu, sd = standardizer(X)
+    Z = (X.astype(np.float64) - mu) / sd  # (U, D)
+    f = lbfgs_objective(Z, np.asarray(ci), np.asarray(ri), cfg.l2, cfg.margin, cfg.center_coef)
+    res = minimize(f, np.zeros(X.shape[1]), jac=True, method="L-BFGS-B",
+                   options={"maxiter": cfg.lbfgs_max_iter, "gtol": 1e-9, "ftol": 1e-15, "maxcor": 20})
+    w = (res.x / sd).astype(np.float32)  # scores raw x: (x - mu)/sd · v = x · (v/sd) + const
+    out = _finish(w, X, ci, ri, cfg, time.perf_counter() - t0, int(res.nit), [(int(res.nit), float(res.fun))])
+    out.history.append(("converged", bool(res.success), str(res.message)))
+    return out
+
+
+def train(X: np.ndarray, ci, ri, cfg: HeadConfig) -> TrainResult:
+    if len(ci) == 0:
+        raise ValueError("no training pairs")
+    fn = train_adamw if cfg.solver == "adamw" else train_lbfgs
+    return fn(X, np.asarray(ci, dtype=np.int64), np.asarray(ri, dtype=np.int64), cfg)
+
+
+__all__ = ["TrainResult", "train", "train_adamw", "train_lbfgs", "warmup_factor", "batch_order",
+           "lbfgs_objective", "standardizer"]

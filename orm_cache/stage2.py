@@ -1,0 +1,143 @@
+"""Stage 2 entry points: fit a head and evaluate it, from cached vectors only (no model import).
+
+The CLI calls these; so can a notebook.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from .config import DataSpec, EncoderSpec, HeadConfig
+from .data import DataError, load_split
+from .evaluate import evaluate
+from .evaluate.metrics import fit_temperature
+from .evaluate.report import margins_of
+from .head import Head, train
+from .store import StoreError, VectorStore, find_store, short, store_dir
+from .vectors import embed_command, split_vectors
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FitResult:
+    head: Head
+    path: Path
+    train_result: object
+    eval_report: dict | None
+
+
+def default_head_path(cache_dir, fp: str, feature: str, cfg: HeadConfig) -> Path:
+    return Path(cache_dir) / "heads" / f"{short(fp)[:8]}-{feature.replace('@', '')}-{cfg.solver}-seed{cfg.seed}.pt"
+
+
+def store_for_head(head: Head, cache_dir, store: str | None = None) -> VectorStore:
+    """The store a head was trained on (by its fingerprint), or ``--store`` for an imported head."""
+    if head.fingerprint:
+        d = store_dir(cache_dir, head.fingerprint)
+        if not d.is_dir():
+            raise StoreError(f"no vectors of the head's encoder {short(head.fingerprint)} under {cache_dir}; "
+                             "embed the split with that encoder first (see the head's encoder_spec)")
+        vs = VectorStore(d, head.fingerprint)
+    else:
+        if not store:
+            raise StoreError("this head carries no encoder fingerprint (a reference-format import); "
+                             "name the store of its encoder with --store FINGERPRINT")
+        from .store import list_stores
+
+        found = [s for s in list_stores(cache_dir) if s["fingerprint"] and s["fingerprint"].startswith(store)]
+        if len(found) != 1:
+            raise StoreError(f"--store {store!r} matches {len(found)} stores under {cache_dir}")
+        vs = VectorStore(found[0]["dir"], found[0]["fingerprint"])
+    head.check_store(vs)
+    return vs
+
+
+def load_vectors(data_spec: DataSpec, store: VectorStore, feature: str | None, model_hint: str, cache_dir):
+    data = load_split(data_spec)
+    return split_vectors(data, store, feature, embed_command(data_spec, model_hint, cache_dir, feature))
+
+
+def _model_hint(store: VectorStore, fallback: str = "MODEL") -> str:
+    spec = store.spec() or {}
+    return spec.get("model", fallback)
+
+
+def fit_head(data_spec: DataSpec, enc_spec: EncoderSpec, cfg: HeadConfig, cache_dir="cache",
+             out: str | Path | None = None, eval_split: str | None = "validation",
+             store: str | None = None) -> FitResult:
+    """Train a head on ``data_spec``'s pairs; evaluate on ``eval_split`` when it is cached (and fit
+    the calibration temperature there); save the checkpoint."""
+    vs = find_store(cache_dir, enc_spec, cfg.feature, store,
+                    embed_hint=embed_command(data_spec, enc_spec.model, cache_dir, cfg.feature))
+    sv = load_vectors(data_spec, vs, cfg.feature, enc_spec.model, cache_dir)
+    feature = sv.feature
+    if cfg.feature is None:
+        cfg = replace(cfg, feature=feature)
+    res = train(sv.X, sv.ci, sv.ri, cfg)
+    train_acc = float((margins_of(sv.X @ res.weight, sv.ci, sv.ri) > 0).mean())
+    meta = {
+        "fingerprint": vs.fp, "encoder_identity": vs.identity(), "encoder_spec": vs.spec(), "feature": feature,
+        "config": cfg.to_dict(), "data": sv.data.identity,
+        "train": {"score_mean": 0.0, "score_std": res.score_std, "final_loss": res.final_loss,
+                  "accuracy": train_acc, "seconds": res.seconds, "steps": res.steps,
+                  "history": [list(h) for h in res.history],
+                  "bias_rule": "bias set after training so that training traces score 0 on average"},
+    }
+    head = Head(res.weight, res.bias, meta)
+    report = None
+    if eval_split:
+        try:
+            ev = load_vectors(replace(data_spec, split=eval_split), vs, feature, enc_spec.model, cache_dir)
+        except (DataError, StoreError) as e:
+            log.info("not evaluating on %s: %s", eval_split, e)
+        else:
+            T = fit_temperature(margins_of(head.score(ev.X), ev.ci, ev.ri))
+            head.meta["calibration"] = {"temperature": T if math.isfinite(T) else None, "fitted_on": eval_split}
+            report = evaluate(head, ev, temperature=T)
+            report["calibration"]["fitted_on"] = eval_split
+            head.meta["metrics"] = {eval_split: _headline(report)}
+    path = Path(out) if out else default_head_path(cache_dir, vs.fp, feature, cfg)
+    head.save(path)
+    return FitResult(head, path, res, report)
+
+
+def _headline(r: dict) -> dict:
+    keys = ("accuracy", "ci", "margin", "pairs")
+    return {k: r[k] for k in keys} | ({"best_of_n": r["best_of_n"]} if "best_of_n" in r else {})
+
+
+def evaluate_split(head_path, data_spec: DataSpec, cache_dir="cache", calibrate_on: str | None = "validation",
+                   bootstrap: int = 1000, ci_level: float = 0.9, seed: int = 0, length_edges=(128, 256),
+                   store: str | None = None, feature: str | None = None, save_calibration: bool = True) -> dict:
+    """The full metric table of a head on one split. The temperature is fitted on ``calibrate_on``
+    (when cached) and saved into the checkpoint; without it, on the split itself (and said so)."""
+    head = Head.load(head_path)
+    vs = store_for_head(head, cache_dir, store)
+    feature = feature or head.feature
+    hint = _model_hint(vs)
+    sv = load_vectors(data_spec, vs, feature, hint, cache_dir)
+    T, fitted_on = None, None
+    if calibrate_on:
+        cal = sv if calibrate_on == data_spec.split else None
+        if cal is None:
+            try:
+                cal = load_vectors(replace(data_spec, split=calibrate_on), vs, feature, hint, cache_dir)
+            except (DataError, StoreError) as e:
+                log.warning("calibration split %s unavailable (%s); fitting T on %s itself",
+                            calibrate_on, e, data_spec.split)
+        if cal is not None:
+            T = fit_temperature(margins_of(head.score(cal.X), cal.ci, cal.ri))
+            fitted_on = calibrate_on
+            if save_calibration and math.isfinite(T):
+                head.meta["calibration"] = {"temperature": T, "fitted_on": calibrate_on}
+                head.save(head_path)
+    report = evaluate(head, sv, bootstrap, ci_level, seed, length_edges, temperature=T)
+    if fitted_on:
+        report["calibration"]["fitted_on"] = fitted_on
+    report["head"] = str(head_path)
+    report["fingerprint"] = vs.fp
+    return report

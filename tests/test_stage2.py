@@ -1,0 +1,104 @@
+"""fit-head and eval end to end over a store built with the tiny OPT; guards and isolation."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from orm_cache.cli import cli
+from orm_cache.head import Head
+from orm_cache.store import StoreError
+
+
+def run(*args):
+    r = CliRunner().invoke(cli, [str(a) for a in args])
+    return r
+
+
+@pytest.fixture
+def embedded(tiny_opt_dir, pointwise_dir, tmp_path):
+    cache = tmp_path / "c"
+    for split in ("train", "validation", "test"):
+        r = run("embed", "--data", pointwise_dir, "--split", split, "--model", tiny_opt_dir,
+                "--cache-dir", cache, "--pooling", "last,mean", "-q")
+        assert r.exit_code == 0, r.output
+    return pointwise_dir, tiny_opt_dir, cache
+
+
+def test_fit_head_then_eval_writes_the_full_metric_table(embedded, tmp_path):
+    data, model, cache = embedded
+    head = tmp_path / "h.pt"
+    r = run("fit-head", "--data", data, "--model", model, "--cache-dir", cache, "--out", head,
+            "--solver", "lbfgs", "--feature", "mean@-1", "-q")
+    assert r.exit_code == 0, r.output
+    assert "trained lbfgs head" in r.output and "split validation" in r.output
+    h = Head.load(head)
+    assert h.feature == "mean@-1" and h.dim == 64 and h.temperature is not None
+    assert h.meta["config"]["solver"] == "lbfgs" and h.meta["data"]["split"] == "train"
+
+    out = tmp_path / "m.json"
+    r = run("eval", "--head", head, "--data", data, "--split", "test", "--cache-dir", cache, "--json", out,
+            "--bootstrap", 200, "-q")
+    assert r.exit_code == 0, r.output
+    m = json.loads(out.read_text())
+    for key in ("accuracy", "ci", "margin", "length_buckets", "antisymmetry", "near_ties", "calibration",
+                "pointwise", "best_of_n", "best_of_n_curve"):
+        assert key in m, key
+    assert m["pairs"] == 18 and m["calibration"]["fitted_on"] == "validation"
+    assert m["antisymmetry"]["swapped_accuracy"] == pytest.approx(1 - m["accuracy"] - m["margin"]["tie_rate"])
+    assert [t["threshold"] for t in m["near_ties"]] == [0.05, 0.1, 0.2, 0.5]
+    assert "best-of-N" in r.output and "pairwise accuracy" in r.output
+
+
+def test_adamw_default_recipe_runs_and_is_reproducible(embedded, tmp_path):
+    data, model, cache = embedded
+    for name in ("a", "b"):
+        r = run("fit-head", "--data", data, "--model", model, "--cache-dir", cache,
+                "--out", tmp_path / f"{name}.pt", "--eval-split", "", "-q")
+        assert r.exit_code == 0, r.output
+    a, b = Head.load(tmp_path / "a.pt"), Head.load(tmp_path / "b.pt")
+    assert (a.weight == b.weight).all() and a.meta["config"]["steps"] == 800 and a.meta["config"]["lr"] == 2e-5
+
+
+def test_missing_vectors_name_the_embed_command(tiny_opt_dir, pointwise_dir, tmp_path):
+    r = run("fit-head", "--data", pointwise_dir, "--model", tiny_opt_dir, "--cache-dir", tmp_path / "empty", "-q")
+    assert r.exit_code == 1 and "run first: orm-cache embed" in r.output and "Traceback" not in r.output
+    assert len(r.output.strip().splitlines()) == 1
+
+
+def test_head_refuses_vectors_of_another_encoder(embedded, tmp_path):
+    data, model, cache = embedded
+    head = tmp_path / "h.pt"
+    assert run("fit-head", "--data", data, "--model", model, "--cache-dir", cache, "--out", head,
+               "--solver", "lbfgs", "-q").exit_code == 0
+    h = Head.load(head)
+    h.meta["fingerprint"] = "0" * 64  # as if trained on another encoder
+    h.save(head)
+    r = run("eval", "--head", head, "--data", data, "--split", "test", "--cache-dir", cache)
+    assert r.exit_code == 1 and "no vectors of the head's encoder 0000000000000000" in r.output
+    from orm_cache.stage2 import store_for_head
+    from orm_cache.store import VectorStore, list_stores
+
+    s = list_stores(cache)[0]
+    with pytest.raises(StoreError, match="trained on encoder 0000000000000000 but these vectors are from encoder"):
+        h.check_store(VectorStore(s["dir"], s["fingerprint"]))
+    assert store_for_head  # imported for the message above
+
+
+def test_stage2_never_imports_transformers(embedded, tmp_path):
+    data, model, cache = embedded
+    code = (
+        "import sys; from click.testing import CliRunner; from orm_cache.cli import cli\n"
+        f"r = CliRunner().invoke(cli, ['fit-head', '--data', {str(data)!r}, '--model', {str(model)!r}, "
+        f"'--cache-dir', {str(cache)!r}, '--out', {str(tmp_path / 'h.pt')!r}, '--solver', 'lbfgs', '-q'])\n"
+        "assert r.exit_code == 0, r.output\n"
+        f"r = CliRunner().invoke(cli, ['eval', '--head', {str(tmp_path / 'h.pt')!r}, '--data', {str(data)!r}, "
+        f"'--split', 'test', '--cache-dir', {str(cache)!r}, '-q'])\n"
+        "assert r.exit_code == 0, r.output\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('transformers', 'datasets', 'tokenizers')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
