@@ -294,6 +294,41 @@ def eval_cmd(head_path, store, feature, calibrate_on, ci_level, bootstrap, boots
             click.echo(f"plot: {p}")
 
 
+@cli.command()
+@click.option("--head", "head_path", required=True, type=click.Path(dir_okay=False), help="Checkpoint (.pt).")
+@data_options
+@cache_option
+@click.option("--sample", type=int, default=64, show_default=True, help="Pairs re-scored live.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sample.")
+@click.option("--atol", type=float, default=None,
+              help="Largest allowed |cached - live| score [default: 1e-4 x train score std for float32, "
+                   "2e-2 x for float16/bfloat16].")
+@click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
+@click.option("--batch-tokens", type=int, default=RunSpec().batch_tokens, show_default=True)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
+@quiet_option
+def verify(head_path, sample, seed, atol, device, batch_tokens, json_path, quiet, **kw):
+    """Prove cached scores equal live end-to-end scores (text -> tokenizer -> model -> pooling -> head).
+
+    Re-scores a seeded sample of pairs one text at a time and in padded batches, compares with the
+    scores of the cached vectors, and exits non-zero when any trace is over tolerance, naming its
+    key, token count and pooled position.
+    """
+    import json
+
+    from .evaluate.verify import format_verify
+    from .stage2 import verify_head
+
+    setup_logging(quiet)
+    r = verify_head(head_path, build(DataSpec, kw), kw["cache_dir"], sample, seed, atol, device, batch_tokens)
+    click.echo(format_verify(r.report))
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(r.report, f, indent=2)
+    if not r.ok:
+        raise SystemExit(1)
+
+
 @cli.command("make-data")
 @click.option("--out", type=click.Path(file_okay=False), default="cache/data/synthetic", show_default=True)
 @click.option("--train", "n_train", type=int, default=400, show_default=True, help="Training problems.")

@@ -141,3 +141,16 @@ def evaluate_split(head_path, data_spec: DataSpec, cache_dir="cache", calibrate_
     report["head"] = str(head_path)
     report["fingerprint"] = vs.fp
     return report
+
+
+def verify_head(head_path, data_spec: DataSpec, cache_dir="cache", sample: int = 64, seed: int = 0,
+                atol: float | None = None, device: str = "auto", batch_tokens: int = 16384):
+    """Cached vs live scores for a seeded sample of ``data_spec``'s pairs (loads the encoder)."""
+    from .evaluate.verify import verify
+    from .live import LiveScorer
+
+    head = Head.load(head_path)
+    vs = store_for_head(head, cache_dir)
+    sv = load_vectors(data_spec, vs, head.feature, _model_hint(vs), cache_dir)
+    scorer = LiveScorer(head, device, batch_tokens)
+    return verify(head, sv, scorer, sample, seed, atol)

@@ -96,6 +96,30 @@ def pad_batch(ids: list[list[int]], pad_id: int, side: str) -> tuple[torch.Tenso
     return input_ids, mask
 
 
+def encode_batches(encoder, ids: list[list[int]], n_tokens: np.ndarray, batch_tokens: int, max_batch_size: int):
+    """Run the encoder over token-budget batches; yield ``(indices, {column: (B, D) array},
+    padded tokens)``. Vectors come back rounded to the store's dtype, so a live score and a
+    cached one go through exactly the same arithmetic."""
+    out_dtype = torch.float16 if encoder.vector_dtype == "float16" else torch.float32
+    for b in token_budget_batches(n_tokens, batch_tokens, max_batch_size):
+        input_ids, mask = pad_batch([ids[i] for i in b], encoder.pad_id, encoder.padding_side)
+        pooled = encoder.forward(input_ids, mask)  # {column: (B, D)} on the device
+        yield b, {c: v.to(out_dtype).cpu().numpy() for c, v in pooled.items()}, int(input_ids.numel())
+
+
+def encode_texts(encoder, texts: list[str], column: str, batch_tokens: int = 16384,
+                 max_batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Vectors of ``texts`` (input order) for one column, and their token counts; no store."""
+    ids, n_tokens, _ = encoder.tokenize(texts)
+    out = None
+    for b, vectors, _ in encode_batches(encoder, ids, n_tokens, batch_tokens, max_batch_size):
+        v = vectors[column]
+        if out is None:
+            out = np.empty((len(texts), v.shape[1]), dtype=np.float32)  # (N, D)
+        out[b] = v
+    return out, n_tokens
+
+
 def _progress(total: int, quiet: bool, desc: str):
     from tqdm.auto import tqdm
 
@@ -121,15 +145,10 @@ def embed_texts(texts: dict[str, str], encoder, run: RunSpec, desc: str = "embed
     report.load_seconds = time.perf_counter() - t_load
 
     ids, n_tokens, truncated = encoder.tokenize([texts[k] for k in missing])
-    batches = token_budget_batches(n_tokens, run.batch_tokens, run.max_batch_size)
     writer = None
     bar = _progress(len(missing), run.quiet, desc)
     try:
-        for b in batches:
-            input_ids, mask = pad_batch([ids[i] for i in b], encoder.pad_id, encoder.padding_side)
-            pooled = encoder.forward(input_ids, mask)  # {column: (B, D)} on the device
-            vectors = {c: v.to(torch.float16 if encoder.vector_dtype == "float16" else torch.float32)
-                       .cpu().numpy() for c, v in pooled.items()}
+        for b, vectors, padded in encode_batches(encoder, ids, n_tokens, run.batch_tokens, run.max_batch_size):
             bad = ~np.all([np.isfinite(v).all(axis=1) for v in vectors.values()], axis=0)
             if bad.any():
                 raise StoreError(f"{int(bad.sum())} texts gave non-finite hidden states "
@@ -145,7 +164,7 @@ def embed_texts(texts: dict[str, str], encoder, run: RunSpec, desc: str = "embed
             report.embedded += len(b)
             report.batches += 1
             report.tokens += int(n_tokens[b].sum())
-            report.padded_tokens += int(input_ids.numel())
+            report.padded_tokens += padded
             report.truncated += int(truncated[b].sum())
             bar.update(len(b))
             elapsed = time.perf_counter() - t0 - report.load_seconds
