@@ -329,6 +329,86 @@ def verify(head_path, sample, seed, atol, device, batch_tokens, json_path, quiet
         raise SystemExit(1)
 
 
+def rescore_options(f):
+    return _options(
+        click.option("--head", "head_path", required=True, type=click.Path(dir_okay=False), help="Checkpoint (.pt)."),
+        click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False),
+                     help="Traces to score: .jsonl, .json, .parquet or .csv."),
+        click.option("--output", "output_path", required=True, type=click.Path(dir_okay=False),
+                     help="Where to write: .jsonl, .parquet or .csv."),
+        click.option("--text-col", default="text", show_default=True, help="Column of the trace (the response)."),
+        click.option("--prompt-col", default="prompt", show_default=True,
+                     help="Optional column joined in front with --template, as in stage 1."),
+        _opt(DataSpec, "template", "--template", default=DataSpec().template, show_default=repr(DataSpec().template)),
+        cache_option,
+        click.option("--skip-invalid", is_flag=True,
+                     help="Write bad rows with their reason to <output>.rejected.jsonl instead of stopping."),
+        click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True,
+                     help="Device for embedding cache misses."),
+        click.option("--batch-tokens", type=int, default=RunSpec().batch_tokens, show_default=True),
+        quiet_option,
+    )(f)
+
+
+def _rescore_summary(s, verb: str) -> None:
+    click.echo(f"{verb} {s.rows:,} rows in {s.seconds:.2f}s ({s.rows_per_s:,.0f} rows/s): "
+               f"{s.hits:,} distinct texts from the cache, {s.misses:,} embedded now"
+               + ("" if s.model_loaded else " (no model loaded)"))
+    if s.invalid:
+        click.echo(f"rejected {s.invalid:,} invalid rows -> {s.rejected_path}")
+    click.echo(f"output: {s.output}")
+
+
+@cli.command()
+@rescore_options
+@click.option("--chunk-rows", type=int, default=50_000, show_default=True,
+              help="Rows read, scored and written at a time (bounds memory).")
+def score(head_path, input_path, output_path, text_col, prompt_col, template, cache_dir, skip_invalid, device,
+          batch_tokens, quiet, chunk_rows):
+    """Offline re-scoring: add a score column to every row of a file, in input order.
+
+    Texts already in the store for the head's encoder are scored without loading any model;
+    misses are embedded and added to the store, so the next run is free. With a calibrated head
+    a column p_beats_average = σ(score / T) is added too.
+    """
+    from .rescore import TextColumns, score_file
+
+    setup_logging(quiet)
+    s = score_file(head_path, input_path, output_path, cache_dir, TextColumns(text_col, prompt_col or None, template),
+                   chunk_rows, skip_invalid, device, batch_tokens, quiet)
+    _rescore_summary(s, "scored")
+
+
+@cli.command()
+@rescore_options
+@click.option("--group-by", required=True, help="Column naming the candidates' problem (one ranking per value).")
+@click.option("--top-k", type=int, default=None, help="Write only the best K per group [default: all rows, ranked].")
+@click.option("--label-col", default="label", show_default=True,
+              help="When present (0/1), report best-of-N accuracy beside random and oracle.")
+def rank(head_path, input_path, output_path, text_col, prompt_col, template, cache_dir, skip_invalid, device,
+         batch_tokens, quiet, group_by, top_k, label_col):
+    """Best-of-N: order candidates within each group by score (rank 1 = best; ties share a rank).
+
+    With a label column, prints best-of-N accuracy (fractional credit 1/#tied when the best score
+    is shared, as RewardBench v2) beside random and oracle, and the best-of-N curve for N = 1..max
+    (expected value over random N-subsets of each group's candidates).
+    """
+    from .rescore import TextColumns, rank_file
+
+    setup_logging(quiet)
+    s = rank_file(head_path, input_path, output_path, group_by, top_k, cache_dir,
+                  TextColumns(text_col, prompt_col or None, template), label_col or None, skip_invalid, device,
+                  batch_tokens, quiet)
+    _rescore_summary(s, "ranked")
+    click.echo(f"groups: {s.extra['groups']:,}")
+    if "best_of_n" in s.extra:
+        b = s.extra["best_of_n"]
+        click.echo(f"best-of-N accuracy {100 * b['accuracy']:.1f}% (random {100 * b['random']:.1f}%, oracle "
+                   f"{100 * b['oracle']:.1f}%; ties: fractional credit 1/#tied)")
+        curve = "  ".join(f"N={c['n']}: {100 * c['accuracy']:.1f}%" for c in s.extra["best_of_n_curve"])
+        click.echo(f"best-of-N curve (expected over random subsets): {curve}")
+
+
 @cli.command("make-data")
 @click.option("--out", type=click.Path(file_okay=False), default="cache/data/synthetic", show_default=True)
 @click.option("--train", "n_train", type=int, default=400, show_default=True, help="Training problems.")

@@ -138,11 +138,14 @@ def _read_parquet(path: Path) -> Iterator[tuple[int, dict]]:
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
+        pf = pq.ParquetFile(path)
     except Exception as e:  # pyarrow raises several types for a bad file
         raise DataError(f"{path}: not a readable Parquet file ({e})")
-    for i, row in enumerate(table.to_pylist(), 1):
-        yield i, row
+    i = 0
+    for batch in pf.iter_batches(batch_size=65536):  # streamed: memory bounded by one batch
+        for row in batch.to_pylist():
+            i += 1
+            yield i, row
 
 
 READERS = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet}

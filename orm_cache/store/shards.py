@@ -167,12 +167,13 @@ class VectorStore:
         return cls(d, fp)
 
     def refresh(self) -> None:
-        """(Re)scan the directory for complete shards; temporary files are never read."""
-        self._tables, self._paths, self._index, self.skipped = [], [], {}, []
+        """Open complete shards not opened yet (all of them the first time); temporary files are
+        never read. Shards are taken in name order, so duplicate keys resolve the same way."""
         if not self.dir.is_dir():
             return
+        known = set(self._paths) | {p for p, _ in self.skipped}
         for path in sorted(self.dir.glob(f"*{SHARD_SUFFIX}")):
-            if path.name.startswith(TMP_PREFIX):
+            if path.name.startswith(TMP_PREFIX) or path in known:
                 continue
             try:
                 table = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
