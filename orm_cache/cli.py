@@ -101,7 +101,7 @@ def run_options(f):
     return _options(
         cache_option,
         _opt(RunSpec, "device", type=click.Choice(["auto", "cuda", "cpu"]), default=r.device),
-        _opt(RunSpec, "batch_tokens", type=int, default=r.batch_tokens),
+        _opt(RunSpec, "batch_tokens", type=int, default=None, show_default=False),
         _opt(RunSpec, "max_batch_size", type=int, default=r.max_batch_size),
         _opt(RunSpec, "shard_rows", type=int, default=r.shard_rows),
         _opt(RunSpec, "num_shards", type=int, default=r.num_shards),
@@ -304,7 +304,7 @@ def eval_cmd(head_path, store, feature, calibrate_on, ci_level, bootstrap, boots
               help="Largest allowed |cached - live| score [default: 1e-4 x train score std for float32, "
                    "2e-2 x for float16/bfloat16].")
 @click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
-@click.option("--batch-tokens", type=int, default=RunSpec().batch_tokens, show_default=True)
+@click.option("--batch-tokens", type=int, default=None, help="Token budget per forward pass [default: 4096 on CPU, 16384 on CUDA].")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
 @quiet_option
 def verify(head_path, sample, seed, atol, device, batch_tokens, json_path, quiet, **kw):
@@ -345,7 +345,7 @@ def rescore_options(f):
                      help="Write bad rows with their reason to <output>.rejected.jsonl instead of stopping."),
         click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True,
                      help="Device for embedding cache misses."),
-        click.option("--batch-tokens", type=int, default=RunSpec().batch_tokens, show_default=True),
+        click.option("--batch-tokens", type=int, default=None, help="Token budget per forward pass [default: 4096 on CPU, 16384 on CUDA]."),
         quiet_option,
     )(f)
 

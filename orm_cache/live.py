@@ -24,7 +24,7 @@ from .store import StoreError, short
 
 
 class LiveScorer:
-    def __init__(self, head: Head | str, device: str = "auto", batch_tokens: int = 16384,
+    def __init__(self, head: Head | str, device: str = "auto", batch_tokens: int | None = None,
                  max_batch_size: int = 256, model: str | None = None):
         from .encode.model import Encoder
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import DEFAULT_TEMPLATE, RunSpec
-from .data.ingest import FILE_EXTS, DataError, read_rows, render, trace_key
+from .data.ingest import FILE_EXTS, DataError, parse_label, read_rows, render, trace_key
 from .head import Head
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ class OutputWriter:
 class Rescorer:
     """Scores texts from the store when it can, with the head's encoder when it must."""
 
-    def __init__(self, head: Head, cache_dir, device: str = "auto", batch_tokens: int = 16384,
+    def __init__(self, head: Head, cache_dir, device: str = "auto", batch_tokens: int | None = None,
                  quiet: bool = True):
         from .stage2 import store_for_head
         from .store import VectorStore, store_dir
@@ -174,7 +174,7 @@ def _prob(score: float, T: float | None) -> float | None:
 
 def score_file(head_path, input_path, output_path, cache_dir="cache", cols: TextColumns | None = None,
                chunk_rows: int = 50_000, skip_invalid: bool = False, device: str = "auto",
-               batch_tokens: int = 16384, quiet: bool = True) -> ScoreSummary:
+               batch_tokens: int | None = None, quiet: bool = True) -> ScoreSummary:
     """Add ``score`` (and ``p_beats_average`` = σ(score/T) when calibrated) to every row of
     ``input_path``, in input order, streaming ``chunk_rows`` rows at a time."""
     t0 = time.perf_counter()
@@ -252,15 +252,9 @@ def rank_rows(scores: np.ndarray, groups: list) -> np.ndarray:
     return ranks
 
 
-def _label(value, where: str) -> int:
-    if isinstance(value, bool) or value in (0, 1, "0", "1", "true", "false", "True", "False"):
-        return int(value in (1, True, "1", "true", "True"))
-    raise DataError(f"{where}: label must be 0 or 1, got {value!r}")
-
-
 def rank_file(head_path, input_path, output_path, group_by: str, top_k: int | None = None, cache_dir="cache",
               cols: TextColumns | None = None, label_col: str | None = "label", skip_invalid: bool = False,
-              device: str = "auto", batch_tokens: int = 16384, quiet: bool = True) -> ScoreSummary:
+              device: str = "auto", batch_tokens: int | None = None, quiet: bool = True) -> ScoreSummary:
     """Rank candidates within each ``group_by`` group (rank 1 = best); write every row with its
     ``rank`` and ``score`` (or only ranks <= ``top_k``). With a label column, best-of-N accuracy
     (fractional credit for ties), random, oracle and the best-of-N curve go into the summary."""
@@ -284,7 +278,7 @@ def rank_file(head_path, input_path, output_path, group_by: str, top_k: int | No
             text = row_text(row, cols, where)
             if has_labels is None:
                 has_labels = bool(label_col) and label_col in row
-            lab = _label(row.get(label_col), where) if has_labels else None
+            lab = parse_label(row.get(label_col), where, label_col) if has_labels else None
         except DataError as e:
             if rejected is None:
                 raise

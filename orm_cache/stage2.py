@@ -144,7 +144,7 @@ def evaluate_split(head_path, data_spec: DataSpec, cache_dir="cache", calibrate_
 
 
 def verify_head(head_path, data_spec: DataSpec, cache_dir="cache", sample: int = 64, seed: int = 0,
-                atol: float | None = None, device: str = "auto", batch_tokens: int = 16384):
+                atol: float | None = None, device: str = "auto", batch_tokens: int | None = None):
     """Cached vs live scores for a seeded sample of ``data_spec``'s pairs (loads the encoder)."""
     from .evaluate.verify import verify
     from .live import LiveScorer

@@ -42,8 +42,11 @@ def build_tokenizer(vocab_size: int = 400):
 
 
 def tiny_opt(directory: str | Path, seed: int = 0, hidden_size: int = 64, num_hidden_layers: int = 2,
-             padding_side: str = "right", **config) -> Path:
-    """Save a seeded random-weight OPT and its tokenizer to ``directory``; return the path."""
+             padding_side: str = "right", dtype: str = "float32", **config) -> Path:
+    """Save a seeded random-weight OPT and its tokenizer to ``directory``; return the path.
+
+    ``tiny_opt(d, **OPT_1_3B, dtype="float16")`` saves facebook/opt-1.3b's architecture (random
+    weights, 2.6 GB): the arithmetic of the real model, for throughput runs without the hub."""
     import torch
     from transformers import OPTConfig, OPTModel
 
@@ -56,7 +59,7 @@ def tiny_opt(directory: str | Path, seed: int = 0, hidden_size: int = 64, num_hi
                   vocab_size=len(tok), pad_token_id=1, bos_token_id=2, eos_token_id=2)
     params.update(config)
     torch.manual_seed(seed)
-    model = OPTModel(OPTConfig(**params)).eval()
+    model = OPTModel(OPTConfig(**params)).eval().to(getattr(torch, dtype))
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory)
     tok.save_pretrained(directory)

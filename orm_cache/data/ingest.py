@@ -224,7 +224,8 @@ def _text(value, where: str, col: str) -> str:
     return value
 
 
-def _label(value, where: str, col: str) -> int:
+def parse_label(value, where: str, col: str) -> int:
+    """A 0/1 label from bool, int, float or string ('0', '1', 'true', 'false'), else DataError."""
     if isinstance(value, bool):
         return int(value)
     if isinstance(value, (int, np.integer)) and value in (0, 1):
@@ -289,7 +290,7 @@ def load_split(spec: DataSpec) -> SplitData:
         else:
             t = render(spec.template, _text(row.get(spec.text_col), where, spec.text_col), prompt)
             pkeys.append(add(t))
-            plabels.append(_label(row.get(spec.label_col), where, spec.label_col))
+            plabels.append(parse_label(row.get(spec.label_col), where, spec.label_col))
             pgroups_pt.append(group)
     if kind is None:
         raise DataError(f"{source}: no rows for split {spec.split!r}")

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from ..config import RunSpec
+from ..config import RunSpec, batch_tokens_for
 from ..store import ShardWriter, StoreError, VectorStore, short
 
 log = logging.getLogger(__name__)
@@ -107,12 +107,13 @@ def encode_batches(encoder, ids: list[list[int]], n_tokens: np.ndarray, batch_to
         yield b, {c: v.to(out_dtype).cpu().numpy() for c, v in pooled.items()}, int(input_ids.numel())
 
 
-def encode_texts(encoder, texts: list[str], column: str, batch_tokens: int = 16384,
+def encode_texts(encoder, texts: list[str], column: str, batch_tokens: int | None = None,
                  max_batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """Vectors of ``texts`` (input order) for one column, and their token counts; no store."""
     ids, n_tokens, _ = encoder.tokenize(texts)
     out = None
-    for b, vectors, _ in encode_batches(encoder, ids, n_tokens, batch_tokens, max_batch_size):
+    budget = batch_tokens_for(encoder.device, batch_tokens)
+    for b, vectors, _ in encode_batches(encoder, ids, n_tokens, budget, max_batch_size):
         v = vectors[column]
         if out is None:
             out = np.empty((len(texts), v.shape[1]), dtype=np.float32)  # (N, D)
@@ -148,7 +149,8 @@ def embed_texts(texts: dict[str, str], encoder, run: RunSpec, desc: str = "embed
     writer = None
     bar = _progress(len(missing), run.quiet, desc)
     try:
-        for b, vectors, padded in encode_batches(encoder, ids, n_tokens, run.batch_tokens, run.max_batch_size):
+        budget = batch_tokens_for(encoder.device, run.batch_tokens)
+        for b, vectors, padded in encode_batches(encoder, ids, n_tokens, budget, run.max_batch_size):
             bad = ~np.all([np.isfinite(v).all(axis=1) for v in vectors.values()], axis=0)
             if bad.any():
                 raise StoreError(f"{int(bad.sum())} texts gave non-finite hidden states "

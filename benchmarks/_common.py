@@ -1,0 +1,104 @@
+"""Shared by the benchmark scripts: machine description, timing, tables, RESULTS.md sections,
+and the GSM8K model solutions (read by path from ../shared/data/gsm8k, never copied)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import random
+import re
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+GSM8K = ROOT.parent / "shared" / "data" / "gsm8k"
+SOLVERS = ("6b_finetuning", "6b_verification", "175b_finetuning", "175b_verification")
+
+
+def machine() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    desc = f"{os.cpu_count()} CPU cores ({cpu}), Python {platform.python_version()}, torch {torch.__version__}"
+    if torch.cuda.is_available():
+        desc += f", GPU {torch.cuda.get_device_name(0)}"
+    return desc
+
+
+def median_time(fn, repeats: int = 3, warmup: int = 0):
+    """Median wall time of ``fn()`` over ``repeats`` runs (after ``warmup`` untimed runs) and the
+    last return value."""
+    for _ in range(warmup):
+        fn()
+    times, out = [], None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), out
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def table(headers: list[str], rows: list[list]) -> str:
+    def fmt(x):
+        return f"{x:,.3g}" if isinstance(x, float) and abs(x) < 1000 else (f"{x:,.0f}" if isinstance(x, float) else str(x))
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(fmt(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_section(name: str, body: str) -> None:
+    """Replace (or append) the section ``name`` of RESULTS.md, stamped with machine, date and command."""
+    stamp = (f"Machine: {machine()}.  \nDate: {_dt.date.today().isoformat()}.  \n"
+             f"Command: `python {' '.join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:])}`\n")
+    block = f"<!-- BEGIN {name} -->\n{body.rstrip()}\n\n{stamp}<!-- END {name} -->"
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\nWritten by the scripts in this folder (`--write`), not by hand.\n"
+    pat = re.compile(rf"<!-- BEGIN {re.escape(name)} -->.*?<!-- END {re.escape(name)} -->", re.S)
+    text = pat.sub(lambda _: block, text) if pat.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    RESULTS.write_text(text)
+
+
+def gsm8k_pointwise(path: Path = GSM8K / "model_solutions_dev.jsonl") -> list[dict]:
+    """One row per candidate: the ground truth and the four model solutions of each problem."""
+    rows = []
+    for i, line in enumerate(open(path)):
+        d = json.loads(line)
+        cands = [(d["ground_truth"], 1)] + [(d[s]["solution"], int(d[s]["is_correct"])) for s in SOLVERS if s in d]
+        for text, label in cands:
+            rows.append({"group": f"q{i:04d}", "prompt": d["question"], "text": text, "label": label})
+    return rows
+
+
+def write_gsm8k_splits(out: Path, seed: int = 0, fractions=(0.6, 0.2, 0.2)) -> Path:
+    """Split the problems (never the traces) into train/validation/test pointwise files."""
+    rows = gsm8k_pointwise()
+    groups = sorted({r["group"] for r in rows})
+    random.Random(seed).shuffle(groups)
+    n_tr, n_va = int(fractions[0] * len(groups)), int(fractions[1] * len(groups))
+    split_of = {g: "train" for g in groups[:n_tr]}
+    split_of.update({g: "validation" for g in groups[n_tr:n_tr + n_va]})
+    split_of.update({g: "test" for g in groups[n_tr + n_va:]})
+    out.mkdir(parents=True, exist_ok=True)
+    files = {s: open(out / f"{s}.jsonl", "w") for s in ("train", "validation", "test")}
+    for r in rows:
+        files[split_of[r["group"]]].write(json.dumps(r) + "\n")
+    for f in files.values():
+        f.close()
+    return out

@@ -1,0 +1,133 @@
+"""Stage-2 timings at the reference data's shape: 41,656 pairs over 9,482 traces x 2048 dims.
+
+Builds a synthetic float16 store of that shape on disk (OPT-1.3b's width; a planted quality
+direction so the heads learn something), then times, in-process (interpreter start and imports
+excluded), medians of --repeats runs:
+
+  load        open the store (memory-mapped shards) and gather the split's vectors as float32
+  fit adamw   the reference recipe, 800 steps of 8 pairs
+  fit lbfgs   the exact minimiser (l2 1.0)
+  eval        the full metric table with 1000 bootstrap resamples
+
+and the process's peak RSS.
+
+    python benchmarks/head_speed.py --write
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np  # noqa: E402
+
+from _common import machine, median_time, peak_rss_mib, table, write_section  # noqa: E402
+
+TARGETS = {"load": 0.5, "fit-head adamw (800 steps)": 2.0, "fit-head lbfgs": 5.0, "eval (1000 bootstrap)": 2.0}
+
+
+def synthetic_split(U: int, D: int, n_pairs: int, per_group: int = 9, seed: int = 0):
+    """Reference-shaped data: groups of ``per_group`` traces (1 positive, 8 negatives), each
+    positive paired with every negative of its group, plus cross-group pairs up to ``n_pairs``."""
+    from orm_cache.data.ingest import Pairs, SplitData
+
+    rng = np.random.default_rng(seed)
+    keys = [f"{i:064x}" for i in range(U)]
+    u = rng.normal(size=D)
+    u /= np.linalg.norm(u)
+    q = rng.normal(size=U)
+    X = (rng.normal(size=(U, D)) + 3.0 * q[:, None] * u).astype(np.float16)  # (U, D)
+    groups = np.arange(U) // per_group
+    ci, ri = [], []
+    for g in range(groups.max() + 1):
+        members = np.flatnonzero(groups == g)
+        best = members[np.argmax(q[members])]
+        for m in members:
+            if m != best:
+                ci.append(best)
+                ri.append(m)
+    while len(ci) < n_pairs:
+        a, b = rng.integers(0, U, 2)
+        if a != b:
+            ci.append(a if q[a] > q[b] else b)
+            ri.append(b if q[a] > q[b] else a)
+    ci, ri = np.array(ci[:n_pairs]), np.array(ri[:n_pairs])
+    pairs = Pairs([keys[i] for i in ci], [keys[i] for i in ri], [f"g{groups[i]}" for i in ci], [])
+    data = SplitData("synthetic", "train", "pairwise", {k: "" for k in keys}, pairs)
+    return data, keys, X
+
+
+def write_store(cache: Path, keys, X: np.ndarray):
+    from orm_cache.store import ShardWriter, VectorStore, fingerprint, store_dir
+
+    ident = {"schema_version": 1, "model": {"source": "synthetic", "dim": X.shape[1]}}
+    fp = fingerprint(ident)
+    VectorStore.open(cache, fp, ident, create=True)
+    w = ShardWriter(store_dir(cache, fp), fp, ident, ("last@-1",), X.shape[1], "float16", shard_rows=2048)
+    for i in range(0, len(keys), 512):
+        n = len(keys[i:i + 512])
+        w.add(keys[i:i + 512], np.full(n, 200), np.zeros(n, bool), {"last@-1": X[i:i + 512]})
+    w.flush()
+    return fp
+
+
+def run(args) -> tuple[str, dict]:
+    from orm_cache.config import HeadConfig
+    from orm_cache.evaluate import evaluate
+    from orm_cache.head import Head, train
+    from orm_cache.store import VectorStore, store_dir
+    from orm_cache.vectors import split_vectors
+
+    data, keys, X16 = synthetic_split(args.traces, args.dim, args.pairs)
+    with tempfile.TemporaryDirectory() as d:
+        cache = Path(d)
+        fp = write_store(cache, keys, X16)
+        del X16
+
+        def load():
+            return split_vectors(data, VectorStore(store_dir(cache, fp), fp), "last@-1")
+
+        t_load, sv = median_time(load, args.repeats, warmup=1)
+        t_adamw, r_adamw = median_time(lambda: train(sv.X, sv.ci, sv.ri, HeadConfig()), args.repeats, warmup=1)
+        t_lbfgs, r_lbfgs = median_time(lambda: train(sv.X, sv.ci, sv.ri, HeadConfig(solver="lbfgs")), args.repeats)
+        head = Head(r_lbfgs.weight, r_lbfgs.bias, {"train": {"score_std": r_lbfgs.score_std}})
+        t_eval, rep = median_time(lambda: evaluate(head, sv, bootstrap=1000), args.repeats, warmup=1)
+    times = {"load": t_load, "fit-head adamw (800 steps)": t_adamw, "fit-head lbfgs": t_lbfgs,
+             "eval (1000 bootstrap)": t_eval}
+    rows = [[k, f"{v:.3f}", f"<= {TARGETS[k]}", "yes" if v <= TARGETS[k] else "NO"] for k, v in times.items()]
+    adamw_acc = float(((sv.X @ r_adamw.weight)[sv.ci] > (sv.X @ r_adamw.weight)[sv.ri]).mean())
+    body = "\n".join([
+        f"### Stage 2 timings: {args.pairs:,} pairs over {args.traces:,} traces x {args.dim} dims (float16 store)", "",
+        f"Medians of {args.repeats} in-process runs (imports and interpreter start excluded).", "",
+        table(["step", "seconds", "target", "met"], rows), "",
+        f"Peak RSS of the process: {peak_rss_mib():,.0f} MiB. lbfgs converged in {r_lbfgs.steps} iterations; "
+        f"train accuracy adamw {100 * adamw_acc:.1f}%, eval accuracy of the lbfgs head {100 * rep['accuracy']:.1f}%.",
+    ])
+    return body, times
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pairs", type=int, default=41_656)
+    p.add_argument("--traces", type=int, default=9_482)
+    p.add_argument("--dim", type=int, default=2048)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--write", action="store_true", help="write the table into benchmarks/RESULTS.md")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse(argv)
+    body, times = run(args)
+    print(body)
+    print(f"\nmachine: {machine()}")
+    if args.write:
+        write_section("head_speed", body)
+    return times
+
+
+if __name__ == "__main__":
+    main()

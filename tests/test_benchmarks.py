@@ -1,0 +1,41 @@
+"""The benchmark scripts run (tiny sizes, CPU): their code paths, GPU path included, cannot rot."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+
+def test_embed_throughput_script_with_a_tiny_opt(monkeypatch):
+    import embed_throughput
+
+    # "cuda" would be the GPU path; this runs the same function on the CPU with a small model.
+    monkeypatch.setattr(embed_throughput, "load_texts",
+                        lambda limit, seed=0: ([f"Step {i}: {i} + {i} = {2 * i}. " * (1 + i % 5) for i in range(limit)],
+                                               "test texts"))
+    out = embed_throughput.main(["--model", "tiny-opt", "--device", "cpu", "--limit", "24", "--loop-limit", "6",
+                                 "--repeats", "1"])
+    assert "(c) orm-cache embed" in out and "c/a =" in out and "padding waste" in out
+
+
+def test_matmul_ceiling_is_positive():
+    import embed_throughput
+
+    assert embed_throughput.matmul_ceiling("cpu", __import__("torch").float32) > 0
+
+
+def test_head_speed_script_small():
+    import head_speed
+
+    times = head_speed.main(["--pairs", "600", "--traces", "180", "--dim", "32", "--repeats", "1"])
+    assert set(times) == set(head_speed.TARGETS) and all(t > 0 for t in times.values())
+
+
+def test_gsm8k_script_skips_cleanly_without_data(monkeypatch, tmp_path, capsys):
+    import gsm8k_eval
+
+    monkeypatch.setattr(gsm8k_eval, "GSM8K", tmp_path / "absent")
+    assert gsm8k_eval.main([]) is None
+    assert "skipped" in capsys.readouterr().out
