@@ -78,16 +78,7 @@ def fit_head(data_spec: DataSpec, enc_spec: EncoderSpec, cfg: HeadConfig, cache_
     if cfg.feature is None:
         cfg = replace(cfg, feature=feature)
     res = train(sv.X, sv.ci, sv.ri, cfg)
-    train_acc = float((margins_of(sv.X @ res.weight, sv.ci, sv.ri) > 0).mean())
-    meta = {
-        "fingerprint": vs.fp, "encoder_identity": vs.identity(), "encoder_spec": vs.spec(), "feature": feature,
-        "config": cfg.to_dict(), "data": sv.data.identity,
-        "train": {"score_mean": 0.0, "score_std": res.score_std, "final_loss": res.final_loss,
-                  "accuracy": train_acc, "seconds": res.seconds, "steps": res.steps,
-                  "history": [list(h) for h in res.history],
-                  "bias_rule": "bias set after training so that training traces score 0 on average"},
-    }
-    head = Head(res.weight, res.bias, meta)
+    head = build_head(vs, sv, cfg, res)
     report = None
     if eval_split:
         try:
@@ -95,14 +86,35 @@ def fit_head(data_spec: DataSpec, enc_spec: EncoderSpec, cfg: HeadConfig, cache_
         except (DataError, StoreError) as e:
             log.info("not evaluating on %s: %s", eval_split, e)
         else:
-            T = fit_temperature(margins_of(head.score(ev.X), ev.ci, ev.ri))
-            head.meta["calibration"] = {"temperature": T if math.isfinite(T) else None, "fitted_on": eval_split}
-            report = evaluate(head, ev, temperature=T)
-            report["calibration"]["fitted_on"] = eval_split
-            head.meta["metrics"] = {eval_split: _headline(report)}
+            report = calibrate_and_evaluate(head, ev)
     path = Path(out) if out else default_head_path(cache_dir, vs.fp, feature, cfg)
     head.save(path)
     return FitResult(head, path, res, report)
+
+
+def build_head(vs: VectorStore, sv, cfg: HeadConfig, res) -> Head:
+    """A head from a training result, with everything a checkpoint records beside the weights."""
+    train_acc = float((margins_of(sv.X @ res.weight, sv.ci, sv.ri) > 0).mean())
+    meta = {
+        "fingerprint": vs.fp, "encoder_identity": vs.identity(), "encoder_spec": vs.spec(), "feature": sv.feature,
+        "config": cfg.to_dict(), "data": sv.data.identity,
+        "train": {"score_mean": 0.0, "score_std": res.score_std, "final_loss": res.final_loss,
+                  "accuracy": train_acc, "seconds": res.seconds, "steps": res.steps,
+                  "history": [list(h) for h in res.history],
+                  "bias_rule": "bias set after training so that training traces score 0 on average"},
+    }
+    return Head(res.weight, res.bias, meta)
+
+
+def calibrate_and_evaluate(head: Head, ev) -> dict:
+    """Fit the temperature on ``ev``'s split, record it and the headline in the head; return the
+    full report on that split."""
+    T = fit_temperature(margins_of(head.score(ev.X), ev.ci, ev.ri))
+    head.meta["calibration"] = {"temperature": T if math.isfinite(T) else None, "fitted_on": ev.data.split}
+    report = evaluate(head, ev, temperature=T)
+    report["calibration"]["fitted_on"] = ev.data.split
+    head.meta.setdefault("metrics", {})[ev.data.split] = _headline(report)
+    return report
 
 
 def _headline(r: dict) -> dict:
@@ -154,3 +166,66 @@ def verify_head(head_path, data_spec: DataSpec, cache_dir="cache", sample: int =
     sv = load_vectors(data_spec, vs, head.feature, _model_hint(vs), cache_dir)
     scorer = LiveScorer(head, device, batch_tokens)
     return verify(head, sv, scorer, sample, seed, atol)
+
+
+@dataclass
+class SweepResult:
+    rows: list  # SweepRow, sorted best first
+    best: Head
+    path: Path
+    seconds: float
+    report: dict | None  # --report-on split, best head only
+
+
+def sweep_heads(data_spec: DataSpec, enc_spec: EncoderSpec, base: HeadConfig, grid: dict, cache_dir="cache",
+                select_on: str = "validation", report_on: str | None = None, out=None, store: str | None = None,
+                quiet: bool = True) -> SweepResult:
+    """Train every configuration of ``grid`` (on top of ``base``) on ``data_spec``'s split, rank
+    them on ``select_on``, save the best; evaluate only that one on ``report_on`` (never selecting
+    on it)."""
+    import sys
+    import time
+
+    from tqdm.auto import tqdm
+
+    from .head.sweep import expand, run_sweep
+
+    if report_on and report_on == select_on:
+        raise ValueError("--report-on must differ from --select-on: a split used for selection is not a report")
+    t0 = time.perf_counter()
+    hint = embed_command(data_spec, enc_spec.model, cache_dir, base.feature)
+    vs = find_store(cache_dir, enc_spec, base.feature, store, embed_hint=hint)
+    default_feature = base.feature or vs.columns[0]
+    cfgs = [c if c.feature else replace(c, feature=default_feature) for c in expand(base, grid)]
+    features, select, train_sv = {}, {}, {}
+    for f in sorted({c.feature for c in cfgs}):
+        tr = load_vectors(data_spec, vs, f, enc_spec.model, cache_dir)
+        se = load_vectors(replace(data_spec, split=select_on), vs, f, enc_spec.model, cache_dir)
+        features[f], select[f], train_sv[f] = (tr.X, tr.ci, tr.ri), (se.X, se.ci, se.ri), (tr, se)
+    bar = tqdm(total=len(cfgs), unit="config", desc="sweep", disable=quiet or not sys.stderr.isatty(), file=sys.stderr)
+    rows = run_sweep(features, select, cfgs, progress=bar.update)
+    bar.close()
+    rows.sort(key=lambda r: (-r.select_accuracy, r.select_loss))
+    top = rows[0]
+    tr, se = train_sv[top.config.feature]
+    best = build_head(vs, tr, top.config, top.result)
+    calibrate_and_evaluate(best, se)
+    best.meta["sweep"] = {"configurations": len(rows), "selected_on": select_on, "grid": {k: [str(x) for x in v]
+                                                                                      for k, v in grid.items()}}
+    path = Path(out) if out else Path(cache_dir) / "heads" / f"sweep-best-{short(vs.fp)[:8]}.pt"
+    best.save(path)
+    report = None
+    if report_on:
+        report = evaluate_split(path, replace(data_spec, split=report_on), cache_dir, calibrate_on=select_on)
+    return SweepResult(rows, best, path, time.perf_counter() - t0, report)
+
+
+def sweep_table(rows, select_on: str, fields=None) -> list[dict]:
+    """One plain dict per configuration (config fields + metrics), best first."""
+    out = []
+    for rank, r in enumerate(rows, 1):
+        d = {"rank": rank, **r.config.to_dict(), f"{select_on}_accuracy": r.select_accuracy,
+             f"{select_on}_loss": r.select_loss, "train_loss": r.result.final_loss, "seconds": r.result.seconds}
+        d["betas"] = "/".join(map(str, r.config.betas))
+        out.append(d)
+    return out

@@ -29,7 +29,13 @@ def test_matmul_ceiling_is_positive():
 def test_head_speed_script_small():
     import head_speed
 
-    times = head_speed.main(["--pairs", "600", "--traces", "180", "--dim", "32", "--repeats", "1"])
+    monkeypatch_grid = head_speed.SWEEP_GRID
+    head_speed.SWEEP_GRID = "lr=1e-5,1e-4 seed=0"
+    try:
+        times = head_speed.main(["--pairs", "600", "--traces", "180", "--dim", "32", "--repeats", "1",
+                                 "--sequential", "1"])
+    finally:
+        head_speed.SWEEP_GRID = monkeypatch_grid
     assert set(times) == set(head_speed.TARGETS) and all(t > 0 for t in times.values())
 
 

@@ -1,0 +1,209 @@
+"""Hyperparameter sweeps over cached vectors: many heads trained as one ``(K, D)`` matrix.
+
+AdamW configurations that share what decides the mini-batch stream and the initial weights
+(feature, batch size, steps, seed, warm-up, init, betas) train together: one sampled batch per
+step feeds all K heads, and a batched AdamW applies each head's own lr, weight decay, margin,
+centring coefficient and gradient clipping. The update is PyTorch's AdamW written out for a
+``(K, D)`` matrix, so a configuration trained here equals the same one trained alone by
+:func:`orm_cache.head.train.train_adamw` (up to float round-off; tested).
+
+L-BFGS configurations share one standardisation and are solved along the L2 path from strong to
+weak, each warm-started from the previous solution.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import HEAD_FIELDS, HeadConfig
+from .losses import pairwise_loss
+from .train import TrainResult, _finish, batch_order, lbfgs_objective, standardizer, warmup_factor
+
+SHARED_KEYS = ("feature", "batch_size", "steps", "seed", "warmup_steps", "init", "betas")
+EPS = 1e-8  # torch.optim.AdamW's default
+
+
+# ------------------------------------------------------------------------------------- grids
+
+def _cast(field: str, value: str):
+    default = getattr(HeadConfig(), field)
+    if field == "betas":
+        return value
+    if field == "feature" or isinstance(default, str) or default is None:
+        return value
+    if isinstance(default, bool):
+        return value.lower() in ("1", "true", "yes")
+    if isinstance(default, int):
+        return int(float(value))
+    return float(value)
+
+
+def parse_grid(text: str | None = None, path: str | None = None) -> dict[str, list]:
+    """``"lr=1e-5,2e-5 steps=400,800"`` (or a JSON/YAML file mapping field -> list) -> grid.
+
+    Field names are :class:`HeadConfig`'s (``l2``, ``solver``, ``feature``…); an unknown one is a
+    ``ValueError`` naming the allowed ones.
+    """
+    grid: dict[str, list] = {}
+    if path:
+        raw = Path(path).read_text()
+        if path.endswith((".yaml", ".yml")):
+            try:
+                import yaml
+            except ImportError:
+                raise ValueError(f"{path}: reading YAML needs PyYAML (pip install pyyaml); or use JSON") from None
+            doc = yaml.safe_load(raw)
+        else:
+            try:
+                doc = json.loads(raw)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: malformed JSON ({e.msg}, line {e.lineno})") from None
+        if not isinstance(doc, dict):
+            raise ValueError(f"{path}: expected a mapping of field -> list of values")
+        for k, v in doc.items():
+            grid[k] = [str(x) if not isinstance(x, (list, tuple)) else ",".join(map(str, x))
+                       for x in (v if isinstance(v, list) else [v])]
+    if text:
+        for item in text.split():
+            if "=" not in item:
+                raise ValueError(f"grid item {item!r} is not field=v1,v2,…")
+            k, v = item.split("=", 1)
+            grid[k] = [x.replace("/", ",") for x in v.split(",") if x]  # betas: 0.9/0.999
+    for k in grid:
+        if k not in HEAD_FIELDS:
+            raise ValueError(f"unknown grid field {k!r}; sweepable fields: {', '.join(HEAD_FIELDS)}")
+        grid[k] = [_cast(k, v) for v in grid[k]]
+    return grid
+
+
+def expand(base: HeadConfig, grid: dict[str, list]) -> list[HeadConfig]:
+    """Every combination of the grid's values on top of ``base`` (order: the grid's)."""
+    keys = list(grid)
+    return [replace(base, **dict(zip(keys, combo))) for combo in itertools.product(*(grid[k] for k in keys))]
+
+
+# --------------------------------------------------------------------------------- training
+
+def train_adamw_batched(X: np.ndarray, ci: np.ndarray, ri: np.ndarray, cfgs: list[HeadConfig]) -> list[TrainResult]:
+    """Train K AdamW heads that share the batch stream and init; per-head lr, weight decay,
+    margin, center_coef and grad clip. ``X`` (U, D); returns one result per config."""
+    c0 = cfgs[0]
+    for c in cfgs:
+        assert all(getattr(c, k) == getattr(c0, k) for k in SHARED_KEYS), "configs must share " + ", ".join(SHARED_KEYS)
+    t0 = time.perf_counter()
+    K, (U, D) = len(cfgs), X.shape
+    gen = torch.Generator().manual_seed(c0.seed)
+    torch.manual_seed(c0.seed)
+    proto = torch.nn.Linear(D, 1)  # the same seeded init as train_adamw
+    if c0.init == "zeros":
+        torch.nn.init.zeros_(proto.weight)
+        torch.nn.init.zeros_(proto.bias)
+    W = proto.weight.detach().repeat(K, 1).requires_grad_(True)  # (K, D)
+    b = proto.bias.detach().repeat(K).requires_grad_(True)  # (K,)
+
+    def col(name):
+        return torch.tensor([getattr(c, name) for c in cfgs], dtype=torch.float32)
+
+    lr, wd, margin, center, clip = col("lr"), col("weight_decay"), col("margin"), col("center_coef"), col("grad_clip")
+    beta1, beta2 = c0.betas
+    m_W, v_W = torch.zeros_like(W), torch.zeros_like(W)
+    m_b, v_b = torch.zeros_like(b), torch.zeros_like(b)
+    Xt = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
+    cit, rit = torch.from_numpy(np.asarray(ci)), torch.from_numpy(np.asarray(ri))
+    hist = [[] for _ in range(K)]
+    window = torch.zeros(K)
+    n_win = 0
+    for step, idx in enumerate(batch_order(len(ci), c0.batch_size, c0.steps, gen)):
+        r_c = (Xt[cit[idx]] @ W.T + b).T  # (K, B)
+        r_r = (Xt[rit[idx]] @ W.T + b).T  # (K, B)
+        loss = pairwise_loss(r_c, r_r, margin[:, None], center[:, None])  # (K,)
+        gW, gb = torch.autograd.grad(loss.sum(), (W, b))
+        with torch.no_grad():
+            # per-head global-norm clipping, as clip_grad_norm_ over (weight, bias)
+            norm = torch.sqrt((gW ** 2).sum(1) + gb ** 2)  # (K,)
+            coef = torch.where(clip > 0, torch.clamp(clip / (norm + 1e-6), max=1.0), torch.ones_like(clip))
+            gW, gb = gW * coef[:, None], gb * coef
+            lr_t = lr * warmup_factor(step, c0.warmup_steps)  # (K,)
+            t = step + 1
+            bc1, bc2_sqrt = 1 - beta1 ** t, (1 - beta2 ** t) ** 0.5
+            for p, g, m, v, lr_p, wd_p in ((W, gW, m_W, v_W, lr_t[:, None], wd[:, None]), (b, gb, m_b, v_b, lr_t, wd)):
+                p.mul_(1 - lr_p * wd_p)
+                m.lerp_(g, 1 - beta1)
+                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                denom = (v.sqrt() / bc2_sqrt).add_(EPS)
+                p.sub_((lr_p / bc1) * m / denom)
+        window += loss.detach()
+        n_win += 1
+        if n_win == 50 or step == c0.steps - 1:
+            for k in range(K):
+                hist[k].append((step + 1, float(window[k] / n_win)))
+            window.zero_()
+            n_win = 0
+    secs = (time.perf_counter() - t0) / K
+    Wn = W.detach().numpy()
+    return [_finish(Wn[k].copy(), X, ci, ri, cfgs[k], secs, c0.steps, hist[k]) for k in range(K)]
+
+
+def train_lbfgs_path(X: np.ndarray, ci: np.ndarray, ri: np.ndarray, cfgs: list[HeadConfig]) -> list[TrainResult]:
+    """L-BFGS heads on one shared standardisation, strongest L2 first, each warm-started."""
+    from scipy.optimize import minimize
+
+    mu, sd = standardizer(X)
+    Z = (X.astype(np.float64) - mu) / sd
+    order = sorted(range(len(cfgs)), key=lambda i: -cfgs[i].l2)
+    out: list[TrainResult | None] = [None] * len(cfgs)
+    x0 = np.zeros(X.shape[1])
+    for i in order:
+        c = cfgs[i]
+        t0 = time.perf_counter()
+        f = lbfgs_objective(Z, np.asarray(ci), np.asarray(ri), c.l2, c.margin, c.center_coef)
+        res = minimize(f, x0, jac=True, method="L-BFGS-B",
+                       options={"maxiter": c.lbfgs_max_iter, "gtol": 1e-9, "ftol": 1e-15, "maxcor": 20})
+        x0 = res.x
+        out[i] = _finish((res.x / sd).astype(np.float32), X, ci, ri, c, time.perf_counter() - t0, int(res.nit),
+                         [(int(res.nit), float(res.fun)), ("converged", bool(res.success), str(res.message))])
+    return out
+
+
+def group_configs(cfgs: list[HeadConfig]) -> list[list[int]]:
+    """Indices of configs that train together: adamw by SHARED_KEYS; lbfgs by feature."""
+    groups: dict = {}
+    for i, c in enumerate(cfgs):
+        key = ("adamw",) + tuple(getattr(c, k) for k in SHARED_KEYS) if c.solver == "adamw" else ("lbfgs", c.feature)
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
+
+
+@dataclass
+class SweepRow:
+    config: HeadConfig
+    result: TrainResult
+    select_accuracy: float
+    select_loss: float
+
+
+def run_sweep(features: dict[str, tuple], select: dict[str, tuple], cfgs: list[HeadConfig], progress=None) -> list[SweepRow]:
+    """Train every config on ``features[feature] = (X, ci, ri)`` and score it on
+    ``select[feature] = (X, ci, ri)``. Returns rows in config order."""
+    rows: list[SweepRow | None] = [None] * len(cfgs)
+    for idx in group_configs(cfgs):
+        group = [cfgs[i] for i in idx]
+        X, ci, ri = features[group[0].feature]
+        trainer = train_adamw_batched if group[0].solver == "adamw" else train_lbfgs_path
+        results = trainer(X, ci, ri, group)
+        Xs, cs, rs = select[group[0].feature]
+        S = Xs @ np.stack([r.weight for r in results]).T  # (U_sel, K)
+        delta = (S[cs] - S[rs]).astype(np.float64)  # (N_sel, K)
+        for j, (i, r) in enumerate(zip(idx, results)):
+            d = delta[:, j]
+            rows[i] = SweepRow(cfgs[i], r, float((d > 0).mean()), float(np.logaddexp(0.0, -d).mean()))
+        if progress is not None:
+            progress(len(idx))
+    return rows
