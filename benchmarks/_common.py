@@ -57,7 +57,11 @@ def peak_rss_mib() -> float:
 
 def table(headers: list[str], rows: list[list]) -> str:
     def fmt(x):
-        return f"{x:,.3g}" if isinstance(x, float) and abs(x) < 1000 else (f"{x:,.0f}" if isinstance(x, float) else str(x))
+        if isinstance(x, bool) or not isinstance(x, (int, float)):
+            return str(x)
+        if isinstance(x, int):
+            return f"{x:,}"
+        return f"{x:,.3g}" if abs(x) < 1000 else f"{x:,.0f}"
 
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(fmt(c) for c in r) + " |" for r in rows]

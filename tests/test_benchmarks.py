@@ -45,3 +45,10 @@ def test_gsm8k_script_skips_cleanly_without_data(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(gsm8k_eval, "GSM8K", tmp_path / "absent")
     assert gsm8k_eval.main([]) is None
     assert "skipped" in capsys.readouterr().out
+
+
+def test_dedup_gain_counts_distinct_texts():
+    import dedup_gain
+
+    out = dedup_gain.main(["--problems", "20"])
+    assert "distinct texts" in out and "41,656" in out
