@@ -71,6 +71,7 @@ def data_options(f):
         _opt(DataSpec, "prompt_col", default=d.prompt_col),
         _opt(DataSpec, "negatives", type=int, default=None, show_default=False),
         _opt(DataSpec, "pair_seed", type=int, default=d.pair_seed),
+        _opt(DataSpec, "drop_duplicate_pairs", "--drop-duplicate-pairs/--keep-duplicate-pairs", default=False),
     )(f)
 
 
@@ -158,29 +159,27 @@ def embed(**kw):
     Example (GPU, reference encoder):
       orm-cache embed --data LossFunctionLover/orm-pairwise-preference-pairs --split train
     """
-    from .data import load_split
-    from .encode import embed_texts
-    from .encode.model import Encoder
+    from .encode import embed_split
     from .store import short
 
     setup_logging(kw["quiet"])
-    data_spec, enc_spec, run = build(DataSpec, kw), build(EncoderSpec, kw), build(RunSpec, kw)
-    data = load_split(data_spec)
-    encoder = Encoder(enc_spec, run.device)
-    report = embed_texts(data.texts, encoder, run, desc=f"embed {data_spec.split}")
+    data_spec, enc_spec = build(DataSpec, kw), build(EncoderSpec, kw)
+    data, report, dist = embed_split(data_spec, enc_spec, build(RunSpec, kw))
+    if dist is not None and not dist.is_main:
+        return
     s = data.stats
-    click.echo(f"{data.source}: {s['rows']:,} rows ({data.kind}), {len(data.pairs):,} pairs, "
-               f"{report.texts:,} distinct texts")
-    click.echo(f"cached already: {report.cached:,}   to embed: {report.texts - report.cached:,}"
-               + (f" (this part: {report.assigned:,})" if run.num_shards > 1 else ""))
+    click.echo(f"{data.source}: {s['rows']:,} rows ({data.kind}), {len(data.pairs):,} pairs "
+               f"({s['duplicate_pairs']:,} duplicates), {report.texts:,} distinct texts")
+    part = f" (this part: {report.assigned:,})" if kw["num_shards"] > 1 else ""
+    ranks = f" over {report.ranks} ranks" if report.ranks > 1 else ""
+    click.echo(f"cached already: {report.cached:,}   to embed: {report.texts - report.cached:,}{part}{ranks}")
     if report.embedded:
         click.echo(f"embedded {report.embedded:,} texts in {report.batches:,} batches, {report.encode_seconds:.1f}s "
                    f"(+{report.load_seconds:.1f}s model load): "
                    f"{report.texts_per_s:,.1f} texts/s, {report.tokens_per_s:,.0f} tokens/s "
                    f"(padding {1 - report.tokens / max(report.padded_tokens, 1):.1%}); "
                    f"{report.truncated:,} truncated to {enc_spec.max_length} tokens")
-    click.echo(f"store: {report.store}  (fingerprint {short(report.fingerprint)}, "
-               f"{len(report.shards_written)} new shards)")
+    click.echo(f"store: {report.store}  (fingerprint {short(report.fingerprint)}, {report.shards} new shards)")
 
 
 def head_options(f):
@@ -544,6 +543,26 @@ def cache_info(cache_dir):
         click.echo(f"{s['dir']}  {name} {ident.get('dtype')} max_length={ident.get('max_length')} "
                    f"pooling={','.join(ident.get('pooling', []))} layers={','.join(map(str, ident.get('layers', [])))}"
                    f"  {s['shards']} shards, {rows:,} rows, {s['bytes'] / 2**20:.1f} MiB")
+
+
+@cache.command("check")
+@cache_option
+@click.option("--fix", is_flag=True, help="Move bad shards to <store>/corrupt/ and delete stale temporary files.")
+@click.option("--stale-minutes", type=float, default=60.0, show_default=True,
+              help="Temporary files older than this are a killed writer's leftovers.")
+def cache_check(cache_dir, fix, stale_minutes):
+    """Verify every shard (checksum, Arrow validation, fingerprint) and report per shard.
+
+    Exits 1 when problems remain. A bad shard is never read; its rows count as missing, so the
+    next embed writes them again.
+    """
+    from .store.check import check_cache
+
+    lines, problems = check_cache(cache_dir, fix, stale_minutes)
+    for line in lines:
+        click.echo(line)
+    if problems:
+        raise SystemExit(1)
 
 
 def main():

@@ -127,6 +127,8 @@ class DataSpec:
     """Pointwise data: negatives sampled per positive; default 8 for train, 4 otherwise."""
     pair_seed: int = 0
     """Seed for sampling negatives from pointwise data."""
+    drop_duplicate_pairs: bool = False
+    """Keep only the first of identical (chosen, rejected) pairs; duplicates are counted either way."""
 
     def __post_init__(self):
         if "{response}" not in self.template:
@@ -183,7 +185,7 @@ DEFAULT_BATCH_TOKENS = {"cpu": 4096, "cuda": 16384}
 
 def batch_tokens_for(device: str, batch_tokens: int | None) -> int:
     """The token budget to use on ``device`` (the explicit value when given)."""
-    return batch_tokens or DEFAULT_BATCH_TOKENS.get(device, 16384)
+    return batch_tokens or DEFAULT_BATCH_TOKENS["cpu" if device == "cpu" else "cuda"]
 
 
 @dataclass(frozen=True)

@@ -102,7 +102,7 @@ def test_shard_is_plain_arrow_with_fingerprint_metadata(tiny_opt_dir, pointwise_
     meta = {k.decode(): v.decode() for k, v in table.schema.metadata.items()}
     fp_keys = [k for k in meta if "fingerprint" in k]
     assert fp_keys and meta[fp_keys[0]] == enc.fingerprint
-    assert {"key", "n_tokens", "truncated", "last@-1", "mean@-1", "last@-2", "mean@-2"} <= set(table.column_names)
+    assert {"key", "n_tokens", "truncated", "recomputed_fp32", "last@-1", "mean@-1", "last@-2", "mean@-2"} <= set(table.column_names)
     assert pa.types.is_fixed_size_list(table.schema.field("last@-1").type)
     assert table.schema.field("last@-1").type.list_size == 64
     assert table.num_rows == len(data.texts)

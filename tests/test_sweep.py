@@ -25,6 +25,8 @@ def test_parse_grid_and_expand(tmp_path):
     assert parse_grid(path=str(tmp_path / "g.json")) == {"l2": [0.1, 1.0], "solver": ["lbfgs"]}
     with pytest.raises(ValueError, match="unknown grid field 'learning_rate'"):
         parse_grid("learning_rate=1")
+    with pytest.raises(ValueError, match="grid field 'lr': values \\['abc'\\] are not all numbers"):
+        parse_grid("lr=abc")
 
 
 def test_grouping_shares_batch_stream_only():

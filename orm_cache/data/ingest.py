@@ -244,6 +244,16 @@ def _prompt(row: dict, spec: DataSpec, where: str) -> str | None:
     return p
 
 
+def _dedup_pairs(pairs: Pairs) -> Pairs:
+    seen, keep = set(), []
+    for i, cr in enumerate(zip(pairs.chosen, pairs.rejected)):
+        if cr not in seen:
+            seen.add(cr)
+            keep.append(i)
+    pick = lambda xs: [xs[i] for i in keep] if xs is not None else None  # noqa: E731
+    return Pairs(pick(pairs.chosen), pick(pairs.rejected), pick(pairs.group), pick(pairs.meta) if pairs.meta else [])
+
+
 def load_split(spec: DataSpec) -> SplitData:
     """Read, validate and key one split. Raises :class:`DataError` on the first bad row."""
     from .pairs import pairs_from_pointwise
@@ -307,6 +317,8 @@ def load_split(spec: DataSpec) -> SplitData:
         data = SplitData(source, spec.split, kind, texts, pairs, pkeys, labels, groups, stats)
     seen = set(zip(data.pairs.chosen, data.pairs.rejected))
     stats["duplicate_pairs"] = len(data.pairs) - len(seen)
+    if spec.drop_duplicate_pairs and stats["duplicate_pairs"]:
+        data.pairs = _dedup_pairs(data.pairs)
     stats["pairs"] = len(data.pairs)
     stats["texts"] = len(texts)
     return data

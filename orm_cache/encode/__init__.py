@@ -30,4 +30,42 @@ def embed(data: DataSpec | Iterable[str] | dict, encoder=None, run: RunSpec | No
     return embed_texts(texts, encoder, run)
 
 
-__all__ = ["EmbedReport", "embed", "embed_texts", "last_token_index", "pool", "token_budget_batches"]
+def embed_split(data_spec: DataSpec, enc_spec: EncoderSpec, run: RunSpec | None = None):
+    """Stage 1 for one split, the way the CLI runs it: returns ``(data, report, dist)``.
+
+    Under torch.distributed (``dist`` is a :class:`~orm_cache.encode.distributed.DistInfo`),
+    this rank embeds its part of the missing keys on ``cuda:<local rank>`` (or the CPU) and
+    the report's counts are summed over ranks; ``dist`` is None in a single process.
+    """
+    from dataclasses import replace
+
+    from ..data import load_split
+    from .distributed import all_sum, dist_env, process_group
+    from .model import Encoder, resolve_device
+
+    run = run or RunSpec()
+    data = load_split(data_spec)
+    dist_info = dist_env()
+    if dist_info is None:
+        return data, embed_texts(data.texts, Encoder(enc_spec, run.device), run, desc=f"embed {data_spec.split}"), None
+    if run.num_shards > 1:
+        raise ValueError("--num-shards/--shard-index split work without torch.distributed; "
+                         "under torchrun the ranks split it already")
+    device = resolve_device(run.device)
+    if device == "cuda":
+        device = f"cuda:{dist_info.local_rank}"
+    run = replace(run, num_shards=dist_info.world, shard_index=dist_info.rank, device="cpu" if device == "cpu" else "cuda",
+                  quiet=run.quiet or not dist_info.is_main)
+    with process_group(device) as dist:
+        encoder = Encoder(enc_spec, device)
+        report = embed_texts(data.texts, encoder, run, desc=f"embed {data_spec.split} (rank 0 of {dist_info.world})")
+        dist.barrier()
+        summed = all_sum(dist, [report.assigned, report.embedded, report.batches, report.tokens,
+                                report.padded_tokens, report.truncated, report.shards], device)
+    (report.assigned, report.embedded, report.batches, report.tokens, report.padded_tokens, report.truncated,
+     report.shards) = summed
+    report.ranks = dist_info.world
+    return data, report, dist_info
+
+
+__all__ = ["EmbedReport", "embed", "embed_split", "embed_texts", "last_token_index", "pool", "token_budget_batches"]

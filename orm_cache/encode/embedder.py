@@ -38,8 +38,11 @@ class EmbedReport:
     padded_tokens: int  # tokens including padding
     truncated: int
     seconds: float  # wall time of the whole call
+    recomputed: int = 0  # rows whose half-precision states overflowed, recomputed in float32
     load_seconds: float = 0.0  # of which: loading the model weights
-    shards_written: list[str] = field(default_factory=list)
+    shards_written: list[str] = field(default_factory=list)  # by this process
+    shards: int = 0  # shards written (summed over ranks under torch.distributed)
+    ranks: int = 1  # processes that shared the work (seconds are rank 0's)
 
     @property
     def encode_seconds(self) -> float:
@@ -96,15 +99,39 @@ def pad_batch(ids: list[list[int]], pad_id: int, side: str) -> tuple[torch.Tenso
     return input_ids, mask
 
 
+FP16_MAX = float(np.finfo(np.float16).max)
+
+
 def encode_batches(encoder, ids: list[list[int]], n_tokens: np.ndarray, batch_tokens: int, max_batch_size: int):
     """Run the encoder over token-budget batches; yield ``(indices, {column: (B, D) array},
-    padded tokens)``. Vectors come back rounded to the store's dtype, so a live score and a
-    cached one go through exactly the same arithmetic."""
+    padded tokens, recomputed (B,) bool)``. Vectors come back rounded to the store's dtype, so
+    a live score and a cached one go through exactly the same arithmetic.
+
+    Rows whose half-precision states overflowed (NaN or Inf) are run again in float32 and
+    flagged; a row still non-finite then raises :class:`StoreError`: NaN or Inf never leaves.
+    """
     out_dtype = torch.float16 if encoder.vector_dtype == "float16" else torch.float32
     for b in token_budget_batches(n_tokens, batch_tokens, max_batch_size):
         input_ids, mask = pad_batch([ids[i] for i in b], encoder.pad_id, encoder.padding_side)
         pooled = encoder.forward(input_ids, mask)  # {column: (B, D)} on the device
-        yield b, {c: v.to(out_dtype).cpu().numpy() for c, v in pooled.items()}, int(input_ids.numel())
+        vectors = {c: v.to(out_dtype).cpu().numpy() for c, v in pooled.items()}
+        bad = ~np.all([np.isfinite(v).all(axis=1) for v in vectors.values()], axis=0)  # (B,)
+        if bad.any() and encoder.torch_dtype != torch.float32:
+            redo = b[bad]
+            r_ids, r_mask = pad_batch([ids[i] for i in redo], encoder.pad_id, encoder.padding_side)
+            fixed = encoder.forward(r_ids, r_mask, float32=True)
+            for c, v in fixed.items():
+                v = v.float().cpu().numpy()
+                if out_dtype == torch.float16:
+                    v = np.clip(v, -FP16_MAX, FP16_MAX)
+                vectors[c][bad] = v
+            log.warning("%d texts overflowed in %s; recomputed in float32 and flagged recomputed_fp32",
+                        int(bad.sum()), encoder.identity["dtype"])
+        still = ~np.all([np.isfinite(v).all(axis=1) for v in vectors.values()], axis=0)
+        if still.any():
+            raise StoreError(f"{int(still.sum())} texts gave non-finite hidden states even in float32 "
+                             f"(batch rows {np.flatnonzero(still)[:5].tolist()}); nothing of them was stored")
+        yield b, vectors, int(input_ids.numel()), bad
 
 
 def encode_texts(encoder, texts: list[str], column: str, batch_tokens: int | None = None,
@@ -113,7 +140,7 @@ def encode_texts(encoder, texts: list[str], column: str, batch_tokens: int | Non
     ids, n_tokens, _ = encoder.tokenize(texts)
     out = None
     budget = batch_tokens_for(encoder.device, batch_tokens)
-    for b, vectors, _ in encode_batches(encoder, ids, n_tokens, budget, max_batch_size):
+    for b, vectors, _, _ in encode_batches(encoder, ids, n_tokens, budget, max_batch_size):
         v = vectors[column]
         if out is None:
             out = np.empty((len(texts), v.shape[1]), dtype=np.float32)  # (N, D)
@@ -150,19 +177,15 @@ def embed_texts(texts: dict[str, str], encoder, run: RunSpec, desc: str = "embed
     bar = _progress(len(missing), run.quiet, desc)
     try:
         budget = batch_tokens_for(encoder.device, run.batch_tokens)
-        for b, vectors, padded in encode_batches(encoder, ids, n_tokens, budget, run.max_batch_size):
-            bad = ~np.all([np.isfinite(v).all(axis=1) for v in vectors.values()], axis=0)
-            if bad.any():
-                raise StoreError(f"{int(bad.sum())} texts gave non-finite hidden states "
-                                 f"(first key {missing[b[np.flatnonzero(bad)[0]]][:16]}…); "
-                                 "try --dtype float32 or bfloat16")
+        for b, vectors, padded, recomputed in encode_batches(encoder, ids, n_tokens, budget, run.max_batch_size):
             if writer is None:
                 dims = {v.shape[1] for v in vectors.values()}
                 if len(dims) != 1:
                     raise StoreError(f"columns have different widths {sorted(dims)}; store them separately")
                 writer = ShardWriter(store.dir, fp, encoder.identity, tuple(vectors), dims.pop(),
                                      encoder.vector_dtype, run.shard_rows, run.flush_seconds)
-            writer.add([missing[i] for i in b], n_tokens[b], truncated[b], vectors)
+            writer.add([missing[i] for i in b], n_tokens[b], truncated[b], vectors, recomputed)
+            report.recomputed += int(recomputed.sum())
             report.embedded += len(b)
             report.batches += 1
             report.tokens += int(n_tokens[b].sum())
@@ -176,6 +199,7 @@ def embed_texts(texts: dict[str, str], encoder, run: RunSpec, desc: str = "embed
         if writer is not None:
             writer.flush()  # whatever completed before an error is kept
             report.shards_written = [os.fspath(p) for p in writer.shards_written]
+            report.shards = len(report.shards_written)
     report.seconds = time.perf_counter() - t0
     log.info("embedded %d texts into %s (%s)", report.embedded, store.dir, short(fp))
     return report

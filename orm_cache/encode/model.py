@@ -35,14 +35,14 @@ def tokenizer_identity(tok) -> str:
 
 def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     if dtype == "auto":
-        return torch.float16 if device == "cuda" else torch.float32
+        return torch.float16 if device.startswith("cuda") else torch.float32
     return {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[dtype]
 
 
 def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
+    if device.startswith("cuda") and not torch.cuda.is_available():
         raise EncoderError("--device cuda was asked for, but torch sees no CUDA device")
     return device
 
@@ -79,6 +79,7 @@ class Encoder:
                     raise EncoderError(f"layer {layer} is out of range for a {n_layers}-layer model "
                                        f"(hidden states are indexed -{n_layers + 1}..{n_layers})")
         self.model = None
+        self._model_fp32 = None
         self.texts_forwarded = 0
         self.batches_forwarded = 0
 
@@ -165,14 +166,24 @@ class Encoder:
         self.model = model.to(self.device).eval().requires_grad_(False)
 
     @torch.inference_mode()
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``(B, T)`` ids and mask -> ``{column: (B, D)}`` pooled vectors, still on the device."""
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                float32: bool = False) -> dict[str, torch.Tensor]:
+        """``(B, T)`` ids and mask -> ``{column: (B, D)}`` pooled vectors, still on the device.
+        ``float32=True`` runs a float32 copy of the model (made on first use): the fallback for
+        rows whose half-precision states overflowed."""
         self.load()
+        model = self.model
+        if float32 and self.torch_dtype != torch.float32:
+            if self._model_fp32 is None:
+                import copy
+
+                self._model_fp32 = copy.deepcopy(self.model).float()
+            model = self._model_fp32
         input_ids = input_ids.to(self.device, non_blocking=True)
         attention_mask = attention_mask.to(self.device, non_blocking=True)
         need_all = self.spec.layers != (-1,)
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask,
-                         output_hidden_states=need_all, use_cache=False)
+        out = model(input_ids=input_ids, attention_mask=attention_mask,
+                    output_hidden_states=need_all, use_cache=False)
         self.batches_forwarded += 1
         self.texts_forwarded += int(input_ids.shape[0])
         result = {}

@@ -79,7 +79,12 @@ def parse_grid(text: str | None = None, path: str | None = None) -> dict[str, li
     for k in grid:
         if k not in HEAD_FIELDS:
             raise ValueError(f"unknown grid field {k!r}; sweepable fields: {', '.join(HEAD_FIELDS)}")
-        grid[k] = [_cast(k, v) for v in grid[k]]
+        try:
+            grid[k] = [_cast(k, v) for v in grid[k]]
+        except ValueError:
+            raise ValueError(f"grid field {k!r}: values {grid[k]} are not all numbers") from None
+        if not grid[k]:
+            raise ValueError(f"grid field {k!r} has no values")
     return grid
 
 

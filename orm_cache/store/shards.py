@@ -3,7 +3,8 @@
 Layout::
 
     cache/vectors/3f2a…/encoder.json          identity of the encoder (written once, atomically)
-    cache/vectors/3f2a…/<id>.arrow             one shard: key, n_tokens, truncated, <pool>@<layer>…
+    cache/vectors/3f2a…/<id>.<crc32>.arrow     one shard: key, n_tokens, truncated, recomputed_fp32,
+                                               <pool>@<layer>…; the CRC32 of its bytes is in its name
 
 A shard is written under a hidden temporary name and renamed into place, so a reader only ever
 sees complete shards; shard names are unique per process, so any number of writers (processes,
@@ -19,6 +20,7 @@ import os
 import socket
 import time
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -67,7 +69,8 @@ class ShardWriter:
         value_type = pa.float16() if self.np_dtype == np.float16 else pa.float32()
         fields = [pa.field("key", pa.string(), nullable=False),
                   pa.field("n_tokens", pa.int32(), nullable=False),
-                  pa.field("truncated", pa.bool_(), nullable=False)]
+                  pa.field("truncated", pa.bool_(), nullable=False),
+                  pa.field("recomputed_fp32", pa.bool_(), nullable=False)]
         fields += [pa.field(c, pa.list_(value_type, dim), nullable=False) for c in columns]
         self.schema = pa.schema(fields, metadata={
             META_FINGERPRINT: fp.encode(),
@@ -84,6 +87,7 @@ class ShardWriter:
         self._keys: list[str] = []
         self._n_tokens: list[np.ndarray] = []
         self._truncated: list[np.ndarray] = []
+        self._recomputed: list[np.ndarray] = []
         self._vecs: dict[str, list[np.ndarray]] = {c: [] for c in self.columns}
 
     @property
@@ -91,8 +95,9 @@ class ShardWriter:
         return len(self._keys)
 
     def add(self, keys: list[str], n_tokens: np.ndarray, truncated: np.ndarray,
-            vectors: dict[str, np.ndarray]) -> None:
-        """Buffer one batch; ``vectors[col]`` is ``(B, D)``. Flushes when the shard is full or old."""
+            vectors: dict[str, np.ndarray], recomputed: np.ndarray | None = None) -> None:
+        """Buffer one batch; ``vectors[col]`` is ``(B, D)``; ``recomputed`` flags rows whose float16
+        states overflowed and were recomputed in float32. Flushes when the shard is full or old."""
         for c in self.columns:
             v = vectors[c]
             assert v.shape == (len(keys), self.dim), (c, v.shape)  # (B, D)
@@ -102,6 +107,7 @@ class ShardWriter:
         self._keys.extend(keys)
         self._n_tokens.append(np.asarray(n_tokens, dtype=np.int32))
         self._truncated.append(np.asarray(truncated, dtype=bool))
+        self._recomputed.append(np.zeros(len(keys), bool) if recomputed is None else np.asarray(recomputed, bool))
         if self.buffered >= self.shard_rows or time.monotonic() - self._last_flush >= self.flush_seconds:
             self.flush()
 
@@ -112,30 +118,62 @@ class ShardWriter:
             return None
         arrays = [pa.array(self._keys, pa.string()),
                   pa.array(np.concatenate(self._n_tokens)),
-                  pa.array(np.concatenate(self._truncated))]
+                  pa.array(np.concatenate(self._truncated)),
+                  pa.array(np.concatenate(self._recomputed))]
         for c in self.columns:
             flat = np.concatenate(self._vecs[c]).reshape(-1)  # (N*D,)
             arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(flat), self.dim))
         table = pa.Table.from_arrays(arrays, schema=self.schema)
-        name = f"{time.time_ns():016x}-{socket.gethostname()}-{os.getpid()}-{self._seq:05d}{SHARD_SUFFIX}"
+        stem = f"{time.time_ns():016x}-{socket.gethostname()}-{os.getpid()}-{self._seq:05d}"
         self._seq += 1
-        final = self.dir / name
-        tmp = self.dir / f"{TMP_PREFIX}{name}"
+        tmp = self.dir / f"{TMP_PREFIX}{stem}{SHARD_SUFFIX}"
+        final = None
         try:
             with pa.OSFile(str(tmp), "wb") as sink:
                 with pa.ipc.new_file(sink, table.schema) as writer:
                     writer.write_table(table)
             with open(tmp, "rb") as f:
+                crc = zlib.crc32(f.read())
                 os.fsync(f.fileno())
+            final = self.dir / f"{stem}.{crc:08x}{SHARD_SUFFIX}"
             os.replace(tmp, final)
         except OSError as e:
             tmp.unlink(missing_ok=True)
-            raise StoreError(f"could not write shard {final} ({e.strerror or e}); "
-                             f"the {len(self.shards_written)} shards already written are intact") from e
+            raise StoreError(f"could not write a shard to {self.dir} ({e.strerror or e}); "
+                             f"the {len(self.shards_written)} shards this run already wrote are intact, "
+                             "and the next run embeds only what is missing") from e
         self.shards_written.append(final)
         self.rows_written += len(self._keys)
         self._reset()
         return final
+
+
+def shard_checksum(path: Path) -> str | None:
+    """The CRC32 written into a shard's name (``<stem>.<crc32>.arrow``), if any."""
+    parts = path.name[: -len(SHARD_SUFFIX)].rsplit(".", 1)
+    return parts[1] if len(parts) == 2 and len(parts[1]) == 8 else None
+
+
+def open_shard(path: Path, fp: str) -> tuple[pa.Table | None, str | None]:
+    """Memory-map one shard and check it: checksum, Arrow validation, fingerprint.
+    Returns ``(table, None)``, or ``(None, reason)`` when it must not be read."""
+    try:
+        mm = pa.memory_map(str(path), "r")
+        want = shard_checksum(path)
+        if want is None:
+            return None, "no checksum in its name (not written by orm-cache)"
+        got = f"{zlib.crc32(mm.read_buffer()):08x}"
+        if got != want:
+            return None, f"checksum mismatch (file {got}, name {want}): truncated or corrupted"
+        mm.seek(0)
+        table = pa.ipc.open_file(mm).read_all()
+        table.validate()
+    except (pa.ArrowInvalid, OSError) as e:
+        return None, f"unreadable Arrow file ({str(e).splitlines()[0]})"
+    got_fp = (table.schema.metadata or {}).get(META_FINGERPRINT, b"").decode()
+    if got_fp != fp:
+        return None, f"fingerprint {short(got_fp) or 'missing'} != store {short(fp)}"
+    return table, None
 
 
 class VectorStore:
@@ -175,15 +213,9 @@ class VectorStore:
         for path in sorted(self.dir.glob(f"*{SHARD_SUFFIX}")):
             if path.name.startswith(TMP_PREFIX) or path in known:
                 continue
-            try:
-                table = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
-            except (pa.ArrowInvalid, OSError) as e:
-                self._skip(path, f"unreadable Arrow file ({e})")
-                continue
-            meta = table.schema.metadata or {}
-            got = meta.get(META_FINGERPRINT, b"").decode()
-            if got != self.fp:
-                self._skip(path, f"fingerprint {short(got) or 'missing'} != store {short(self.fp)}")
+            table, problem = open_shard(path, self.fp)
+            if problem:
+                self._skip(path, problem)
                 continue
             idx = len(self._tables)
             self._tables.append(table)
@@ -262,6 +294,9 @@ class VectorStore:
 
     def truncated(self, keys) -> np.ndarray:
         return self._scalar(keys, "truncated")
+
+    def recomputed(self, keys) -> np.ndarray:
+        return self._scalar(keys, "recomputed_fp32")
 
     def identity(self) -> dict:
         enc = self.dir / "encoder.json"
