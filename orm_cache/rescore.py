@@ -172,50 +172,73 @@ def _prob(score: float, T: float | None) -> float | None:
     return None if not T else 1.0 / (1.0 + math.exp(-score / T))
 
 
+@dataclass
+class _Job:
+    """What score and rank share: the input, the head and its rescorer, the summary and the
+    side file of rejected rows."""
+
+    input_path: Path
+    head: Head
+    rescorer: Rescorer
+    cols: TextColumns
+    summary: ScoreSummary
+    rejected: "RejectWriter | None"
+    t0: float
+
+    def valid_rows(self, parse):
+        """Yield ``(row, parse(where, row))`` for every row ``parse`` accepts; a DataError stops
+        the run, or with --skip-invalid sends the row and its reason to the side file."""
+        for lineno, row in read_rows(self.input_path):
+            try:
+                parsed = parse(f"{self.input_path}:{lineno}", row)
+            except DataError as e:
+                if self.rejected is None:
+                    raise
+                self.rejected.add(lineno, row, str(e))
+                self.summary.invalid += 1
+                continue
+            yield row, parsed
+
+    def finish(self) -> ScoreSummary:
+        if self.rejected is not None:
+            self.summary.rejected_path = self.rejected.close()
+        self.summary.seconds = time.perf_counter() - self.t0
+        return self.summary
+
+
+def _job(head_path, input_path, output_path, cache_dir, cols, skip_invalid, device, batch_tokens, quiet) -> _Job:
+    t0 = time.perf_counter()
+    input_path = Path(input_path)
+    _check_input(input_path)
+    head = Head.load(head_path)
+    return _Job(input_path, head, Rescorer(head, cache_dir, device, batch_tokens, quiet), cols or TextColumns(),
+                ScoreSummary(output=str(output_path)), RejectWriter(output_path) if skip_invalid else None, t0)
+
+
 def score_file(head_path, input_path, output_path, cache_dir="cache", cols: TextColumns | None = None,
                chunk_rows: int = 50_000, skip_invalid: bool = False, device: str = "auto",
                batch_tokens: int | None = None, quiet: bool = True) -> ScoreSummary:
     """Add ``score`` (and ``p_beats_average`` = σ(score/T) when calibrated) to every row of
     ``input_path``, in input order, streaming ``chunk_rows`` rows at a time."""
-    t0 = time.perf_counter()
-    cols = cols or TextColumns()
-    input_path = Path(input_path)
-    _check_input(input_path)
-    head = Head.load(head_path)
-    rescorer = Rescorer(head, cache_dir, device, batch_tokens, quiet)
-    T = head.temperature
+    job = _job(head_path, input_path, output_path, cache_dir, cols, skip_invalid, device, batch_tokens, quiet)
+    T = job.head.temperature
     out = OutputWriter(output_path)
-    rejected = RejectWriter(output_path) if skip_invalid else None
-    summary = ScoreSummary(output=str(output_path))
-    rows_iter = read_rows(input_path)
+
+    def parse(where, row):
+        text = row_text(row, job.cols, where)
+        return trace_key(text), text
+
+    rows = job.valid_rows(parse)
     try:
-        while True:
-            chunk = list(itertools.islice(rows_iter, chunk_rows))
-            if not chunk:
-                break
-            good, texts = [], {}
-            for lineno, row in chunk:
-                try:
-                    text = row_text(row, cols, f"{input_path}:{lineno}")
-                except DataError as e:
-                    if rejected is None:
-                        raise
-                    rejected.add(lineno, row, str(e))
-                    summary.invalid += 1
-                    continue
-                k = trace_key(text)
-                texts.setdefault(k, text)
-                good.append((row, k))
-            scores = rescorer.scores(texts, summary) if texts else {}
+        while chunk := list(itertools.islice(rows, chunk_rows)):
+            texts = dict(kt for _, kt in chunk)
+            scores = job.rescorer.scores(texts, job.summary)
             out.write([{**row, "score": scores[k], **({"p_beats_average": _prob(scores[k], T)} if T else {})}
-                       for row, k in good])
-            summary.rows += len(good)
+                       for row, (k, _) in chunk])
+            job.summary.rows += len(chunk)
     finally:
         out.close()
-        if rejected is not None:
-            summary.rejected_path = rejected.close()
-    summary.seconds = time.perf_counter() - t0
-    return summary
+    return job.finish()
 
 
 class RejectWriter:
@@ -260,42 +283,25 @@ def rank_file(head_path, input_path, output_path, group_by: str, top_k: int | No
     (fractional credit for ties), random, oracle and the best-of-N curve go into the summary."""
     from .evaluate.metrics import best_of_n, best_of_n_curve
 
-    t0 = time.perf_counter()
-    cols = cols or TextColumns()
-    input_path = Path(input_path)
-    _check_input(input_path)
-    head = Head.load(head_path)
-    rescorer = Rescorer(head, cache_dir, device, batch_tokens, quiet)
-    summary = ScoreSummary(output=str(output_path))
-    rejected = RejectWriter(output_path) if skip_invalid else None
-    rows, keys, groups, labels, texts = [], [], [], [], {}
+    job = _job(head_path, input_path, output_path, cache_dir, cols, skip_invalid, device, batch_tokens, quiet)
     has_labels = None
-    for lineno, row in read_rows(input_path):
-        where = f"{input_path}:{lineno}"
-        try:
-            if group_by not in row or row[group_by] is None:
-                raise DataError(f"{where}: group column {group_by!r} is missing (columns: {sorted(row)})")
-            text = row_text(row, cols, where)
-            if has_labels is None:
-                has_labels = bool(label_col) and label_col in row
-            lab = parse_label(row.get(label_col), where, label_col) if has_labels else None
-        except DataError as e:
-            if rejected is None:
-                raise
-            rejected.add(lineno, row, str(e))
-            summary.invalid += 1
-            continue
-        k = trace_key(text)
-        texts.setdefault(k, text)
-        rows.append(row)
-        keys.append(k)
-        groups.append(row[group_by])
-        labels.append(lab)
-    if rejected is not None:
-        summary.rejected_path = rejected.close()
-    if not rows:
-        raise DataError(f"{input_path}: no valid rows to rank")
-    scores_by_key = rescorer.scores(texts, summary)
+
+    def parse(where, row):
+        nonlocal has_labels
+        if row.get(group_by) is None:
+            raise DataError(f"{where}: group column {group_by!r} is missing (columns: {sorted(row)})")
+        text = row_text(row, job.cols, where)
+        if has_labels is None:
+            has_labels = bool(label_col) and label_col in row
+        label = parse_label(row.get(label_col), where, label_col) if has_labels else None
+        return trace_key(text), text, row[group_by], label
+
+    valid = list(job.valid_rows(parse))
+    if not valid:
+        raise DataError(f"{job.input_path}: no valid rows to rank")
+    rows = [row for row, _ in valid]
+    keys, texts, groups, labels = zip(*(p for _, p in valid))
+    scores_by_key = job.rescorer.scores(dict(zip(keys, texts)), job.summary)
     scores = np.array([scores_by_key[k] for k in keys])
     ranks = rank_rows(scores, groups)
     out = OutputWriter(output_path)
@@ -304,11 +310,11 @@ def rank_file(head_path, input_path, output_path, group_by: str, top_k: int | No
                    if top_k is None or k <= top_k])
     finally:
         out.close()
+    summary = job.finish()
     summary.rows = len(rows)
     summary.extra["groups"] = len(set(map(str, groups)))
     if has_labels:
         y = np.array(labels)
         summary.extra["best_of_n"] = best_of_n(scores, y, groups)
         summary.extra["best_of_n_curve"] = best_of_n_curve(scores, y, groups)
-    summary.seconds = time.perf_counter() - t0
     return summary
