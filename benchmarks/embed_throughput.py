@@ -15,6 +15,7 @@ fp16 matmul ceiling and reports achieved TFLOP/s (2 x non-embedding parameters p
     python benchmarks/embed_throughput.py --model bundled-minilm --write
     python benchmarks/embed_throughput.py --model tiny-opt --write
     python benchmarks/embed_throughput.py --model opt-1.3b-arch --device cuda --write   # on a GPU
+    python benchmarks/embed_throughput.py --model bundled-minilm --levers --limit 400 --write
 """
 
 from __future__ import annotations
@@ -176,6 +177,48 @@ def run(args) -> str:
     return "\n".join(body)
 
 
+def levers(args) -> str:
+    """(c)'s throughput under each lever: token budget, attention implementation, torch.compile."""
+    from transformers import AutoModel
+
+    from orm_cache.config import EncoderSpec, batch_tokens_for
+    from orm_cache.encode.model import Encoder
+
+    texts, source = load_texts(args.limit, args.seed)
+    rows = []
+    with tempfile.TemporaryDirectory() as work:
+        model = build_model(args.model, Path(work), args.dtype)
+
+        def fresh(attn=None):
+            enc = Encoder(EncoderSpec(model=model, dtype=args.dtype, max_length=args.max_length), args.device)
+            enc.load()
+            if attn:
+                enc.model = AutoModel.from_pretrained(enc.path, attn_implementation=attn,
+                                                      dtype=enc.torch_dtype).to(enc.device).eval()
+            return enc
+
+        def rate(enc, budget):
+            t, (tok, _) = median_time(lambda: orm_cache_embed(enc, texts, budget), args.repeats, warmup=1)
+            return tok / t
+
+        enc = fresh()
+        for budget in (1024, 2048, 4096, 8192, 16384, 65536):
+            rows.append([f"token budget {budget}", "sdpa", "no", rate(enc, budget)])
+        budget = batch_tokens_for(enc.device, args.batch_tokens)
+        rows.append([f"token budget {budget}", "eager", "no", rate(fresh("eager"), budget)])
+        enc = fresh()
+        enc.model = torch.compile(enc.model, dynamic=True)
+        t0 = time.perf_counter()
+        orm_cache_embed(enc, texts, budget)
+        first = time.perf_counter() - t0
+        rows.append([f"token budget {budget}", "sdpa", f"yes (first run {first:.0f}s incl. compiling)",
+                     rate(enc, budget)])
+    return "\n".join([f"### Stage 1 levers: {args.model} ({enc.device})", "",
+                      f"`orm-cache embed` over {len(texts):,} texts ({source}); non-padding tokens/s, medians of "
+                      f"{args.repeats} runs after a warm-up.", "",
+                      table(["batching", "attention", "torch.compile", "tokens/s"], rows)])
+
+
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="bundled-minilm")
@@ -188,17 +231,19 @@ def parse(argv=None):
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--levers", action="store_true",
+                   help="instead: (c) under each token budget, sdpa vs eager attention, torch.compile")
     p.add_argument("--write", action="store_true", help="write the table into benchmarks/RESULTS.md")
     return p.parse_args(argv)
 
 
 def main(argv=None):
     args = parse(argv)
-    out = run(args)
+    out = levers(args) if args.levers else run(args)
     print(out)
     print(f"\nmachine: {machine()}")
     if args.write:
-        write_section(f"embed_throughput:{args.model}", out)
+        write_section(f"embed_{'levers' if args.levers else 'throughput'}:{args.model}", out)
     return out
 
 

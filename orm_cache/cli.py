@@ -370,7 +370,7 @@ def eval_cmd(head_path, store, feature, calibrate_on, ci_level, bootstrap, boots
               help="Largest allowed |cached - live| score [default: 1e-4 x train score std for float32, "
                    "2e-2 x for float16/bfloat16].")
 @click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
-@click.option("--batch-tokens", type=int, default=None, help="Token budget per forward pass [default: 4096 on CPU, 16384 on CUDA].")
+@click.option("--batch-tokens", type=int, default=None, help="Token budget per forward pass [default: 2048 on CPU, 16384 on CUDA].")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
 @quiet_option
 def verify(head_path, sample, seed, atol, device, batch_tokens, json_path, quiet, **kw):
@@ -411,7 +411,7 @@ def rescore_options(f):
                      help="Write bad rows with their reason to <output>.rejected.jsonl instead of stopping."),
         click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True,
                      help="Device for embedding cache misses."),
-        click.option("--batch-tokens", type=int, default=None, help="Token budget per forward pass [default: 4096 on CPU, 16384 on CUDA]."),
+        click.option("--batch-tokens", type=int, default=None, help="Token budget per forward pass [default: 2048 on CPU, 16384 on CUDA]."),
         quiet_option,
     )(f)
 

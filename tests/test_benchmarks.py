@@ -52,3 +52,12 @@ def test_dedup_gain_counts_distinct_texts():
 
     out = dedup_gain.main(["--problems", "20"])
     assert "distinct texts" in out and "41,656" in out
+
+
+def test_embed_levers_mode_runs(monkeypatch):
+    import embed_throughput
+
+    monkeypatch.setattr(embed_throughput, "load_texts",
+                        lambda limit, seed=0: ([f"Step {i}: {i} + 1 = {i + 1}." for i in range(limit)], "test texts"))
+    out = embed_throughput.main(["--model", "tiny-opt", "--device", "cpu", "--limit", "8", "--repeats", "1", "--levers"])
+    assert "token budget 4096" in out and "eager" in out and "yes (first run" in out

@@ -212,3 +212,22 @@ def test_duplicate_pairs_counted_kept_or_dropped(tmp_path):
     dropped = load_split(DataSpec(data=str(f), drop_duplicate_pairs=True))
     assert kept.stats["duplicate_pairs"] == dropped.stats["duplicate_pairs"] == 2
     assert len(kept.pairs) == 4 and len(dropped.pairs) == 2
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("d.jsonl", b'{"text": "a", "label": 1}\n{"text": "b", "label": 0\n', "d.jsonl:2: malformed JSON"),
+    ("d.jsonl", b'{"txt": "a", "label": 1}\n', "d.jsonl:1: neither pairwise columns"),
+    ("d.jsonl", b'{"text": "a", "label": 1}\n{"text": "  ", "label": 0}\n', "d.jsonl:2: column 'text' is empty"),
+    ("d.jsonl", b'{"text": ["a"], "label": 1}\n', "d.jsonl:1: column 'text' must be a string, got list"),
+    ("d.jsonl", b'{"text": "a", "label": "maybe"}\n', "d.jsonl:1: column 'label' must be 0 or 1"),
+    ("d.jsonl", b'{"chosen": "same", "rejected": "same"}\n', "d.jsonl:1: chosen and rejected are the same text"),
+    ("d.jsonl", b'{"chosen": "a\xff", "rejected": "b"}\n', "d.jsonl:1: bytes are not valid UTF-8"),
+    ("d.csv", b'text,label\nok,1\n\xfe\xff,0\n', "d.csv: bytes are not valid UTF-8"),
+    ("d.xml", b'<a/>', "unknown format '.xml'"),
+])
+def test_bad_input_is_one_line_nonzero_no_traceback(tmp_path, name, content, message):
+    (tmp_path / name).write_bytes(content)
+    r = CliRunner().invoke(cli, ["embed", "--data", str(tmp_path / name), "--cache-dir", str(tmp_path / "c"), "-q"])
+    assert r.exit_code == 1, r.output
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in r.output
