@@ -134,9 +134,16 @@ def cli():
     """Pairwise outcome reward models over a frozen language model, with a vector cache.
 
     \b
-    Stage 1  embed     run the frozen encoder once per distinct trace -> Arrow shards in cache/
-    Stage 2  fit-head  train the linear head from cached vectors (seconds, no model loaded)
-             eval      the reference model card's metric table
+    Stage 1  embed      run the frozen encoder once per distinct trace -> Arrow shards in cache/
+    Stage 2  fit-head   train the linear head from cached vectors (seconds, no model loaded)
+             sweep      train a grid of heads at once, select on validation
+             eval       the reference model card's metric table
+             verify     prove cached scores equal live end-to-end scores
+             score      offline re-scoring of stored traces (cache hits load no model)
+             rank       best-of-N selection per group
+    Tools    demo       the whole pipeline offline on a CPU in about a minute
+             make-data  the synthetic reasoning-trace data set
+             cache      inspect (info) and verify (check) the vector store
 
     Every data and encoder option can also be set by environment variable (ORM_CACHE_<NAME>,
     e.g. ORM_CACHE_MODEL, ORM_CACHE_DIR); `orm-cache demo` runs the whole pipeline offline.
@@ -206,7 +213,7 @@ store_option = click.option("--store", default=None, metavar="FINGERPRINT",
                             help="Use the store whose fingerprint starts with this (when several match).")
 
 
-@cli.command("fit-head")
+@cli.command("fit-head", short_help="Stage 2: train the linear head on cached vectors.")
 @data_options
 @encoder_options
 @cache_option
@@ -242,7 +249,7 @@ def fit_head_cmd(out, eval_split, store, **kw):
     click.echo(f"checkpoint: {r.path}")
 
 
-@cli.command()
+@cli.command(short_help="Train a grid of head configurations; select on validation.")
 @data_options
 @encoder_options
 @cache_option
@@ -309,7 +316,7 @@ def sweep(grid, grid_file, select_on, report_on, results, out, top, store, quiet
         click.echo(format_report(r.report))
 
 
-@cli.command("eval")
+@cli.command("eval", short_help="Stage 2: the reference card's metric table for a head.")
 @click.option("--head", "head_path", required=True, type=click.Path(dir_okay=False), help="Checkpoint (.pt).")
 @data_options
 @cache_option
@@ -360,7 +367,7 @@ def eval_cmd(head_path, store, feature, calibrate_on, ci_level, bootstrap, boots
             click.echo(f"plot: {p}")
 
 
-@cli.command()
+@cli.command(short_help="Prove cached scores equal live end-to-end scores.")
 @click.option("--head", "head_path", required=True, type=click.Path(dir_okay=False), help="Checkpoint (.pt).")
 @data_options
 @cache_option
@@ -425,7 +432,7 @@ def _rescore_summary(s, verb: str) -> None:
     click.echo(f"output: {s.output}")
 
 
-@cli.command()
+@cli.command(short_help="Offline re-scoring: add a score to every row of a file.")
 @rescore_options
 @click.option("--chunk-rows", type=int, default=50_000, show_default=True,
               help="Rows read, scored and written at a time (bounds memory).")
@@ -445,7 +452,7 @@ def score(head_path, input_path, output_path, text_col, prompt_col, template, ca
     _rescore_summary(s, "scored")
 
 
-@cli.command()
+@cli.command(short_help="Best-of-N: rank candidates per group by score.")
 @rescore_options
 @click.option("--group-by", required=True, help="Column naming the candidates' problem (one ranking per value).")
 @click.option("--top-k", type=int, default=None, help="Write only the best K per group [default: all rows, ranked].")
@@ -475,7 +482,7 @@ def rank(head_path, input_path, output_path, text_col, prompt_col, template, cac
         click.echo(f"best-of-N curve (expected over random subsets): {curve}")
 
 
-@cli.command("make-data")
+@cli.command("make-data", short_help="Generate the synthetic reasoning-trace data set.")
 @click.option("--out", type=click.Path(file_okay=False), default="cache/data/synthetic", show_default=True)
 @click.option("--train", "n_train", type=int, default=400, show_default=True, help="Training problems.")
 @click.option("--validation", "n_val", type=int, default=100, show_default=True, help="Validation problems.")
