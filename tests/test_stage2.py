@@ -102,3 +102,21 @@ def test_stage2_never_imports_transformers(embedded, tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_plot_dir_writes_pngs_or_says_how_to_get_matplotlib(embedded, tmp_path):
+    import importlib.util
+
+    data, model, cache = embedded
+    head = tmp_path / "h.pt"
+    assert run("fit-head", "--data", data, "--model", model, "--cache-dir", cache, "--out", head,
+               "--solver", "lbfgs", "-q").exit_code == 0
+    r = run("eval", "--head", head, "--data", data, "--split", "test", "--cache-dir", cache,
+            "--plot-dir", tmp_path / "plots", "--bootstrap", 50, "-q")
+    if importlib.util.find_spec("matplotlib") is None:
+        assert r.exit_code == 1 and "pip install 'orm-cache[plot]'" in r.output
+    else:
+        assert r.exit_code == 0, r.output
+        pngs = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
+        assert pngs == ["accuracy_by_length.png", "margins.png", "reliability.png"]
+        assert all((tmp_path / "plots" / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
