@@ -120,3 +120,27 @@ def test_plot_dir_writes_pngs_or_says_how_to_get_matplotlib(embedded, tmp_path):
         pngs = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
         assert pngs == ["accuracy_by_length.png", "margins.png", "reliability.png"]
         assert all((tmp_path / "plots" / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+
+
+def test_pairwise_data_end_to_end(tiny_opt_dir, tmp_path):
+    """The reference data's shape: chosen/rejected/meta, no labels, no groups."""
+    from conftest import write_jsonl
+
+    rows = [{"chosen": f"Step 1: {i} + {i} = {2 * i}. Answer: {2 * i}",
+             "rejected": f"Step 1: {i} + {i} = {2 * i + 1}. Answer: {2 * i + 1}", "meta": {"id": i}}
+            for i in range(60)]
+    data = tmp_path / "pairs"
+    write_jsonl(data / "train.jsonl", rows[:40])
+    write_jsonl(data / "validation.jsonl", rows[40:50])
+    write_jsonl(data / "test.jsonl", rows[50:])
+    cache, head = tmp_path / "c", tmp_path / "h.pt"
+    for split in ("train", "validation", "test"):
+        r = run("embed", "--data", data, "--split", split, "--model", tiny_opt_dir, "--cache-dir", cache, "-q")
+        assert r.exit_code == 0 and "(pairwise)" in r.output, r.output
+    assert run("fit-head", "--data", data, "--model", tiny_opt_dir, "--cache-dir", cache, "--out", head,
+               "-q").exit_code == 0
+    out = tmp_path / "m.json"
+    r = run("eval", "--head", head, "--data", data, "--split", "test", "--cache-dir", cache, "--json", out, "-q")
+    assert r.exit_code == 0, r.output
+    m = json.loads(out.read_text())
+    assert m["pairs"] == 10 and m["ci"]["unit"] == "pair" and "pointwise" not in m and "best_of_n" not in m
