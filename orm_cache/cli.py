@@ -143,7 +143,7 @@ def cli():
              rank       best-of-N selection per group
     Tools    demo       the whole pipeline offline on a CPU in about a minute
              make-data  the synthetic reasoning-trace data set
-             cache      inspect (info) and verify (check) the vector store
+             cache      inspect (info), verify (check) and compact the vector store
 
     Every data and encoder option can also be set by environment variable (ORM_CACHE_<NAME>,
     e.g. ORM_CACHE_MODEL, ORM_CACHE_DIR); `orm-cache demo` runs the whole pipeline offline.
@@ -570,6 +570,26 @@ def cache_check(cache_dir, fix, stale_minutes):
         click.echo(line)
     if problems:
         raise SystemExit(1)
+
+
+@cache.command("compact")
+@cache_option
+@click.option("--target-rows", type=int, default=65_536, show_default=True, help="Rows per merged shard at most.")
+def cache_compact(cache_dir, target_rows):
+    """Merge many small shards (interrupted or incremental runs) into few large ones.
+
+    Safe beside readers and against crashes: merged shards are complete before the originals
+    are deleted, and duplicate keys collapse on read.
+    """
+    from .store import list_stores
+    from .store.check import compact_store
+
+    stores = list_stores(cache_dir)
+    if not stores:
+        click.echo(f"no vector stores under {cache_dir}")
+    for s in stores:
+        before, after = compact_store(s, target_rows)
+        click.echo(f"{s['dir']}: {before} shards -> {after}")
 
 
 def main():

@@ -231,3 +231,23 @@ def test_bad_input_is_one_line_nonzero_no_traceback(tmp_path, name, content, mes
     assert r.exit_code == 1, r.output
     lines = r.output.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in r.output
+
+
+def test_compact_merges_small_shards_and_keeps_every_vector(tiny_opt_dir, big_dir, tmp_path):
+    cache = tmp_path / "c"
+    data, ref = _reference(tiny_opt_dir, big_dir, tmp_path / "ref")
+    args = ["embed", "--data", str(big_dir), "--model", str(tiny_opt_dir), "--cache-dir", str(cache),
+            "--shard-rows", "16", "--max-batch-size", "16", "-q"]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    before = _store(cache)
+    assert len(before.shards) >= 30
+    r = CliRunner().invoke(cli, ["cache", "compact", "--cache-dir", str(cache), "--target-rows", "256"])
+    assert r.exit_code == 0, r.output
+    after = _store(cache)
+    assert len(after.shards) == 3 and not after.skipped  # 600 rows in shards of at most 256
+    keys = sorted(data.texts)
+    assert sorted(after._index) == keys and sum(t.num_rows for t in after._tables) == len(keys)
+    np.testing.assert_array_equal(after.vectors(keys), before.vectors(keys))
+    np.testing.assert_allclose(after.vectors(keys), ref.vectors(keys), atol=1e-5, rtol=0)
+    assert CliRunner().invoke(cli, ["cache", "check", "--cache-dir", str(cache)]).exit_code == 0
+    assert "to embed: 0" in CliRunner().invoke(cli, args).output

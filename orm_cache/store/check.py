@@ -62,3 +62,53 @@ def check_cache(cache_dir, fix: bool = False, stale_minutes: float = 60.0) -> tu
                 problems += 1
                 lines.append(f"  STALE {p} (a killed writer's partial shard; never read)")
     return lines, problems
+
+
+def compact_store(store: dict, target_rows: int = 65_536) -> tuple[int, int]:
+    """Merge the verified shards smaller than ``target_rows`` into as few shards as possible.
+
+    Each merged shard is written completely (temporary name, checksum, rename) before the shards
+    it replaces are deleted, so a crash in between leaves duplicate keys, which collapse on read,
+    and loses nothing. Duplicate keys are dropped from the merged shard (the first kept, as on
+    read). Shards that fail their checks are left alone for ``cache check``. Returns
+    ``(shards before, shards after)``.
+    """
+    import os
+    import socket
+
+    import numpy as np
+    import pyarrow as pa
+
+    from .shards import VectorStore, write_shard
+
+    vs = VectorStore(Path(store["dir"]), store["fingerprint"])
+    small = [(p, t) for p, t in zip(vs._paths, vs._tables) if t.num_rows < target_rows]
+    before = len(vs._paths) + len(vs.skipped)
+    if len(small) < 2:
+        return before, before
+    groups, current, rows = [], [], 0
+    for p, t in small:
+        if current and rows + t.num_rows > target_rows:
+            groups.append(current)
+            current, rows = [], 0
+        current.append((p, t))
+        rows += t.num_rows
+    groups.append(current)
+    seen: set[str] = set(k for p, t in zip(vs._paths, vs._tables) if t.num_rows >= target_rows
+                         for k in t.column("key").to_pylist())
+    stem = f"{time.time_ns():016x}-{socket.gethostname()}-{os.getpid()}-compact"
+    for i, group in enumerate(groups):
+        if len(group) < 2:
+            continue
+        table = pa.concat_tables([t for _, t in group])
+        keys = table.column("key").to_pylist()
+        keep = np.zeros(len(keys), dtype=bool)  # first occurrence of each key, as on read
+        for j, k in enumerate(keys):
+            if k not in seen:
+                seen.add(k)
+                keep[j] = True
+        write_shard(Path(store["dir"]), table.filter(pa.array(keep)) if not keep.all() else table, f"{stem}{i:03d}")
+        del table
+        for p, _ in group:
+            p.unlink(missing_ok=True)
+    return before, len(VectorStore(Path(store["dir"]), store["fingerprint"])._paths) + len(vs.skipped)

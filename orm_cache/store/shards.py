@@ -54,6 +54,25 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def write_shard(directory: Path, table: pa.Table, stem: str) -> Path:
+    """Write ``table`` as ``<stem>.<crc32>.arrow``: to a hidden temporary name, fsync, rename.
+    On error the temporary file is removed and the OSError propagates."""
+    tmp = Path(directory) / f"{TMP_PREFIX}{stem}{SHARD_SUFFIX}"
+    try:
+        with pa.OSFile(str(tmp), "wb") as sink:
+            with pa.ipc.new_file(sink, table.schema) as writer:
+                writer.write_table(table)
+        with open(tmp, "rb") as f:
+            crc = zlib.crc32(f.read())
+            os.fsync(f.fileno())
+        final = Path(directory) / f"{stem}.{crc:08x}{SHARD_SUFFIX}"
+        os.replace(tmp, final)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+    return final
+
+
 class ShardWriter:
     """Buffers embedded rows and writes them as complete shards (temp name, fsync, rename)."""
 
@@ -126,19 +145,9 @@ class ShardWriter:
         table = pa.Table.from_arrays(arrays, schema=self.schema)
         stem = f"{time.time_ns():016x}-{socket.gethostname()}-{os.getpid()}-{self._seq:05d}"
         self._seq += 1
-        tmp = self.dir / f"{TMP_PREFIX}{stem}{SHARD_SUFFIX}"
-        final = None
         try:
-            with pa.OSFile(str(tmp), "wb") as sink:
-                with pa.ipc.new_file(sink, table.schema) as writer:
-                    writer.write_table(table)
-            with open(tmp, "rb") as f:
-                crc = zlib.crc32(f.read())
-                os.fsync(f.fileno())
-            final = self.dir / f"{stem}.{crc:08x}{SHARD_SUFFIX}"
-            os.replace(tmp, final)
+            final = write_shard(self.dir, table, stem)
         except OSError as e:
-            tmp.unlink(missing_ok=True)
             raise StoreError(f"could not write a shard to {self.dir} ({e.strerror or e}); "
                              f"the {len(self.shards_written)} shards this run already wrote are intact, "
                              "and the next run embeds only what is missing") from e
