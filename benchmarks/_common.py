@@ -79,6 +79,14 @@ def write_section(name: str, body: str) -> None:
     RESULTS.write_text(text)
 
 
+def publish(name: str, body: str, write: bool) -> None:
+    """Print a benchmark's tables with the machine; with ``--write``, put them in RESULTS.md."""
+    print(body)
+    print(f"\nmachine: {machine()}")
+    if write:
+        write_section(name, body)
+
+
 def gsm8k_pointwise(path: Path = GSM8K / "model_solutions_dev.jsonl") -> list[dict]:
     """One row per candidate: the ground truth and the four model solutions of each problem."""
     rows = []

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import GSM8K, table, write_gsm8k_splits, write_section  # noqa: E402
+from _common import GSM8K, publish, table, write_gsm8k_splits  # noqa: E402
 
 
 def counts(data_dir: str, split: str):
@@ -53,9 +53,7 @@ def main(argv=None):
     p.add_argument("--write", action="store_true")
     args = p.parse_args(argv)
     out = run(args)
-    print(out)
-    if args.write:
-        write_section("dedup_gain", out)
+    publish("dedup_gain", out, args.write)
     return out
 
 

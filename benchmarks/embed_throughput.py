@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from _common import GSM8K, gsm8k_pointwise, machine, median_time, table, write_section  # noqa: E402
+from _common import GSM8K, gsm8k_pointwise, median_time, publish, table  # noqa: E402
 
 
 def load_texts(limit: int, seed: int = 0) -> tuple[list[str], str]:
@@ -240,10 +240,7 @@ def parse(argv=None):
 def main(argv=None):
     args = parse(argv)
     out = levers(args) if args.levers else run(args)
-    print(out)
-    print(f"\nmachine: {machine()}")
-    if args.write:
-        write_section(f"embed_{'levers' if args.levers else 'throughput'}:{args.model}", out)
+    publish(f"embed_{'levers' if args.levers else 'throughput'}:{args.model}", out, args.write)
     return out
 
 

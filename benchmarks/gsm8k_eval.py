@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import GSM8K, machine, median_time, table, write_gsm8k_splits, write_section  # noqa: E402
+from _common import GSM8K, median_time, publish, table, write_gsm8k_splits  # noqa: E402
 
 L2_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)
 
@@ -123,10 +123,7 @@ def main(argv=None):
         print(f"skipped: {GSM8K}/model_solutions_dev.jsonl is absent")
         return None
     out = run(args)
-    print(out)
-    print(f"\nmachine: {machine()}")
-    if args.write:
-        write_section("gsm8k", out)
+    publish("gsm8k", out, args.write)
     return out
 
 

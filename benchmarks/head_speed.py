@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 
-from _common import machine, median_time, peak_rss_mib, table, write_section  # noqa: E402
+from _common import median_time, peak_rss_mib, publish, table  # noqa: E402
 
 TARGETS = {"load": 0.5, "fit-head adamw (800 steps)": 2.0, "fit-head lbfgs": 5.0, "eval (1000 bootstrap)": 2.0,
            "sweep, 100 configurations": 15.0}
@@ -159,10 +159,7 @@ def parse(argv=None):
 def main(argv=None):
     args = parse(argv)
     body, times = run(args)
-    print(body)
-    print(f"\nmachine: {machine()}")
-    if args.write:
-        write_section("head_speed", body)
+    publish("head_speed", body, args.write)
     return times
 
 

@@ -52,7 +52,7 @@ def run_demo(out_dir="cache/demo", cache_dir="cache", quiet=False, say=print) ->
         rate = f", {r.texts_per_s:,.0f} texts/s, {r.tokens_per_s:,.0f} tokens/s" if r.embedded else ""
         say(f"      {split:>10}: {r.texts:,} texts, {r.cached:,} cached, {r.embedded:,} embedded{rate}")
 
-    say(f"[3/6] fit-head on cached vectors (no model needed from here on)")
+    say("[3/6] fit-head on cached vectors (no model needed from here on)")
     train_spec = DataSpec(data=pointwise, split="train")
     heads = out / "heads"
     ref = fit_head(train_spec, spec, HeadConfig(feature="mean@-1"), cache_dir, heads / "reference-adamw.pt")

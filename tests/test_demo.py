@@ -1,6 +1,5 @@
 """The demo runs every stage offline, and a second run embeds nothing."""
 
-import pytest
 
 from orm_cache import demo
 

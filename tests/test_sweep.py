@@ -5,7 +5,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 
 from orm_cache.cli import cli

@@ -94,13 +94,13 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise DataError(f"{path}:{lineno}: bytes are not valid UTF-8 ({e.reason} at byte {e.start})")
+                raise DataError(f"{path}:{lineno}: bytes are not valid UTF-8 ({e.reason} at byte {e.start})") from None
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg}, column {e.colno})")
+                raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg}, column {e.colno})") from None
             if not isinstance(row, dict):
                 raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
             yield lineno, row
@@ -110,7 +110,7 @@ def _read_json(path: Path) -> Iterator[tuple[int, dict]]:
     try:
         doc = json.loads(path.read_bytes().decode("utf-8"))
     except UnicodeDecodeError as e:
-        raise DataError(f"{path}: bytes are not valid UTF-8 ({e.reason} at byte {e.start})")
+        raise DataError(f"{path}: bytes are not valid UTF-8 ({e.reason} at byte {e.start})") from None
     except json.JSONDecodeError:
         # Many ".json" files are really JSON lines.
         yield from _read_jsonl(path)
@@ -131,7 +131,7 @@ def _read_csv(path: Path) -> Iterator[tuple[int, dict]]:
             for i, row in enumerate(csv.DictReader(f), 2):  # line 1 is the header
                 yield i, row
     except UnicodeDecodeError as e:
-        raise DataError(f"{path}: bytes are not valid UTF-8 ({e.reason} at byte {e.start})")
+        raise DataError(f"{path}: bytes are not valid UTF-8 ({e.reason} at byte {e.start})") from None
 
 
 def _read_parquet(path: Path) -> Iterator[tuple[int, dict]]:
@@ -140,7 +140,7 @@ def _read_parquet(path: Path) -> Iterator[tuple[int, dict]]:
     try:
         pf = pq.ParquetFile(path)
     except Exception as e:  # pyarrow raises several types for a bad file
-        raise DataError(f"{path}: not a readable Parquet file ({e})")
+        raise DataError(f"{path}: not a readable Parquet file ({e})") from None
     i = 0
     for batch in pf.iter_batches(batch_size=65536):  # streamed: memory bounded by one batch
         for row in batch.to_pylist():
@@ -177,13 +177,13 @@ def _hub_rows(data: str, split: str) -> Iterator[tuple[int, dict]]:
     try:
         import datasets  # imported only here: the hub is the only place it is needed
     except ImportError as e:  # pragma: no cover - datasets is a declared dependency
-        raise DataError(f"{data}: loading a hub data set needs the 'datasets' package ({e})")
+        raise DataError(f"{data}: loading a hub data set needs the 'datasets' package ({e})") from None
     try:
         ds = datasets.load_dataset(data, split=split)
     except Exception as e:
         raise DataError(f"{data}: could not load split {split!r} from the hub "
                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                        "pass a local file or directory with --data")
+                        "pass a local file or directory with --data") from None
     for i, row in enumerate(ds, 1):
         yield i, row
 

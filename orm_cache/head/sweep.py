@@ -103,7 +103,7 @@ def train_adamw_batched(X: np.ndarray, ci: np.ndarray, ri: np.ndarray, cfgs: lis
     for c in cfgs:
         assert all(getattr(c, k) == getattr(c0, k) for k in SHARED_KEYS), "configs must share " + ", ".join(SHARED_KEYS)
     t0 = time.perf_counter()
-    K, (U, D) = len(cfgs), X.shape
+    K, D = len(cfgs), X.shape[1]
     gen = torch.Generator().manual_seed(c0.seed)
     torch.manual_seed(c0.seed)
     proto = torch.nn.Linear(D, 1)  # the same seeded init as train_adamw
