@@ -9,7 +9,12 @@ Layout::
 A shard is written under a hidden temporary name and renamed into place, so a reader only ever
 sees complete shards; shard names are unique per process, so any number of writers (processes,
 torchrun ranks) add shards to one store without touching a shared file. Duplicate keys (two
-writers embedding the same text) collapse on read: the first shard in name order wins.
+writers embedding the same text) collapse on read: the shard opened first wins (shards are
+opened in name order, and shards that appear later are opened after them).
+
+Every shard is checked when opened: its bytes against the CRC32 in its name, then Arrow's own
+validation and the fingerprint in its metadata. A shard that fails is named in a warning and left
+out, so its rows count as missing and the next ``embed`` writes them again.
 """
 
 from __future__ import annotations
@@ -270,42 +275,39 @@ class VectorStore:
         loc = np.array([self._index[k] for k in keys], dtype=np.int64).reshape(-1, 2)
         return loc[:, 0], loc[:, 1]
 
-    def _column_np(self, shard: int, column: str) -> np.ndarray:
-        col = self._tables[shard].column(column).combine_chunks()
-        d = col.type.list_size
-        return col.values.to_numpy(zero_copy_only=False).reshape(-1, d)  # (N_shard, D)
+    def _gather(self, keys, column: str, dtype=None) -> np.ndarray:
+        """Rows of ``keys`` (in order) from ``column`` across shards: ``(N,)`` for a scalar column,
+        ``(N, D)`` for a vector column (read zero-copy from the memory map, cast to ``dtype``)."""
+        shard, row = self._locate(list(keys))
+        out = None
+        for s in np.unique(shard):
+            col = self._tables[int(s)].column(column).combine_chunks()
+            if pa.types.is_fixed_size_list(col.type):
+                arr = col.values.to_numpy(zero_copy_only=False).reshape(-1, col.type.list_size)  # (N_shard, D)
+            else:
+                arr = col.to_numpy(zero_copy_only=False)  # (N_shard,)
+            if out is None:
+                out = np.empty((len(row),) + arr.shape[1:], dtype=dtype or arr.dtype)
+            sel = shard == s
+            out[sel] = arr[row[sel]]
+        return out if out is not None else np.empty(0, dtype=dtype or np.float32)
 
     def vectors(self, keys, column: str | None = None, dtype=np.float32) -> np.ndarray:
         """Vectors of ``keys`` (in order) from ``column`` as a ``(len(keys), D)`` array."""
         column = column or self.columns[0]
         if column not in self.columns:
             raise StoreError(f"column {column!r} is not in this store; it has {', '.join(self.columns)}")
-        shard, row = self._locate(list(keys))
-        out = np.empty((len(row), self.dim), dtype=dtype)  # (N, D)
-        for s in np.unique(shard):
-            sel = shard == s
-            out[sel] = self._column_np(int(s), column)[row[sel]]
-        return out
-
-    def _scalar(self, keys, name: str) -> np.ndarray:
-        shard, row = self._locate(list(keys))
-        out = None
-        for s in np.unique(shard):
-            arr = self._tables[int(s)].column(name).to_numpy()
-            if out is None:
-                out = np.empty(len(row), dtype=arr.dtype)
-            sel = shard == s
-            out[sel] = arr[row[sel]]
-        return out if out is not None else np.empty(0)
+        out = self._gather(keys, column, dtype)
+        return out.reshape(-1, self.dim)  # (N, D), also when keys is empty
 
     def n_tokens(self, keys) -> np.ndarray:
-        return self._scalar(keys, "n_tokens")
+        return self._gather(keys, "n_tokens")
 
     def truncated(self, keys) -> np.ndarray:
-        return self._scalar(keys, "truncated")
+        return self._gather(keys, "truncated")
 
     def recomputed(self, keys) -> np.ndarray:
-        return self._scalar(keys, "recomputed_fp32")
+        return self._gather(keys, "recomputed_fp32")
 
     def identity(self) -> dict:
         enc = self.dir / "encoder.json"
