@@ -54,16 +54,15 @@ def embed_split(data_spec: DataSpec, enc_spec: EncoderSpec, run: RunSpec | None 
     device = resolve_device(run.device)
     if device == "cuda":
         device = f"cuda:{dist_info.local_rank}"
-    run = replace(run, num_shards=dist_info.world, shard_index=dist_info.rank, device="cpu" if device == "cpu" else "cuda",
-                  quiet=run.quiet or not dist_info.is_main)
+    run = replace(run, num_shards=dist_info.world, shard_index=dist_info.rank, quiet=run.quiet or not dist_info.is_main)
     with process_group(device) as dist:
         encoder = Encoder(enc_spec, device)
         report = embed_texts(data.texts, encoder, run, desc=f"embed {data_spec.split} (rank 0 of {dist_info.world})")
         dist.barrier()
-        summed = all_sum(dist, [report.assigned, report.embedded, report.batches, report.tokens,
-                                report.padded_tokens, report.truncated, report.shards], device)
-    (report.assigned, report.embedded, report.batches, report.tokens, report.padded_tokens, report.truncated,
-     report.shards) = summed
+        counts = ("assigned", "embedded", "batches", "tokens", "padded_tokens", "truncated", "recomputed", "shards")
+        summed = all_sum(dist, [getattr(report, c) for c in counts], device)
+    for name, value in zip(counts, summed):
+        setattr(report, name, value)
     report.ranks = dist_info.world
     return data, report, dist_info
 
