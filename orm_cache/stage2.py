@@ -17,6 +17,7 @@ from .evaluate.metrics import fit_temperature
 from .evaluate.report import margins_of
 from .head import Head, train
 from .store import StoreError, VectorStore, find_store, short, store_dir
+from .store.resolve import store_by_prefix
 from .vectors import embed_command, split_vectors
 
 log = logging.getLogger(__name__)
@@ -46,12 +47,7 @@ def store_for_head(head: Head, cache_dir, store: str | None = None) -> VectorSto
         if not store:
             raise StoreError("this head carries no encoder fingerprint (a reference-format import); "
                              "name the store of its encoder with --store FINGERPRINT")
-        from .store import list_stores
-
-        found = [s for s in list_stores(cache_dir) if s["fingerprint"] and s["fingerprint"].startswith(store)]
-        if len(found) != 1:
-            raise StoreError(f"--store {store!r} matches {len(found)} stores under {cache_dir}")
-        vs = VectorStore(found[0]["dir"], found[0]["fingerprint"])
+        vs = store_by_prefix(cache_dir, store)
     head.check_store(vs)
     return vs
 
@@ -106,11 +102,18 @@ def build_head(vs: VectorStore, sv, cfg: HeadConfig, res) -> Head:
     return Head(res.weight, res.bias, meta)
 
 
+def calibrate(head: Head, sv) -> float:
+    """Fit the temperature of σ(Δ/T) on ``sv``'s pairs and record it in the head (None when no
+    pair is wrong, so no finite T is optimal); returns T."""
+    T = fit_temperature(margins_of(head.score(sv.X), sv.ci, sv.ri))
+    head.meta["calibration"] = {"temperature": T if math.isfinite(T) else None, "fitted_on": sv.data.split}
+    return T
+
+
 def calibrate_and_evaluate(head: Head, ev) -> dict:
     """Fit the temperature on ``ev``'s split, record it and the headline in the head; return the
     full report on that split."""
-    T = fit_temperature(margins_of(head.score(ev.X), ev.ci, ev.ri))
-    head.meta["calibration"] = {"temperature": T if math.isfinite(T) else None, "fitted_on": ev.data.split}
+    T = calibrate(head, ev)
     report = evaluate(head, ev, temperature=T)
     report["calibration"]["fitted_on"] = ev.data.split
     head.meta.setdefault("metrics", {})[ev.data.split] = _headline(report)
@@ -142,10 +145,9 @@ def evaluate_split(head_path, data_spec: DataSpec, cache_dir="cache", calibrate_
                 log.warning("calibration split %s unavailable (%s); fitting T on %s itself",
                             calibrate_on, e, data_spec.split)
         if cal is not None:
-            T = fit_temperature(margins_of(head.score(cal.X), cal.ci, cal.ri))
+            T = calibrate(head, cal)
             fitted_on = calibrate_on
             if save_calibration and math.isfinite(T):
-                head.meta["calibration"] = {"temperature": T, "fitted_on": calibrate_on}
                 head.save(head_path)
     report = evaluate(head, sv, bootstrap, ci_level, seed, length_edges, temperature=T)
     if fitted_on:
@@ -197,10 +199,12 @@ def sweep_heads(data_spec: DataSpec, enc_spec: EncoderSpec, base: HeadConfig, gr
     vs = find_store(cache_dir, enc_spec, base.feature, store, embed_hint=hint)
     default_feature = base.feature or vs.columns[0]
     cfgs = [c if c.feature else replace(c, feature=default_feature) for c in expand(base, grid)]
+    select_spec = replace(data_spec, split=select_on)
+    train_data, select_data = load_split(data_spec), load_split(select_spec)  # each file read once
     features, select, train_sv = {}, {}, {}
     for f in sorted({c.feature for c in cfgs}):
-        tr = load_vectors(data_spec, vs, f, enc_spec.model, cache_dir)
-        se = load_vectors(replace(data_spec, split=select_on), vs, f, enc_spec.model, cache_dir)
+        tr = split_vectors(train_data, vs, f, embed_command(data_spec, enc_spec.model, cache_dir, f))
+        se = split_vectors(select_data, vs, f, embed_command(select_spec, enc_spec.model, cache_dir, f))
         features[f], select[f], train_sv[f] = (tr.X, tr.ci, tr.ri), (se.X, se.ci, se.ri), (tr, se)
     bar = tqdm(total=len(cfgs), unit="config", desc="sweep", disable=quiet or not sys.stderr.isatty(), file=sys.stderr)
     rows = run_sweep(features, select, cfgs, progress=bar.update)
@@ -220,7 +224,7 @@ def sweep_heads(data_spec: DataSpec, enc_spec: EncoderSpec, base: HeadConfig, gr
     return SweepResult(rows, best, path, time.perf_counter() - t0, report)
 
 
-def sweep_table(rows, select_on: str, fields=None) -> list[dict]:
+def sweep_table(rows, select_on: str) -> list[dict]:
     """One plain dict per configuration (config fields + metrics), best first."""
     out = []
     for rank, r in enumerate(rows, 1):

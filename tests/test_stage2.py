@@ -144,3 +144,28 @@ def test_pairwise_data_end_to_end(tiny_opt_dir, tmp_path):
     assert r.exit_code == 0, r.output
     m = json.loads(out.read_text())
     assert m["pairs"] == 10 and m["ci"]["unit"] == "pair" and "pointwise" not in m and "best_of_n" not in m
+
+
+def test_reference_format_head_is_evaluated_with_store_prefix(embedded, tmp_path):
+    """A published head (only model_state) scores a store named with --store FINGERPRINT."""
+    import torch
+
+    from orm_cache.store import list_stores
+
+    data, model, cache = embedded
+    trained = tmp_path / "h.pt"
+    assert run("fit-head", "--data", data, "--model", model, "--cache-dir", cache, "--out", trained,
+               "--solver", "lbfgs", "-q").exit_code == 0
+    imported = tmp_path / "reference.pt"
+    torch.save({"model_state": torch.load(trained, weights_only=True)["model_state"]}, imported)
+    args = ["eval", "--head", imported, "--data", data, "--split", "test", "--cache-dir", cache, "--calibrate-on", ""]
+    r = run(*args)
+    assert r.exit_code == 1 and "name the store of its encoder with --store" in r.output
+    fp = list_stores(cache)[0]["fingerprint"]
+    r = run(*args, "--store", fp[:10], "--feature", "last@-1")
+    assert r.exit_code == 0, r.output
+    original = run("eval", "--head", trained, "--data", data, "--split", "test", "--cache-dir", cache, "-q")
+    line = [x for x in r.output.splitlines() if "pairwise accuracy" in x][0]
+    assert line in original.output  # the same weights score the same vectors the same way
+    r = run(*args, "--store", "ffff")
+    assert r.exit_code == 1 and "--store 'ffff' matches 0 stores" in r.output

@@ -22,6 +22,14 @@ def _matches(identity: dict, hint: dict) -> bool:
                                                                       model.get("revision_requested"))
 
 
+def store_by_prefix(cache_dir, prefix: str) -> VectorStore:
+    """The one store under ``cache_dir`` whose fingerprint starts with ``prefix`` (``--store``)."""
+    chosen = [s for s in list_stores(cache_dir) if s["fingerprint"] and s["fingerprint"].startswith(prefix)]
+    if len(chosen) != 1:
+        raise StoreError(f"--store {prefix!r} matches {len(chosen)} stores under {cache_dir}")
+    return VectorStore(chosen[0]["dir"], chosen[0]["fingerprint"])
+
+
 def find_store(cache_dir, spec: EncoderSpec, feature: str | None = None, store: str | None = None,
                embed_hint: str = "orm-cache embed") -> VectorStore:
     """The one store under ``cache_dir`` that holds vectors of ``spec``'s encoder (and ``feature``).
@@ -31,34 +39,31 @@ def find_store(cache_dir, spec: EncoderSpec, feature: str | None = None, store: 
     """
     from ..encode.identity import model_identity_hint
 
-    stores = [s for s in list_stores(cache_dir) if s["fingerprint"]]
     if store:
-        chosen = [s for s in stores if s["fingerprint"].startswith(store)]
-        if len(chosen) != 1:
-            raise StoreError(f"--store {store!r} matches {len(chosen)} stores under {cache_dir}")
-    else:
-        hint = model_identity_hint(spec.model, spec.revision)
-        chosen = []
-        for s in stores:
-            ident = s["identity"]
-            if not _matches(ident, hint):
-                continue
-            if spec.dtype != "auto" and ident.get("dtype") != spec.dtype:
-                continue
-            if ident.get("max_length") != spec.max_length or ident.get("truncation_side") != spec.truncation_side:
-                continue
-            cols = [f"{p}@{l}" for l in ident.get("layers", []) for p in ident.get("pooling", [])]
-            if feature and feature not in cols:
-                continue
-            chosen.append(s)
-        if not chosen:
-            raise StoreError(f"no cached vectors for model {spec.model!r} (max_length {spec.max_length}"
-                             + (f", feature {feature}" if feature else "") + f") under {cache_dir}; "
-                             f"run first: {embed_hint}")
-        if len(chosen) > 1:
-            listing = "; ".join(f"{short(s['fingerprint'])} ({s['identity'].get('dtype')}, "
-                                f"pooling {','.join(s['identity'].get('pooling', []))})" for s in chosen)
-            raise StoreError(f"several stores match model {spec.model!r}: {listing}; pick one with "
-                             "--store FINGERPRINT (or --dtype / --feature)")
+        return store_by_prefix(cache_dir, store)
+    stores = [s for s in list_stores(cache_dir) if s["fingerprint"]]
+    hint = model_identity_hint(spec.model, spec.revision)
+    chosen = []
+    for s in stores:
+        ident = s["identity"]
+        if not _matches(ident, hint):
+            continue
+        if spec.dtype != "auto" and ident.get("dtype") != spec.dtype:
+            continue
+        if ident.get("max_length") != spec.max_length or ident.get("truncation_side") != spec.truncation_side:
+            continue
+        cols = [f"{p}@{l}" for l in ident.get("layers", []) for p in ident.get("pooling", [])]
+        if feature and feature not in cols:
+            continue
+        chosen.append(s)
+    if not chosen:
+        raise StoreError(f"no cached vectors for model {spec.model!r} (max_length {spec.max_length}"
+                         + (f", feature {feature}" if feature else "") + f") under {cache_dir}; "
+                         f"run first: {embed_hint}")
+    if len(chosen) > 1:
+        listing = "; ".join(f"{short(s['fingerprint'])} ({s['identity'].get('dtype')}, "
+                            f"pooling {','.join(s['identity'].get('pooling', []))})" for s in chosen)
+        raise StoreError(f"several stores match model {spec.model!r}: {listing}; pick one with "
+                         "--store FINGERPRINT (or --dtype / --feature)")
     s = chosen[0]
     return VectorStore(s["dir"], s["fingerprint"])
