@@ -297,7 +297,7 @@ def sweep(grid, grid_file, select_on, report_on, results, out, top, store, quiet
     head = ["rank", *varied, f"{select_on} acc", "loss"]
     click.echo("  " + "  ".join(f"{h:>12}" for h in head))
     for row in rows[:top]:
-        vals = [row["rank"], *(row[k] if k != "betas" else row["betas"] for k in varied),
+        vals = [row["rank"], *(row[k] for k in varied),
                 f"{100 * row[f'{select_on}_accuracy']:.2f}%", f"{row[f'{select_on}_loss']:.4f}"]
         click.echo("  " + "  ".join(f"{str(v):>12}" for v in vals))
     m = r.best.meta["metrics"][select_on]
@@ -377,7 +377,7 @@ def eval_cmd(head_path, store, feature, calibrate_on, ci_level, bootstrap, boots
               help="Largest allowed |cached - live| score [default: 1e-4 x train score std for float32, "
                    "2e-2 x for float16/bfloat16].")
 @click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
-@click.option("--batch-tokens", type=int, default=None, help="Token budget per forward pass [default: 2048 on CPU, 16384 on CUDA].")
+@_opt(RunSpec, "batch_tokens", type=int, default=None, show_default=False)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
 @quiet_option
 def verify(head_path, sample, seed, atol, device, batch_tokens, json_path, quiet, **kw):
@@ -418,7 +418,7 @@ def rescore_options(f):
                      help="Write bad rows with their reason to <output>.rejected.jsonl instead of stopping."),
         click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True,
                      help="Device for embedding cache misses."),
-        click.option("--batch-tokens", type=int, default=None, help="Token budget per forward pass [default: 2048 on CPU, 16384 on CUDA]."),
+        _opt(RunSpec, "batch_tokens", type=int, default=None, show_default=False),
         quiet_option,
     )(f)
 
