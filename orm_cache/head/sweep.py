@@ -24,7 +24,7 @@ import torch
 
 from ..config import HEAD_FIELDS, HeadConfig
 from .losses import pairwise_loss
-from .train import TrainResult, _finish, batch_order, lbfgs_objective, standardizer, warmup_factor
+from .train import TrainResult, _finish, batch_order, train_lbfgs_path, warmup_factor
 
 SHARED_KEYS = ("feature", "batch_size", "steps", "seed", "warmup_steps", "init", "betas")
 EPS = 1e-8  # torch.optim.AdamW's default
@@ -154,27 +154,6 @@ def train_adamw_batched(X: np.ndarray, ci: np.ndarray, ri: np.ndarray, cfgs: lis
     secs = (time.perf_counter() - t0) / K
     Wn = W.detach().numpy()
     return [_finish(Wn[k].copy(), X, ci, ri, cfgs[k], secs, c0.steps, hist[k]) for k in range(K)]
-
-
-def train_lbfgs_path(X: np.ndarray, ci: np.ndarray, ri: np.ndarray, cfgs: list[HeadConfig]) -> list[TrainResult]:
-    """L-BFGS heads on one shared standardisation, strongest L2 first, each warm-started."""
-    from scipy.optimize import minimize
-
-    mu, sd = standardizer(X)
-    Z = (X.astype(np.float64) - mu) / sd
-    order = sorted(range(len(cfgs)), key=lambda i: -cfgs[i].l2)
-    out: list[TrainResult | None] = [None] * len(cfgs)
-    x0 = np.zeros(X.shape[1])
-    for i in order:
-        c = cfgs[i]
-        t0 = time.perf_counter()
-        f = lbfgs_objective(Z, np.asarray(ci), np.asarray(ri), c.l2, c.margin, c.center_coef)
-        res = minimize(f, x0, jac=True, method="L-BFGS-B",
-                       options={"maxiter": c.lbfgs_max_iter, "gtol": 1e-9, "ftol": 1e-15, "maxcor": 20})
-        x0 = res.x
-        out[i] = _finish((res.x / sd).astype(np.float32), X, ci, ri, c, time.perf_counter() - t0, int(res.nit),
-                         [(int(res.nit), float(res.fun)), ("converged", bool(res.success), str(res.message))])
-    return out
 
 
 def group_configs(cfgs: list[HeadConfig]) -> list[list[int]]:
