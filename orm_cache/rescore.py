@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import DEFAULT_TEMPLATE, RunSpec
-from .data.ingest import FILE_EXTS, DataError, parse_label, read_rows, render, trace_key
+from .data.ingest import FILE_EXTS, DataError, parse_label, prompt_field, read_rows, render, text_field, trace_key
 from .head import Head
 
 log = logging.getLogger(__name__)
@@ -52,19 +52,9 @@ class ScoreSummary:
 
 
 def row_text(row: dict, cols: TextColumns, where: str) -> str:
-    """The text of one input row, or :class:`DataError` naming the row and problem."""
-    if cols.text_col not in row:
-        raise DataError(f"{where}: column {cols.text_col!r} is missing (columns: {sorted(row)}); "
-                        "choose it with --text-col")
-    t = row[cols.text_col]
-    if not isinstance(t, str):
-        raise DataError(f"{where}: column {cols.text_col!r} must be a string, got {type(t).__name__}")
-    if not t.strip():
-        raise DataError(f"{where}: column {cols.text_col!r} is empty")
-    p = row.get(cols.prompt_col) if cols.prompt_col else None
-    if p is not None and not isinstance(p, str):
-        raise DataError(f"{where}: column {cols.prompt_col!r} must be a string, got {type(p).__name__}")
-    return render(cols.template, t, p)
+    """The text of one input row (template applied), or :class:`DataError` naming the row and problem."""
+    text = text_field(row, cols.text_col, where, "--text-col")
+    return render(cols.template, text, prompt_field(row, cols.prompt_col, where))
 
 
 class OutputWriter:

@@ -214,14 +214,27 @@ def _filter_split(path: Path, rows, split: str):
 
 # ----------------------------------------------------------------------------------- validation
 
-def _text(value, where: str, col: str) -> str:
+def text_field(row: dict, col: str, where: str, flag: str | None = None) -> str:
+    """The non-empty string in ``row[col]``, or a :class:`DataError` naming the row, the column
+    and the problem (and the flag that maps the column, when given)."""
+    value = row.get(col)
     if value is None:
-        raise DataError(f"{where}: column {col!r} is missing or null")
+        hint = f"; choose it with {flag}" if flag else ""
+        state = "missing" if col not in row else "null"
+        raise DataError(f"{where}: column {col!r} is {state} (columns: {sorted(row)}){hint}")
     if not isinstance(value, str):
         raise DataError(f"{where}: column {col!r} must be a string, got {type(value).__name__}")
     if not value.strip():
         raise DataError(f"{where}: column {col!r} is empty")
     return value
+
+
+def prompt_field(row: dict, col: str | None, where: str) -> str | None:
+    """The optional prompt in ``row[col]`` (None when absent), or a DataError if not a string."""
+    p = row.get(col) if col else None
+    if p is not None and not isinstance(p, str):
+        raise DataError(f"{where}: column {col!r} must be a string, got {type(p).__name__}")
+    return p
 
 
 def parse_label(value, where: str, col: str) -> int:
@@ -235,13 +248,6 @@ def parse_label(value, where: str, col: str) -> int:
     if isinstance(value, str) and value.strip().lower() in ("0", "1", "true", "false"):
         return int(value.strip().lower() in ("1", "true"))
     raise DataError(f"{where}: column {col!r} must be 0 or 1, got {value!r}")
-
-
-def _prompt(row: dict, spec: DataSpec, where: str) -> str | None:
-    p = row.get(spec.prompt_col)
-    if p is not None and not isinstance(p, str):
-        raise DataError(f"{where}: column {spec.prompt_col!r} must be a string, got {type(p).__name__}")
-    return p
 
 
 def _dedup_pairs(pairs: Pairs) -> Pairs:
@@ -285,12 +291,12 @@ def load_split(spec: DataSpec) -> SplitData:
                     f"pointwise columns ({spec.text_col!r}, {spec.label_col!r}) found; columns are "
                     f"{sorted(row)}; map names with --chosen-col/--rejected-col/--text-col/--label-col")
         n_rows += 1
-        prompt = _prompt(row, spec, where)
+        prompt = prompt_field(row, spec.prompt_col, where)
         group = row.get(spec.group_col)
         has_group = has_group or group is not None
         if kind == "pairwise":
-            c = render(spec.template, _text(row.get(spec.chosen_col), where, spec.chosen_col), prompt)
-            r = render(spec.template, _text(row.get(spec.rejected_col), where, spec.rejected_col), prompt)
+            c = render(spec.template, text_field(row, spec.chosen_col, where, "--chosen-col"), prompt)
+            r = render(spec.template, text_field(row, spec.rejected_col, where, "--rejected-col"), prompt)
             if c == r:
                 raise DataError(f"{where}: chosen and rejected are the same text")
             chosen.append(add(c))
@@ -298,7 +304,7 @@ def load_split(spec: DataSpec) -> SplitData:
             pgroups.append(group)
             metas.append({k: v for k, v in row.items() if k not in reserved})
         else:
-            t = render(spec.template, _text(row.get(spec.text_col), where, spec.text_col), prompt)
+            t = render(spec.template, text_field(row, spec.text_col, where, "--text-col"), prompt)
             pkeys.append(add(t))
             plabels.append(parse_label(row.get(spec.label_col), where, spec.label_col))
             pgroups_pt.append(group)
