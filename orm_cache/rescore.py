@@ -252,13 +252,11 @@ class RejectWriter:
 
 def rank_rows(scores: np.ndarray, groups: list) -> np.ndarray:
     """1-based rank of each row within its group, best first; tied scores share the best rank."""
+    from .evaluate.metrics import group_indices
+
     scores = np.asarray(scores, dtype=np.float64)
     ranks = np.empty(len(scores), dtype=np.int64)
-    by_group: dict = {}
-    for i, g in enumerate(groups):
-        by_group.setdefault(g, []).append(i)
-    for idx in by_group.values():
-        idx = np.asarray(idx)
+    for idx in group_indices(groups):
         s = scores[idx]
         # rank = 1 + number of strictly better candidates in the group ("min" ranking)
         ranks[idx] = 1 + (s[None, :] > s[:, None]).sum(axis=1)

@@ -125,16 +125,20 @@ def pointwise(scores: np.ndarray, labels: np.ndarray) -> dict:
     return {"auroc": float(roc_auc_score(labels, scores)), "spearman": float(spearmanr(scores, labels).statistic)}
 
 
+def group_indices(groups) -> list[np.ndarray]:
+    """Row indices of each group (groups in sorted order, rows in input order), by one sort."""
+    _, g = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
+    order = np.argsort(g, kind="stable")
+    return np.split(order, np.flatnonzero(np.diff(g[order])) + 1)
+
+
 def best_of_n(scores: np.ndarray, labels: np.ndarray, groups) -> dict:
     """Per group, is the top-scored candidate correct? A shared top score gets fractional credit
     (correct among the tied / number tied, as RewardBench v2). Beside it: random pick (mean
     fraction correct per group) and oracle (the group has a correct candidate)."""
     scores, labels = np.asarray(scores, np.float64), np.asarray(labels)
-    _, g = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
     picked, rand, oracle, sizes = [], [], [], []
-    order = np.argsort(g, kind="stable")
-    bounds = np.flatnonzero(np.diff(g[order])) + 1
-    for idx in np.split(order, bounds):
+    for idx in group_indices(groups):
         s, y = scores[idx], labels[idx]
         top = s == s.max()
         picked.append(y[top].mean())
@@ -151,8 +155,7 @@ def best_of_n_curve(scores: np.ndarray, labels: np.ndarray, groups, max_n: int |
     from math import comb
 
     scores, labels = np.asarray(scores, np.float64), np.asarray(labels)
-    _, g = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
-    per_group = [np.flatnonzero(g == k) for k in range(g.max() + 1)]
+    per_group = group_indices(groups)
     max_n = max_n or max(len(i) for i in per_group)
     out = []
     for n in range(1, max_n + 1):
