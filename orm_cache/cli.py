@@ -6,6 +6,7 @@ No logic lives here beyond translating options and printing what the library ret
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import warnings
 
@@ -18,6 +19,15 @@ ENV = "ORM_CACHE"
 
 # ------------------------------------------------------------------------------------ plumbing
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what Slurm, Kubernetes and `kill` send) raised like Ctrl-C, so every cleanup
+    runs: embed flushes what it has embedded, no output file is replaced by a partial one."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 class Group(click.Group):
     """Turns the library's user-facing errors into one clear line and a non-zero exit."""
 
@@ -29,6 +39,10 @@ class Group(click.Group):
 
         try:
             return super().invoke(ctx)
+        except Terminated:
+            click.echo("terminated (SIGTERM): work completed so far is kept (embedded shards), "
+                       "no output file was replaced; run the same command again to finish", err=True)
+            ctx.exit(128 + signal.SIGTERM)
         except (DataError, StoreError, EncoderError, ValueError, FileNotFoundError, CheckpointError) as e:
             if isinstance(e, click.ClickException):
                 raise
@@ -62,13 +76,13 @@ def data_options(f):
     return _options(
         _opt(DataSpec, "data", "--data", default=d.data),
         _opt(DataSpec, "split", "--split", default=d.split),
-        _opt(DataSpec, "template", "--template", default=d.template, show_default=repr(d.template)),
+        _opt(DataSpec, "template", "--template", default=None, show_default=False),
         _opt(DataSpec, "chosen_col", default=d.chosen_col),
         _opt(DataSpec, "rejected_col", default=d.rejected_col),
         _opt(DataSpec, "text_col", default=d.text_col),
         _opt(DataSpec, "label_col", default=d.label_col),
         _opt(DataSpec, "group_col", default=d.group_col),
-        _opt(DataSpec, "prompt_col", default=d.prompt_col),
+        _opt(DataSpec, "prompt_col", default=None, show_default=False),
         _opt(DataSpec, "negatives", type=int, default=None, show_default=False),
         _opt(DataSpec, "pair_seed", type=int, default=d.pair_seed),
         _opt(DataSpec, "drop_duplicate_pairs", "--drop-duplicate-pairs/--keep-duplicate-pairs", default=False),
@@ -210,7 +224,12 @@ def head_options(f):
 
 
 store_option = click.option("--store", default=None, metavar="FINGERPRINT",
-                            help="Use the store whose fingerprint starts with this (when several match).")
+                            help="Use the store whose fingerprint starts with this (when several match, or for a "
+                                 "reference-format head that records no encoder).")
+override_recipe_option = click.option(
+    "--override-recipe", is_flag=True,
+    help="Build texts with the --template/--prompt-col given even though the head was trained with another "
+         "recipe (refused otherwise: other texts get meaningless scores).")
 
 
 @cli.command("fit-head", short_help="Stage 2: train the linear head on cached vectors.")
@@ -278,10 +297,10 @@ def sweep(grid, grid_file, select_on, report_on, results, out, top, store, quiet
     only that head on test, never selecting on it.
     """
     import csv
-    import json
 
     from .evaluate import format_report
     from .head.sweep import parse_grid
+    from .outputs import AtomicOutputs, write_json
     from .stage2 import sweep_heads, sweep_table
 
     setup_logging(quiet)
@@ -304,12 +323,11 @@ def sweep(grid, grid_file, select_on, report_on, results, out, top, store, quiet
     click.echo(f"best: {select_on} accuracy {100 * m['accuracy']:.2f}% "
                f"(90% CI [{100 * m['ci']['low']:.1f}%, {100 * m['ci']['high']:.1f}%]) -> {r.path}")
     if results:
-        with open(f"{results}.csv", "w", newline="") as f:
+        with AtomicOutputs() as outputs, open(outputs.path(f"{results}.csv"), "w", newline="") as f:
             w = csv.DictWriter(f, list(rows[0]))
             w.writeheader()
             w.writerows(rows)
-        with open(f"{results}.json", "w") as f:
-            json.dump(rows, f, indent=2)
+        write_json(f"{results}.json", rows)
         click.echo(f"all rows: {results}.csv, {results}.json")
     if r.report:
         click.echo(f"selected head on {report_on} (not used for selection):")
@@ -323,8 +341,11 @@ def sweep(grid, grid_file, select_on, report_on, results, out, top, store, quiet
 @store_option
 @click.option("--feature", default=None, help="Vector column [default: the head's].")
 @click.option("--calibrate-on", default="validation", show_default=True,
-              help="Split the temperature T of σ(Δ/T) is fitted on (and saved into the checkpoint); "
-                   "'' fits it on the evaluated split itself.")
+              help="Split the temperature T of σ(Δ/T) is fitted on, when it is cached (else calibration is "
+                   "reported for T = 1); name the evaluated split itself to fit on it; '' for none.")
+@click.option("--save-calibration", is_flag=True,
+              help="Write the fitted T into the checkpoint (rewritten atomically); without it the head is not touched.")
+@override_recipe_option
 @click.option("--ci", "ci_level", type=float, default=0.9, show_default=True, help="Bootstrap CI level.")
 @click.option("--bootstrap", type=int, default=1000, show_default=True, help="Bootstrap resamples.")
 @click.option("--bootstrap-seed", type=int, default=0, show_default=True)
@@ -333,8 +354,8 @@ def sweep(grid, grid_file, select_on, report_on, results, out, top, store, quiet
 @click.option("--plot-dir", type=click.Path(file_okay=False), default=None,
               help="Write PNG plots here (reliability, accuracy by length, margins; needs matplotlib).")
 @quiet_option
-def eval_cmd(head_path, store, feature, calibrate_on, ci_level, bootstrap, bootstrap_seed, length_edges,
-             json_path, plot_dir, quiet, **kw):
+def eval_cmd(head_path, store, feature, calibrate_on, save_calibration, override_recipe, ci_level, bootstrap,
+             bootstrap_seed, length_edges, json_path, plot_dir, quiet, **kw):
     """The reference model card's metric table for a head on a split, from cached vectors.
 
     Pairwise accuracy (strict >, ties wrong) with a bootstrap CI (resampling problems when the
@@ -342,10 +363,9 @@ def eval_cmd(head_path, store, feature, calibrate_on, ci_level, bootstrap, boots
     label-swap anti-symmetry test, near-tie accuracy, calibration (ECE, reliability), and for
     pointwise data AUROC, Spearman and best-of-N beside random and oracle.
     """
-    import json
-
     from .config import parse_csv
     from .evaluate import format_report
+    from .outputs import write_json
     from .stage2 import evaluate_split
 
     setup_logging(quiet)
@@ -354,11 +374,13 @@ def eval_cmd(head_path, store, feature, calibrate_on, ci_level, bootstrap, boots
 
         require_matplotlib()
     r = evaluate_split(head_path, build(DataSpec, kw), kw["cache_dir"], calibrate_on or None, bootstrap,
-                       ci_level, bootstrap_seed, parse_csv(length_edges, int), store, feature)
+                       ci_level, bootstrap_seed, parse_csv(length_edges, int), store, feature, save_calibration,
+                       override_recipe)
     click.echo(format_report(r))
+    if save_calibration:
+        click.echo(f"calibration T={r['calibration']['temperature']:.4g} saved into {head_path}")
     if json_path:
-        with open(json_path, "w") as f:
-            json.dump(r, f, indent=2)
+        write_json(json_path, r)
         click.echo(f"metrics: {json_path}")
     if plot_dir:
         from .evaluate.plots import write_plots
@@ -378,26 +400,29 @@ def eval_cmd(head_path, store, feature, calibrate_on, ci_level, bootstrap, boots
                    "2e-2 x for float16/bfloat16].")
 @click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
 @_opt(RunSpec, "batch_tokens", type=int, default=None, show_default=False)
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
+@store_option
+@click.option("--feature", default=None, help="Vector column [default: the head's].")
+@override_recipe_option
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the report here.")
 @quiet_option
-def verify(head_path, sample, seed, atol, device, batch_tokens, json_path, quiet, **kw):
+def verify(head_path, sample, seed, atol, device, batch_tokens, store, feature, override_recipe, json_path, quiet,
+           **kw):
     """Prove cached scores equal live end-to-end scores (text -> tokenizer -> model -> pooling -> head).
 
     Re-scores a seeded sample of pairs one text at a time and in padded batches, compares with the
     scores of the cached vectors, and exits non-zero when any trace is over tolerance, naming its
     key, token count and pooled position.
     """
-    import json
-
     from .evaluate.verify import format_verify
+    from .outputs import write_json
     from .stage2 import verify_head
 
     setup_logging(quiet)
-    r = verify_head(head_path, build(DataSpec, kw), kw["cache_dir"], sample, seed, atol, device, batch_tokens)
+    r = verify_head(head_path, build(DataSpec, kw), kw["cache_dir"], sample, seed, atol, device, batch_tokens,
+                    store, feature, override_recipe)
     click.echo(format_verify(r.report))
     if json_path:
-        with open(json_path, "w") as f:
-            json.dump(r.report, f, indent=2)
+        write_json(json_path, r.report)
     if not r.ok:
         raise SystemExit(1)
 
@@ -410,9 +435,14 @@ def rescore_options(f):
         click.option("--output", "output_path", required=True, type=click.Path(dir_okay=False),
                      help="Where to write: .jsonl, .parquet or .csv."),
         click.option("--text-col", default="text", show_default=True, help="Column of the trace (the response)."),
-        click.option("--prompt-col", default="prompt", show_default=True,
-                     help="Optional column joined in front with --template, as in stage 1."),
-        _opt(DataSpec, "template", "--template", default=DataSpec().template, show_default=repr(DataSpec().template)),
+        click.option("--prompt-col", default=None,
+                     help="Column joined in front with --template ('' for none) [default: the head's recorded recipe].",
+                     envvar=f"{ENV}_PROMPT_COL", show_envvar=True),
+        _opt(DataSpec, "template", "--template", default=None, show_default=False),
+        override_recipe_option,
+        store_option,
+        click.option("--feature", default=None, help="Vector column [default: the head's; last@-1 for a "
+                                                     "reference-format head]."),
         cache_option,
         click.option("--skip-invalid", is_flag=True,
                      help="Write bad rows with their reason to <output>.rejected.jsonl instead of stopping."),
@@ -434,10 +464,10 @@ def _rescore_summary(s, verb: str) -> None:
 
 @cli.command(short_help="Offline re-scoring: add a score to every row of a file.")
 @rescore_options
-@click.option("--chunk-rows", type=int, default=50_000, show_default=True,
+@click.option("--chunk-rows", type=click.IntRange(min=1), default=50_000, show_default=True,
               help="Rows read, scored and written at a time (bounds memory).")
-def score(head_path, input_path, output_path, text_col, prompt_col, template, cache_dir, skip_invalid, device,
-          batch_tokens, quiet, chunk_rows):
+def score(head_path, input_path, output_path, text_col, prompt_col, template, override_recipe, store, feature,
+          cache_dir, skip_invalid, device, batch_tokens, quiet, chunk_rows):
     """Offline re-scoring: add a score column to every row of a file, in input order.
 
     Texts already in the store for the head's encoder are scored without loading any model;
@@ -447,19 +477,21 @@ def score(head_path, input_path, output_path, text_col, prompt_col, template, ca
     from .rescore import TextColumns, score_file
 
     setup_logging(quiet)
-    s = score_file(head_path, input_path, output_path, cache_dir, TextColumns(text_col, prompt_col or None, template),
-                   chunk_rows, skip_invalid, device, batch_tokens, quiet)
+    s = score_file(head_path, input_path, output_path, cache_dir,
+                   TextColumns(text_col, prompt_col, template, override_recipe), chunk_rows, skip_invalid, device,
+                   batch_tokens, quiet, store, feature)
     _rescore_summary(s, "scored")
 
 
 @cli.command(short_help="Best-of-N: rank candidates per group by score.")
 @rescore_options
 @click.option("--group-by", required=True, help="Column naming the candidates' problem (one ranking per value).")
-@click.option("--top-k", type=int, default=None, help="Write only the best K per group [default: all rows, ranked].")
+@click.option("--top-k", type=click.IntRange(min=1), default=None,
+              help="Write only the best K per group [default: all rows, ranked].")
 @click.option("--label-col", default="label", show_default=True,
               help="When present (0/1), report best-of-N accuracy beside random and oracle.")
-def rank(head_path, input_path, output_path, text_col, prompt_col, template, cache_dir, skip_invalid, device,
-         batch_tokens, quiet, group_by, top_k, label_col):
+def rank(head_path, input_path, output_path, text_col, prompt_col, template, override_recipe, store, feature,
+         cache_dir, skip_invalid, device, batch_tokens, quiet, group_by, top_k, label_col):
     """Best-of-N: order candidates within each group by score (rank 1 = best; ties share a rank).
 
     With a label column, prints best-of-N accuracy (fractional credit 1/#tied when the best score
@@ -470,8 +502,8 @@ def rank(head_path, input_path, output_path, text_col, prompt_col, template, cac
 
     setup_logging(quiet)
     s = rank_file(head_path, input_path, output_path, group_by, top_k, cache_dir,
-                  TextColumns(text_col, prompt_col or None, template), label_col or None, skip_invalid, device,
-                  batch_tokens, quiet)
+                  TextColumns(text_col, prompt_col, template, override_recipe), label_col or None, skip_invalid,
+                  device, batch_tokens, quiet, store, feature)
     _rescore_summary(s, "ranked")
     click.echo(f"groups: {s.extra['groups']:,}")
     if "best_of_n" in s.extra:
@@ -593,6 +625,7 @@ def cache_compact(cache_dir, target_rows):
 
 
 def main():
+    signal.signal(signal.SIGTERM, _on_sigterm)
     cli.main(prog_name="orm-cache")
 
 

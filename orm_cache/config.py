@@ -98,6 +98,79 @@ def feature_column(pooling: str, layer: int) -> str:
     return f"{pooling}@{layer}"
 
 
+def check_template(template: str) -> str:
+    """``template`` if it is a ``str.format`` string over ``{prompt}`` and ``{response}`` only
+    (``{response}`` required), else ValueError saying what is wrong."""
+    import string
+
+    try:
+        names = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as e:
+        raise ValueError(f"template {template!r} is not a valid format string ({e}); "
+                         "write literal braces as {{ and }}") from None
+    unknown = sorted({n for n in names if n not in ("prompt", "response")})
+    if unknown:
+        shown = ", ".join("{" + n + "}" for n in unknown)
+        raise ValueError(f"template {template!r} has unknown placeholder(s) {shown}; only {{prompt}} and "
+                         "{response} are filled in (write literal braces as {{ and }})")
+    if "response" not in names:
+        raise ValueError(f"template {template!r} must contain {{response}}")
+    return template
+
+
+class RecipeError(ValueError):
+    """A text recipe given explicitly that differs from the one a head was trained with."""
+
+
+@dataclass(frozen=True)
+class TextRecipe:
+    """How a row becomes the one text the encoder sees. A head records the recipe of its
+    training texts, and every scorer uses it: a text built another way is another text."""
+
+    template: str = DEFAULT_TEMPLATE
+    """``str.format`` string joining ``{prompt}`` and ``{response}`` (rows with a prompt only)."""
+    prompt_col: str | None = "prompt"
+    """Column holding the prompt; None: the text is the response alone."""
+
+    def __post_init__(self):
+        check_template(self.template)
+        object.__setattr__(self, "prompt_col", self.prompt_col or None)
+
+    @classmethod
+    def from_options(cls, template: str | None = None, prompt_col: str | None = None) -> "TextRecipe":
+        """From options where None means "not given" (the default) and prompt_col '' means none."""
+        d = cls()
+        return cls(d.template if template is None else template, d.prompt_col if prompt_col is None else prompt_col)
+
+    @classmethod
+    def for_head(cls, recorded: dict | None, template: str | None = None, prompt_col: str | None = None,
+                 override: bool = False) -> "TextRecipe":
+        """The recipe to score with for a head that recorded ``recorded`` (None: an old or
+        reference-format head). Options not given (None) take the recorded values; a given
+        value that differs is refused, both shown, unless ``override``."""
+        if not recorded:
+            return cls.from_options(template, prompt_col)
+        rec = cls(recorded.get("template", DEFAULT_TEMPLATE), recorded.get("prompt_col"))
+        given = cls(rec.template if template is None else template,
+                    rec.prompt_col if prompt_col is None else prompt_col)
+        if given != rec and not override:
+            diff = "; ".join(f"{name}: head {getattr(rec, name)!r}, given {getattr(given, name)!r}"
+                             for name in ("template", "prompt_col") if getattr(rec, name) != getattr(given, name))
+            raise RecipeError(f"the head was trained on texts built another way ({diff}); a different recipe "
+                              "gives different texts and meaningless scores. Drop the option to use the "
+                              "head's recipe, or add --override-recipe to score this way on purpose")
+        return given
+
+    def render(self, response: str, prompt: str | None) -> str:
+        """Join prompt and response; a missing or empty prompt gives the response itself."""
+        if not prompt:
+            return response
+        return self.template.format(prompt=prompt, response=response)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 @dataclass(frozen=True)
 class DataSpec:
     """Where the traces come from and how they become texts and pairs."""
@@ -107,9 +180,10 @@ class DataSpec:
     split: str = "train"
     """Split name: a file ``<split>.<ext>`` in a directory, a hub split, or the value of a
     ``split`` column in a single file (a single file without one is used whole)."""
-    template: str = DEFAULT_TEMPLATE
-    """How a prompt and a response become the one text the encoder sees (only when a prompt
-    column exists): Python ``str.format`` with ``{prompt}`` and ``{response}``."""
+    template: str | None = None
+    """How a prompt and a response become the one text the encoder sees (only when a row has a
+    prompt): ``str.format`` with ``{prompt}`` and ``{response}``. Default: the recipe a head was
+    trained with (eval, verify, score, rank), else "{prompt}\n\n{response}"."""
     chosen_col: str = "chosen"
     """Pairwise column of the preferred trace."""
     rejected_col: str = "rejected"
@@ -121,8 +195,9 @@ class DataSpec:
     group_col: str = "group"
     """Column naming the problem a trace answers (negatives are sampled, and best-of-N and
     bootstrap resampling work, within groups)."""
-    prompt_col: str = "prompt"
-    """Optional column joined in front of each response with --template."""
+    prompt_col: str | None = None
+    """Optional column joined in front of each response with --template ('' for none).
+    Default: the head's recorded recipe (eval, verify, score, rank), else 'prompt'."""
     negatives: int | None = None
     """Pointwise data: negatives sampled per positive; default 8 for train, 4 otherwise."""
     pair_seed: int = 0
@@ -131,10 +206,14 @@ class DataSpec:
     """Keep only the first of identical (chosen, rejected) pairs; duplicates are counted either way."""
 
     def __post_init__(self):
-        if "{response}" not in self.template:
-            raise ValueError(f"template {self.template!r} must contain {{response}}")
+        self.recipe  # validates the template
         if self.negatives is not None and self.negatives < 1:
             raise ValueError(f"negatives={self.negatives} must be at least 1")
+
+    @property
+    def recipe(self) -> "TextRecipe":
+        """How this spec's rows become texts (defaults filled in)."""
+        return TextRecipe.from_options(self.template, self.prompt_col)
 
     @property
     def negatives_per_positive(self) -> int:
@@ -253,6 +332,9 @@ __all__ = [
     "RunSpec",
     "HeadConfig",
     "HEAD_FIELDS",
+    "TextRecipe",
+    "RecipeError",
+    "check_template",
     "feature_column",
     "field_docs",
     "parse_csv",

@@ -7,8 +7,12 @@ directory changed, another dtype, …). It is the project's answer to the refere
 
     scorer = LiveScorer("cache/heads/….pt")
     scorer.score(["Step 1: …", "Step 1: …"])          # np.ndarray of scores
-    scorer.rank(candidates)                            # [(index, score)], best first
-    scorer.prefer(a, b)                                # P(a beats b) = σ((s_a - s_b) / T)
+    scorer.score(responses, prompts=[question] * n)   # joined with the head's recorded template
+    scorer.rank(candidates, prompt=question)           # [(index, score)], best first
+    scorer.prefer(a, b, prompt=question)               # P(a beats b) = σ((s_a - s_b) / T)
+
+Texts are built with the recipe the head recorded (template and prompt column of its training
+data), so a live score is the score of the same text the head was trained and evaluated on.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import math
 
 import numpy as np
 
-from .config import EncoderSpec
+from .config import EncoderSpec, TextRecipe
 from .encode.embedder import encode_texts
 from .head import CheckpointError, Head
 from .store import StoreError, short
@@ -41,25 +45,48 @@ class LiveScorer:
                              f"was trained on {short(self.head.fingerprint)} (model files, dtype or tokenizer "
                              "changed); scores would not match")
         self.batch_tokens, self.max_batch_size = batch_tokens, max_batch_size
+        self.recipe = TextRecipe.for_head(self.head.recipe)
+
+    def texts(self, responses, prompts=None) -> list[str]:
+        """The texts the encoder sees: each response joined with its prompt by the head's recipe.
+        A bare string is refused (it would be scored character by character)."""
+        for name, seq in (("texts", responses), ("prompts", prompts)):
+            if isinstance(seq, (str, bytes)):
+                raise TypeError(f"{name} must be a list of strings, not a single string; wrap it: [{name[:-1]}]")
+        responses = list(responses)
+        if prompts is None:
+            prompts = [None] * len(responses)
+        prompts = list(prompts)
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts for {len(responses)} texts; give one prompt per text")
+        for i, (r, p) in enumerate(zip(responses, prompts)):
+            if not isinstance(r, str) or not r.strip():
+                raise ValueError(f"text {i} must be a non-empty string, got {r!r:.60}")
+            if p is not None and not isinstance(p, str):
+                raise ValueError(f"prompt {i} must be a string or None, got {type(p).__name__}")
+        return [self.recipe.render(r, p) for r, p in zip(responses, prompts)]
 
     def vectors(self, texts: list[str], one_at_a_time: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """``(N, D)`` pooled vectors of the head's feature column, and token counts."""
         max_batch = 1 if one_at_a_time else self.max_batch_size
         return encode_texts(self.encoder, list(texts), self.head.feature, self.batch_tokens, max_batch)
 
-    def score(self, texts: list[str], one_at_a_time: bool = False) -> np.ndarray:
+    def score(self, texts: list[str], prompts: list[str | None] | None = None,
+              one_at_a_time: bool = False) -> np.ndarray:
+        """Scores of ``texts`` (responses), each joined with its prompt (when given) by the head's recipe."""
+        texts = self.texts(texts, prompts)
         if not texts:
             return np.empty(0, dtype=np.float32)
         return self.head.score(self.vectors(texts, one_at_a_time)[0])
 
-    def rank(self, candidates: list[str]) -> list[tuple[int, float]]:
-        """Candidates' indices and scores, best first (ties keep input order)."""
-        s = self.score(candidates)
+    def rank(self, candidates: list[str], prompt: str | None = None) -> list[tuple[int, float]]:
+        """Candidates' indices and scores, best first (ties keep input order); one shared prompt."""
+        s = self.score(candidates, None if prompt is None else [prompt] * len(candidates))
         order = np.argsort(-s, kind="stable")
         return [(int(i), float(s[i])) for i in order]
 
-    def prefer(self, a: str, b: str) -> float:
+    def prefer(self, a: str, b: str, prompt: str | None = None) -> float:
         """P(a beats b) = σ((s_a - s_b) / T), with the checkpoint's calibration T (else T = 1)."""
-        sa, sb = self.score([a, b])
+        sa, sb = self.score([a, b], None if prompt is None else [prompt, prompt])
         T = self.head.temperature or 1.0
         return 1.0 / (1.0 + math.exp(-(float(sa) - float(sb)) / T))

@@ -18,20 +18,28 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import DEFAULT_TEMPLATE, RunSpec
-from .data.ingest import FILE_EXTS, DataError, parse_label, prompt_field, read_rows, render, text_field, trace_key
+from .config import RunSpec, TextRecipe
+from .data.ingest import FILE_EXTS, DataError, parse_label, prompt_field, read_rows, text_field, trace_key
 from .head import Head
+from .outputs import AtomicOutputs
+from .progress import Progress
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class TextColumns:
-    """How an input row becomes the text that is scored (the same template as stage 1)."""
+    """How an input row becomes the text that is scored. ``prompt_col`` and ``template`` left
+    None take the head's recorded recipe (the texts it was trained on); given explicitly and
+    different from it, they are refused unless ``override_recipe``."""
 
     text_col: str = "text"
-    prompt_col: str | None = "prompt"
-    template: str = DEFAULT_TEMPLATE
+    prompt_col: str | None = None
+    template: str | None = None
+    override_recipe: bool = False
+
+    def recipe_for(self, head: Head) -> TextRecipe:
+        return TextRecipe.for_head(head.recipe, self.template, self.prompt_col, self.override_recipe)
 
 
 @dataclass
@@ -51,78 +59,113 @@ class ScoreSummary:
         return self.rows / self.seconds if self.seconds else 0.0
 
 
-def row_text(row: dict, cols: TextColumns, where: str) -> str:
-    """The text of one input row (template applied), or :class:`DataError` naming the row and problem."""
-    text = text_field(row, cols.text_col, where, "--text-col")
-    return render(cols.template, text, prompt_field(row, cols.prompt_col, where))
+def row_text(row: dict, text_col: str, recipe: TextRecipe, where: str) -> str:
+    """The text of one input row (recipe applied), or :class:`DataError` naming the row and problem."""
+    text = text_field(row, text_col, where, "--text-col")
+    return recipe.render(text, prompt_field(row, recipe.prompt_col, where))
+
+
+OUTPUT_EXTS = (".jsonl", ".csv", ".parquet")
 
 
 class OutputWriter:
-    """Streams rows to .jsonl, .csv or .parquet (by the output's extension)."""
+    """Streams rows, chunk by chunk, to ``tmp`` in the format of ``path``'s extension (.jsonl,
+    .csv or .parquet). It never touches ``path``: the caller renames ``tmp`` onto it once the
+    last row is written (:mod:`orm_cache.outputs`)."""
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.ext = self.path.suffix.lower()
-        if self.ext not in (".jsonl", ".csv", ".parquet"):
-            raise DataError(f"{self.path}: output must be .jsonl, .csv or .parquet")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = self.path.with_name(f".tmp-{self.path.name}")
+    def __init__(self, path: str | Path, tmp: Path):
+        self.path, self.tmp = Path(path), tmp
+        self.ext = check_output_ext(self.path)
         self._f = None
         self._writer = None
         self._fields = None
+        self.rows = 0
 
     def write(self, rows: list[dict]) -> None:
         if not rows:
             return
         if self.ext == ".jsonl":
             if self._f is None:
-                self._f = open(self._tmp, "w", encoding="utf-8")
+                self._f = open(self.tmp, "w", encoding="utf-8")
             for r in rows:
                 self._f.write(json.dumps(r, ensure_ascii=False, default=str) + "\n")
         elif self.ext == ".csv":
-            import csv
-
-            if self._f is None:
-                self._f = open(self._tmp, "w", newline="", encoding="utf-8")
-                self._fields = list(rows[0])
-                self._writer = csv.DictWriter(self._f, self._fields, extrasaction="ignore")
-                self._writer.writeheader()
-            self._writer.writerows(rows)
+            self._write_csv(rows)
         else:
+            self._write_parquet(rows)
+        self.rows += len(rows)
+
+    def _write_csv(self, rows: list[dict]) -> None:
+        import csv
+
+        if self._f is None:
+            self._f = open(self.tmp, "w", newline="", encoding="utf-8")
+            self._fields = list(dict.fromkeys(k for r in rows for k in r))
+            self._writer = csv.DictWriter(self._f, self._fields)
+            self._writer.writeheader()
+        known = set(self._fields)
+        for i, r in enumerate(rows):
+            new = [k for k in r if k not in known]
+            if new:  # a CSV header is fixed: a column first seen late would be dropped silently
+                raise DataError(f"{self.path}: output row {self.rows + i + 1} has column(s) {new} that the "
+                                f"first {self.rows:,} rows lack, and a CSV header cannot grow; "
+                                "write .jsonl or .parquet, or give every row the same columns")
+        self._writer.writerows(rows)
+
+    def _write_parquet(self, rows: list[dict]) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            table = pa.Table.from_pylist(rows)
+            if self._writer is None:
+                self._writer = pq.ParquetWriter(self.tmp, table.schema)
+            table = table.select(self._writer.schema.names).cast(self._writer.schema)
+        except (pa.ArrowException, KeyError, TypeError, ValueError) as e:
+            raise DataError(f"{self.path}: the rows from output row {self.rows + 1} on do not fit the columns and "
+                            f"types of the rows before ({str(e).splitlines()[0]}); raise --chunk-rows so the "
+                            "first chunk sees every type, or write .jsonl") from None
+        self._writer.write_table(table)
+
+    def close(self) -> None:
+        """Finish the file (an input with no valid rows gives an empty output: for Parquet,
+        a valid file with no rows)."""
+        if self.ext == ".parquet" and self._writer is None:
             import pyarrow as pa
             import pyarrow.parquet as pq
 
-            table = pa.Table.from_pylist(rows)
-            if self._writer is None:
-                self._writer = pq.ParquetWriter(self._tmp, table.schema)
-            self._writer.write_table(table.cast(self._writer.schema))
-
-    def close(self) -> None:
-        """Finish the file and move it into place (a crashed run leaves no half-written output)."""
-        if self.ext == ".parquet" and self._writer is not None:
+            pq.write_table(pa.table({"score": pa.array([], pa.float64())}), self.tmp)
+        if self._writer is not None and self.ext == ".parquet":
             self._writer.close()
         if self._f is not None:
             self._f.close()
-        if self._tmp.exists():
-            self._tmp.replace(self.path)
-        else:  # no rows: still leave an (empty) output
-            self.path.write_text("")
+
+
+def check_output_ext(path: Path) -> str:
+    ext = Path(path).suffix.lower()
+    if ext not in OUTPUT_EXTS:
+        raise DataError(f"{path}: output must be {', '.join(OUTPUT_EXTS)}")
+    return ext
 
 
 class Rescorer:
     """Scores texts from the store when it can, with the head's encoder when it must."""
 
     def __init__(self, head: Head, cache_dir, device: str = "auto", batch_tokens: int | None = None,
-                 quiet: bool = True):
-        from .stage2 import store_for_head
+                 quiet: bool = True, store: str | None = None, feature: str | None = None):
+        from .stage2 import store_for_head, with_store_defaults
         from .store import VectorStore, store_dir
 
-        self.head, self.cache_dir, self.device = head, cache_dir, device
+        self.cache_dir, self.device = cache_dir, device
         self.batch_tokens, self.quiet = batch_tokens, quiet
-        if head.fingerprint:  # the head's own store, created on the first miss if need be
+        if head.fingerprint and not store:  # the head's own store, created on the first miss if need be
             self.store = VectorStore(store_dir(cache_dir, head.fingerprint), head.fingerprint)
-        else:
-            self.store = store_for_head(head, cache_dir)
+        else:  # a reference-format head: the store named with --store, whose encoder it completes
+            self.store = store_for_head(head, cache_dir, store)
+        if self.store.columns:
+            head.check_store(self.store)
+            head = with_store_defaults(head, self.store, feature)
+        self.head = head
         self._encoder = None
 
     @property
@@ -164,16 +207,18 @@ def _prob(score: float, T: float | None) -> float | None:
 
 @dataclass
 class _Job:
-    """What score and rank share: the input, the head and its rescorer, the summary and the
-    side file of rejected rows."""
+    """What score and rank share: the input, the head (and the recipe its texts need), its
+    rescorer, the summary, and the side file of rejected rows."""
 
     input_path: Path
     head: Head
     rescorer: Rescorer
-    cols: TextColumns
+    text_col: str
+    recipe: TextRecipe
     summary: ScoreSummary
-    rejected: "RejectWriter | None"
+    skip_invalid: bool
     t0: float
+    rejected: "RejectWriter | None" = None
 
     def valid_rows(self, parse):
         """Yield ``(row, parse(where, row))`` for every row ``parse`` accepts; a DataError stops
@@ -189,65 +234,98 @@ class _Job:
                 continue
             yield row, parsed
 
+    def text_of(self, where: str, row: dict) -> tuple[str, str]:
+        text = row_text(row, self.text_col, self.recipe, where)
+        return trace_key(text), text
+
+    def outputs(self, output_path, outputs: AtomicOutputs) -> "OutputWriter":
+        """The output writer, and with --skip-invalid the side file, as temporary files of
+        ``outputs``: both appear only when the whole job succeeds."""
+        out = OutputWriter(output_path, outputs.path(output_path))
+        if self.skip_invalid:
+            side = rejected_path_for(output_path)
+            self.rejected = RejectWriter(side, outputs.path(side))
+            self.summary.rejected_path = str(side)
+        return out
+
     def finish(self) -> ScoreSummary:
-        if self.rejected is not None:
-            self.summary.rejected_path = self.rejected.close()
         self.summary.seconds = time.perf_counter() - self.t0
         return self.summary
 
 
-def _job(head_path, input_path, output_path, cache_dir, cols, skip_invalid, device, batch_tokens, quiet) -> _Job:
+def _job(head_path, input_path, output_path, cache_dir, cols, skip_invalid, device, batch_tokens, quiet,
+         store, feature) -> _Job:
     t0 = time.perf_counter()
     input_path = Path(input_path)
     _check_input(input_path)
+    check_output_ext(Path(output_path))
     head = Head.load(head_path)
-    return _Job(input_path, head, Rescorer(head, cache_dir, device, batch_tokens, quiet), cols or TextColumns(),
-                ScoreSummary(output=str(output_path)), RejectWriter(output_path) if skip_invalid else None, t0)
+    cols = cols or TextColumns()
+    recipe = cols.recipe_for(head)
+    rescorer = Rescorer(head, cache_dir, device, batch_tokens, quiet, store, feature)
+    return _Job(input_path, rescorer.head, rescorer, cols.text_col, recipe, ScoreSummary(output=str(output_path)),
+                skip_invalid, t0)
+
+
+def _input_rows(path: Path) -> int | None:
+    """Rows in the input when its format says so cheaply (Parquet metadata), else None."""
+    if path.suffix.lower() != ".parquet":
+        return None
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except Exception:  # a bad file is reported by the reader, with its name
+        return None
 
 
 def score_file(head_path, input_path, output_path, cache_dir="cache", cols: TextColumns | None = None,
                chunk_rows: int = 50_000, skip_invalid: bool = False, device: str = "auto",
-               batch_tokens: int | None = None, quiet: bool = True) -> ScoreSummary:
+               batch_tokens: int | None = None, quiet: bool = True, store: str | None = None,
+               feature: str | None = None) -> ScoreSummary:
     """Add ``score`` (and ``p_beats_average`` = σ(score/T) when calibrated) to every row of
-    ``input_path``, in input order, streaming ``chunk_rows`` rows at a time."""
-    job = _job(head_path, input_path, output_path, cache_dir, cols, skip_invalid, device, batch_tokens, quiet)
+    ``input_path``, in input order, streaming ``chunk_rows`` rows at a time. The output (and
+    the side file of rejected rows) replaces an existing file only once its last row is written."""
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows={chunk_rows} must be at least 1")
+    job = _job(head_path, input_path, output_path, cache_dir, cols, skip_invalid, device, batch_tokens, quiet, store,
+               feature)
     T = job.head.temperature
-    out = OutputWriter(output_path)
-
-    def parse(where, row):
-        text = row_text(row, job.cols, where)
-        return trace_key(text), text
-
-    rows = job.valid_rows(parse)
-    try:
+    with AtomicOutputs() as outputs, Progress(_input_rows(job.input_path), "score", "row", quiet) as bar:
+        out = job.outputs(output_path, outputs)
+        rows = job.valid_rows(job.text_of)
         while chunk := list(itertools.islice(rows, chunk_rows)):
             texts = dict(kt for _, kt in chunk)
             scores = job.rescorer.scores(texts, job.summary)
             out.write([{**row, "score": scores[k], **({"p_beats_average": _prob(scores[k], T)} if T else {})}
                        for row, (k, _) in chunk])
             job.summary.rows += len(chunk)
-    finally:
+            bar.update(job.summary.rows + job.summary.invalid - bar.done)  # input rows consumed
         out.close()
+        if job.rejected is not None:
+            job.rejected.close()
     return job.finish()
 
 
-class RejectWriter:
-    """Side file of rows that failed validation, each with its row number and reason."""
+def rejected_path_for(output_path) -> Path:
+    """``scored.jsonl`` -> ``scored.rejected.jsonl``: where --skip-invalid writes bad rows."""
+    return Path(output_path).with_suffix(".rejected.jsonl")
 
-    def __init__(self, output_path):
-        self.path = Path(output_path).with_suffix(".rejected.jsonl")
-        self.rows = []
+
+class RejectWriter:
+    """Side file of rows that failed validation, each with its row number and reason, streamed
+    to ``tmp`` (renamed onto ``path`` with the output, so it always describes this run)."""
+
+    def __init__(self, path: Path, tmp: Path):
+        self.path = path
+        self._f = open(tmp, "w", encoding="utf-8")
 
     def add(self, lineno: int, row: dict, reason: str) -> None:
-        self.rows.append({"row": lineno, "reason": reason, "data": row})
+        self._f.write(json.dumps({"row": lineno, "reason": reason, "data": row}, ensure_ascii=False, default=str)
+                      + "\n")
 
-    def close(self) -> str | None:
-        if not self.rows:
-            return None
-        with open(self.path, "w", encoding="utf-8") as f:
-            for r in self.rows:
-                f.write(json.dumps(r, ensure_ascii=False, default=str) + "\n")
-        return str(self.path)
+    def close(self) -> None:
+        self._f.close()
 
 
 def rank_rows(scores: np.ndarray, groups: list) -> np.ndarray:
@@ -265,39 +343,44 @@ def rank_rows(scores: np.ndarray, groups: list) -> np.ndarray:
 
 def rank_file(head_path, input_path, output_path, group_by: str, top_k: int | None = None, cache_dir="cache",
               cols: TextColumns | None = None, label_col: str | None = "label", skip_invalid: bool = False,
-              device: str = "auto", batch_tokens: int | None = None, quiet: bool = True) -> ScoreSummary:
+              device: str = "auto", batch_tokens: int | None = None, quiet: bool = True,
+              store: str | None = None, feature: str | None = None) -> ScoreSummary:
     """Rank candidates within each ``group_by`` group (rank 1 = best); write every row with its
     ``rank`` and ``score`` (or only ranks <= ``top_k``). With a label column, best-of-N accuracy
     (fractional credit for ties), random, oracle and the best-of-N curve go into the summary."""
     from .evaluate.metrics import best_of_n, best_of_n_curve
 
-    job = _job(head_path, input_path, output_path, cache_dir, cols, skip_invalid, device, batch_tokens, quiet)
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k={top_k} must be at least 1 (leave it out to write every row)")
+    job = _job(head_path, input_path, output_path, cache_dir, cols, skip_invalid, device, batch_tokens, quiet, store,
+               feature)
     has_labels = None
 
     def parse(where, row):
         nonlocal has_labels
         if row.get(group_by) is None:
             raise DataError(f"{where}: group column {group_by!r} is missing (columns: {sorted(row)})")
-        text = row_text(row, job.cols, where)
+        key, text = job.text_of(where, row)
         if has_labels is None:
             has_labels = bool(label_col) and label_col in row
         label = parse_label(row.get(label_col), where, label_col) if has_labels else None
-        return trace_key(text), text, row[group_by], label
+        return key, text, row[group_by], label
 
-    valid = list(job.valid_rows(parse))
-    if not valid:
-        raise DataError(f"{job.input_path}: no valid rows to rank")
-    rows = [row for row, _ in valid]
-    keys, texts, groups, labels = zip(*(p for _, p in valid))
-    scores_by_key = job.rescorer.scores(dict(zip(keys, texts)), job.summary)
-    scores = np.array([scores_by_key[k] for k in keys])
-    ranks = rank_rows(scores, groups)
-    out = OutputWriter(output_path)
-    try:
+    with AtomicOutputs() as outputs:
+        out = job.outputs(output_path, outputs)
+        valid = list(job.valid_rows(parse))
+        if not valid:
+            raise DataError(f"{job.input_path}: no valid rows to rank")
+        rows = [row for row, _ in valid]
+        keys, texts, groups, labels = zip(*(p for _, p in valid))
+        scores_by_key = job.rescorer.scores(dict(zip(keys, texts)), job.summary)
+        scores = np.array([scores_by_key[k] for k in keys])
+        ranks = rank_rows(scores, groups)
         out.write([{**r, "score": float(s), "rank": int(k)} for r, s, k in zip(rows, scores, ranks)
                    if top_k is None or k <= top_k])
-    finally:
         out.close()
+        if job.rejected is not None:
+            job.rejected.close()
     summary = job.finish()
     summary.rows = len(rows)
     summary.extra["groups"] = len(set(map(str, groups)))

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .config import DataSpec, EncoderSpec, HeadConfig
+from .config import DataSpec, EncoderSpec, HeadConfig, TextRecipe
 from .data import DataError, load_split
 from .evaluate import evaluate
 from .evaluate.metrics import fit_temperature
@@ -52,14 +52,18 @@ def store_for_head(head: Head, cache_dir, store: str | None = None) -> VectorSto
     return vs
 
 
-def load_vectors(data_spec: DataSpec, store: VectorStore, feature: str | None, model_hint: str, cache_dir):
+def load_vectors(data_spec: DataSpec, store: VectorStore, feature: str | None, cache_dir):
+    """A split's vectors from ``store``; a missing vector names the command that embeds them
+    into exactly this store (its model, dtype, max length, every pooling and layer)."""
     data = load_split(data_spec)
-    return split_vectors(data, store, feature, embed_command(data_spec, model_hint, cache_dir, feature))
+    return split_vectors(data, store, feature, embed_command(data_spec, store.spec() or {}, cache_dir))
 
 
-def _model_hint(store: VectorStore, fallback: str = "MODEL") -> str:
-    spec = store.spec() or {}
-    return spec.get("model", fallback)
+def head_data_spec(head: Head, data_spec: DataSpec, override_recipe: bool = False) -> DataSpec:
+    """``data_spec`` with the head's text recipe filled in where the options did not give one;
+    a recipe given explicitly that differs from the head's is refused (RecipeError)."""
+    r = TextRecipe.for_head(head.recipe, data_spec.template, data_spec.prompt_col, override_recipe)
+    return replace(data_spec, template=r.template, prompt_col=r.prompt_col or "")
 
 
 def fit_head(data_spec: DataSpec, enc_spec: EncoderSpec, cfg: HeadConfig, cache_dir="cache",
@@ -67,9 +71,8 @@ def fit_head(data_spec: DataSpec, enc_spec: EncoderSpec, cfg: HeadConfig, cache_
              store: str | None = None) -> FitResult:
     """Train a head on ``data_spec``'s pairs; evaluate on ``eval_split`` when it is cached (and fit
     the calibration temperature there); save the checkpoint."""
-    vs = find_store(cache_dir, enc_spec, cfg.feature, store,
-                    embed_hint=embed_command(data_spec, enc_spec.model, cache_dir, cfg.feature))
-    sv = load_vectors(data_spec, vs, cfg.feature, enc_spec.model, cache_dir)
+    vs = find_store(cache_dir, enc_spec, cfg.feature, store, embed_hint=embed_command(data_spec, enc_spec, cache_dir))
+    sv = load_vectors(data_spec, vs, cfg.feature, cache_dir)
     feature = sv.feature
     if cfg.feature is None:
         cfg = replace(cfg, feature=feature)
@@ -78,7 +81,7 @@ def fit_head(data_spec: DataSpec, enc_spec: EncoderSpec, cfg: HeadConfig, cache_
     report = None
     if eval_split:
         try:
-            ev = load_vectors(replace(data_spec, split=eval_split), vs, feature, enc_spec.model, cache_dir)
+            ev = load_vectors(replace(data_spec, split=eval_split), vs, feature, cache_dir)
         except (DataError, StoreError) as e:
             log.info("not evaluating on %s: %s", eval_split, e)
         else:
@@ -93,7 +96,7 @@ def build_head(vs: VectorStore, sv, cfg: HeadConfig, res) -> Head:
     train_acc = float((margins_of(sv.X @ res.weight, sv.ci, sv.ri) > 0).mean())
     meta = {
         "fingerprint": vs.fp, "encoder_identity": vs.identity(), "encoder_spec": vs.spec(), "feature": sv.feature,
-        "config": cfg.to_dict(), "data": sv.data.identity,
+        "config": cfg.to_dict(), "data": sv.data.identity, "recipe": dict(sv.data.recipe),
         "train": {"score_mean": 0.0, "score_std": res.score_std, "final_loss": res.final_loss,
                   "accuracy": train_acc, "seconds": res.seconds, "steps": res.steps,
                   "history": [list(h) for h in res.history],
@@ -127,47 +130,78 @@ def _headline(r: dict) -> dict:
 
 def evaluate_split(head_path, data_spec: DataSpec, cache_dir="cache", calibrate_on: str | None = "validation",
                    bootstrap: int = 1000, ci_level: float = 0.9, seed: int = 0, length_edges=(128, 256),
-                   store: str | None = None, feature: str | None = None, save_calibration: bool = True) -> dict:
-    """The full metric table of a head on one split. The temperature is fitted on ``calibrate_on``
-    (when cached) and saved into the checkpoint; without it, on the split itself (and said so)."""
+                   store: str | None = None, feature: str | None = None, save_calibration: bool = False,
+                   override_recipe: bool = False) -> dict:
+    """The full metric table of a head on one split, with the head's text recipe.
+
+    The calibration temperature T is fitted on ``calibrate_on`` when that split is cached (the
+    evaluated split itself only when named); otherwise calibration is reported for T = 1 and
+    said so. The checkpoint is rewritten with T only when ``save_calibration`` is set."""
     head = Head.load(head_path)
     vs = store_for_head(head, cache_dir, store)
-    feature = feature or head.feature
-    hint = _model_hint(vs)
-    sv = load_vectors(data_spec, vs, feature, hint, cache_dir)
-    T, fitted_on = None, None
+    head = with_store_defaults(head, vs, feature)
+    feature = head.feature
+    data_spec = head_data_spec(head, data_spec, override_recipe)
+    sv = load_vectors(data_spec, vs, feature, cache_dir)
+    T, note = None, "no calibration split (--calibrate-on ''): reported for T = 1"
     if calibrate_on:
-        cal = sv if calibrate_on == data_spec.split else None
-        if cal is None:
-            try:
-                cal = load_vectors(replace(data_spec, split=calibrate_on), vs, feature, hint, cache_dir)
-            except (DataError, StoreError) as e:
-                log.warning("calibration split %s unavailable (%s); fitting T on %s itself",
-                            calibrate_on, e, data_spec.split)
-        if cal is not None:
+        try:
+            cal = sv if calibrate_on == data_spec.split else load_vectors(
+                replace(data_spec, split=calibrate_on), vs, feature, cache_dir)
+        except (DataError, StoreError) as e:
+            note = f"calibration split {calibrate_on!r} unavailable ({e}); reported for T = 1"
+            log.warning("not calibrating: %s", note)
+        else:
             T = calibrate(head, cal)
-            fitted_on = calibrate_on
-            if save_calibration and math.isfinite(T):
+            note = None
+            if save_calibration:
+                if not math.isfinite(T):
+                    raise ValueError(f"no finite temperature fits {calibrate_on} (no pair is misordered); "
+                                     "the checkpoint is left as it was")
                 head.save(head_path)
     report = evaluate(head, sv, bootstrap, ci_level, seed, length_edges, temperature=T)
-    if fitted_on:
-        report["calibration"]["fitted_on"] = fitted_on
+    if T is not None:
+        report["calibration"]["fitted_on"] = calibrate_on
+        report["calibration"]["saved_to_checkpoint"] = bool(save_calibration)
+    else:
+        report["calibration"]["note"] = note
     report["head"] = str(head_path)
     report["fingerprint"] = vs.fp
     return report
 
 
 def verify_head(head_path, data_spec: DataSpec, cache_dir="cache", sample: int = 64, seed: int = 0,
-                atol: float | None = None, device: str = "auto", batch_tokens: int | None = None):
-    """Cached vs live scores for a seeded sample of ``data_spec``'s pairs (loads the encoder)."""
+                atol: float | None = None, device: str = "auto", batch_tokens: int | None = None,
+                store: str | None = None, feature: str | None = None, override_recipe: bool = False):
+    """Cached vs live scores for a seeded sample of ``data_spec``'s pairs (loads the encoder).
+    A reference-format head (no recorded encoder) is checked against ``store``'s encoder."""
     from .evaluate.verify import verify
     from .live import LiveScorer
 
     head = Head.load(head_path)
-    vs = store_for_head(head, cache_dir)
-    sv = load_vectors(data_spec, vs, head.feature, _model_hint(vs), cache_dir)
+    vs = store_for_head(head, cache_dir, store)
+    head = with_store_defaults(head, vs, feature)
+    sv = load_vectors(head_data_spec(head, data_spec, override_recipe), vs, head.feature, cache_dir)
     scorer = LiveScorer(head, device, batch_tokens)
     return verify(head, sv, scorer, sample, seed, atol)
+
+
+def with_store_defaults(head: Head, vs: VectorStore, feature: str | None = None) -> Head:
+    """A reference-format head (weights only) completed from the store it scores: the store's
+    encoder spec and fingerprint, and ``feature`` (default: ``last@-1``, the reference recipe's
+    pooling, when the store has it, else its first column). A head that records its own is
+    returned unchanged (``feature`` overrides)."""
+    meta = dict(head.meta)
+    if feature:
+        meta["feature"] = feature
+    if not meta.get("feature"):
+        meta["feature"] = "last@-1" if "last@-1" in vs.columns else (vs.columns[0] if vs.columns else None)
+    if not meta.get("fingerprint"):
+        meta["fingerprint"] = vs.fp
+        meta.setdefault("encoder_spec", vs.spec())
+    if meta["feature"] not in vs.columns:
+        raise StoreError(f"column {meta['feature']!r} is not in store {short(vs.fp)}; it has {', '.join(vs.columns)}")
+    return Head(head.weight, head.bias, meta, head.source)
 
 
 @dataclass
@@ -185,30 +219,26 @@ def sweep_heads(data_spec: DataSpec, enc_spec: EncoderSpec, base: HeadConfig, gr
     """Train every configuration of ``grid`` (on top of ``base``) on ``data_spec``'s split, rank
     them on ``select_on``, save the best; evaluate only that one on ``report_on`` (never selecting
     on it)."""
-    import sys
     import time
 
-    from tqdm.auto import tqdm
-
     from .head.sweep import expand, run_sweep
+    from .progress import Progress
 
     if report_on and report_on == select_on:
         raise ValueError("--report-on must differ from --select-on: a split used for selection is not a report")
     t0 = time.perf_counter()
-    hint = embed_command(data_spec, enc_spec.model, cache_dir, base.feature)
-    vs = find_store(cache_dir, enc_spec, base.feature, store, embed_hint=hint)
+    vs = find_store(cache_dir, enc_spec, base.feature, store, embed_hint=embed_command(data_spec, enc_spec, cache_dir))
     default_feature = base.feature or vs.columns[0]
     cfgs = [c if c.feature else replace(c, feature=default_feature) for c in expand(base, grid)]
     select_spec = replace(data_spec, split=select_on)
     train_data, select_data = load_split(data_spec), load_split(select_spec)  # each file read once
     features, select, train_sv = {}, {}, {}
     for f in sorted({c.feature for c in cfgs}):
-        tr = split_vectors(train_data, vs, f, embed_command(data_spec, enc_spec.model, cache_dir, f))
-        se = split_vectors(select_data, vs, f, embed_command(select_spec, enc_spec.model, cache_dir, f))
+        tr = split_vectors(train_data, vs, f, embed_command(data_spec, vs.spec() or {}, cache_dir))
+        se = split_vectors(select_data, vs, f, embed_command(select_spec, vs.spec() or {}, cache_dir))
         features[f], select[f], train_sv[f] = (tr.X, tr.ci, tr.ri), (se.X, se.ci, se.ri), (tr, se)
-    bar = tqdm(total=len(cfgs), unit="config", desc="sweep", disable=quiet or not sys.stderr.isatty(), file=sys.stderr)
-    rows = run_sweep(features, select, cfgs, progress=bar.update)
-    bar.close()
+    with Progress(len(cfgs), "sweep", "config", quiet) as bar:
+        rows = run_sweep(features, select, cfgs, progress=bar.update)
     rows.sort(key=lambda r: (-r.select_accuracy, r.select_loss))
     top = rows[0]
     tr, se = train_sv[top.config.feature]

@@ -29,13 +29,34 @@ class SplitVectors:
         return np.fromiter((pos[k] for k in keys), dtype=np.int64, count=len(keys))
 
 
-def embed_command(data_spec, model: str, cache_dir, feature: str | None) -> str:
-    cmd = ["orm-cache", "embed", "--data", data_spec.data, "--split", data_spec.split, "--model", model,
-           "--cache-dir", str(cache_dir)]
-    if feature:
-        pooling, layer = feature.split("@")
-        cmd += ["--pooling", pooling] + (["--layers", layer] if layer != "-1" else [])
-    return shlex.join(cmd)
+# DataSpec fields that decide which texts a split has (pair sampling does not: every text is embedded).
+_TEXT_FIELDS = ("template", "prompt_col", "chosen_col", "rejected_col", "text_col", "label_col")
+_ENCODER_FIELDS = ("revision", "dtype", "max_length", "truncation_side", "pooling", "layers")
+
+
+def embed_command(data_spec, encoder, cache_dir) -> str:
+    """The ``orm-cache embed`` command that fills exactly this store for ``data_spec``'s split:
+    ``encoder`` is an :class:`EncoderSpec` or a store's recorded spec (model path, dtype, max
+    length, truncation side, every pooling and layer), so the hint never makes a second store."""
+    from .config import DataSpec, EncoderSpec
+
+    enc = encoder.to_dict() if isinstance(encoder, EncoderSpec) else dict(encoder or {})
+    cmd = ["orm-cache", "embed", "--data", data_spec.data, "--split", data_spec.split]
+    default_data = DataSpec()
+    for name in _TEXT_FIELDS:
+        value = getattr(data_spec, name)
+        if value is not None and value != getattr(default_data, name):
+            cmd += ["--" + name.replace("_", "-"), str(value)]
+    cmd += ["--model", str(enc.get("model") or EncoderSpec().model)]
+    default_enc = EncoderSpec().to_dict()
+    for name in _ENCODER_FIELDS:
+        value = enc.get(name)
+        if value is None or value == "auto" or (name not in ("pooling", "layers") and value == default_enc[name]):
+            continue
+        if isinstance(value, (list, tuple)):
+            value = ",".join(map(str, value))
+        cmd += ["--" + name.replace("_", "-"), str(value)]
+    return shlex.join(cmd + ["--cache-dir", str(cache_dir)])
 
 
 def split_vectors(data: SplitData, store: VectorStore, feature: str | None, hint: str = "") -> SplitVectors:

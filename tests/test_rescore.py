@@ -49,7 +49,7 @@ def test_cache_hits_need_no_model_and_equal_eval_scores(trained, tmp_path):
     assert [r["text"] for r in rows] == [s["text"] for s in src]  # input order, every column kept
     assert set(rows[0]) == set(src[0]) | {"score", "p_beats_average"}
     h = Head.load(head)
-    sv = load_vectors(DataSpec(data=str(data), split="test"), store_for_head(h, cache), h.feature, "", cache)
+    sv = load_vectors(DataSpec(data=str(data), split="test"), store_for_head(h, cache), h.feature, cache)
     expected = h.score(sv.X)[sv.rows(sv.data.keys)]
     np.testing.assert_allclose([r["score"] for r in rows], expected, rtol=1e-6, atol=1e-6)
 

@@ -50,7 +50,7 @@ def test_a_disagreeing_row_is_caught_and_named(tiny_opt_dir, pointwise_dir, tmp_
     _embed_and_fit(pointwise_dir, tiny_opt_dir, cache, head_path)
     head = Head.load(head_path)
     vs = store_for_head(head, cache)
-    sv = load_vectors(DataSpec(data=str(pointwise_dir), split="validation"), vs, head.feature, "", cache)
+    sv = load_vectors(DataSpec(data=str(pointwise_dir), split="validation"), vs, head.feature, cache)
     scorer = LiveScorer(head, "cpu")
     assert verify(head, sv, scorer, sample=1000).ok
     bad_row = int(sv.ci[0])

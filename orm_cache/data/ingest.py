@@ -22,7 +22,7 @@ from typing import Iterator
 
 import numpy as np
 
-from ..config import DataSpec
+from ..config import DataSpec, TextRecipe
 
 FILE_EXTS = (".jsonl", ".json", ".parquet", ".csv")
 SPLIT_ALIASES = {
@@ -43,9 +43,7 @@ def trace_key(text: str) -> str:
 
 def render(template: str, response: str, prompt: str | None) -> str:
     """Join prompt and response with ``template``; a missing or empty prompt gives the response."""
-    if not prompt:
-        return response
-    return template.format(prompt=prompt, response=response)
+    return TextRecipe(template).render(response, prompt)
 
 
 @dataclass
@@ -74,7 +72,7 @@ class SplitData:
     labels: np.ndarray | None = None  # pointwise: (N,) int8 in {0, 1}
     groups: list | None = None  # pointwise: one group per row (None when no group column)
     stats: dict = field(default_factory=dict)
-
+    recipe: dict = field(default_factory=lambda: TextRecipe().to_dict())  # how rows became texts
     @property
     def identity(self) -> dict:
         """What identifies this data in a checkpoint: source, split and a digest of the pairs."""
@@ -92,7 +90,7 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # a byte-order mark is not data
             except UnicodeDecodeError as e:
                 raise DataError(f"{path}:{lineno}: bytes are not valid UTF-8 ({e.reason} at byte {e.start})") from None
             if not line.strip():
@@ -108,7 +106,7 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
 
 def _read_json(path: Path) -> Iterator[tuple[int, dict]]:
     try:
-        doc = json.loads(path.read_bytes().decode("utf-8"))
+        doc = json.loads(path.read_bytes().decode("utf-8-sig"))
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: bytes are not valid UTF-8 ({e.reason} at byte {e.start})") from None
     except json.JSONDecodeError:
@@ -127,7 +125,8 @@ def _read_json(path: Path) -> Iterator[tuple[int, dict]]:
 
 def _read_csv(path: Path) -> Iterator[tuple[int, dict]]:
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        # utf-8-sig: a byte-order mark (Excel writes one) must not become part of the first column's name
+        with open(path, newline="", encoding="utf-8-sig") as f:
             for i, row in enumerate(csv.DictReader(f), 2):  # line 1 is the header
                 yield i, row
     except UnicodeDecodeError as e:
@@ -269,9 +268,10 @@ def load_split(spec: DataSpec) -> SplitData:
     kind = None
     chosen, rejected, pgroups, metas = [], [], [], []
     pkeys, plabels, pgroups_pt = [], [], []
-    has_group = False
+    has_group = has_prompt = False
     n_rows = 0
-    reserved = {spec.chosen_col, spec.rejected_col, spec.prompt_col, spec.group_col}
+    recipe = spec.recipe
+    reserved = {spec.chosen_col, spec.rejected_col, recipe.prompt_col, spec.group_col}
 
     def add(text: str) -> str:
         k = trace_key(text)
@@ -291,12 +291,13 @@ def load_split(spec: DataSpec) -> SplitData:
                     f"pointwise columns ({spec.text_col!r}, {spec.label_col!r}) found; columns are "
                     f"{sorted(row)}; map names with --chosen-col/--rejected-col/--text-col/--label-col")
         n_rows += 1
-        prompt = prompt_field(row, spec.prompt_col, where)
+        prompt = prompt_field(row, recipe.prompt_col, where)
+        has_prompt = has_prompt or bool(prompt)
         group = row.get(spec.group_col)
         has_group = has_group or group is not None
         if kind == "pairwise":
-            c = render(spec.template, text_field(row, spec.chosen_col, where, "--chosen-col"), prompt)
-            r = render(spec.template, text_field(row, spec.rejected_col, where, "--rejected-col"), prompt)
+            c = recipe.render(text_field(row, spec.chosen_col, where, "--chosen-col"), prompt)
+            r = recipe.render(text_field(row, spec.rejected_col, where, "--rejected-col"), prompt)
             if c == r:
                 raise DataError(f"{where}: chosen and rejected are the same text")
             chosen.append(add(c))
@@ -304,7 +305,7 @@ def load_split(spec: DataSpec) -> SplitData:
             pgroups.append(group)
             metas.append({k: v for k, v in row.items() if k not in reserved})
         else:
-            t = render(spec.template, text_field(row, spec.text_col, where, "--text-col"), prompt)
+            t = recipe.render(text_field(row, spec.text_col, where, "--text-col"), prompt)
             pkeys.append(add(t))
             plabels.append(parse_label(row.get(spec.label_col), where, spec.label_col))
             pgroups_pt.append(group)
@@ -312,15 +313,17 @@ def load_split(spec: DataSpec) -> SplitData:
         raise DataError(f"{source}: no rows for split {spec.split!r}")
 
     stats = {"rows": n_rows}
+    # What a scorer must repeat: the template, and the prompt column only if prompts were joined.
+    used = TextRecipe(recipe.template, recipe.prompt_col if has_prompt else None).to_dict()
     if kind == "pairwise":
         pairs = Pairs(chosen, rejected, pgroups if has_group else None, metas)
-        data = SplitData(source, spec.split, kind, texts, pairs, stats=stats)
+        data = SplitData(source, spec.split, kind, texts, pairs, stats=stats, recipe=used)
     else:
         labels = np.asarray(plabels, dtype=np.int8)
         groups = pgroups_pt if has_group else None
         pairs, pstats = pairs_from_pointwise(pkeys, labels, groups, spec.negatives_per_positive, spec.pair_seed)
         stats.update(pstats)
-        data = SplitData(source, spec.split, kind, texts, pairs, pkeys, labels, groups, stats)
+        data = SplitData(source, spec.split, kind, texts, pairs, pkeys, labels, groups, stats, used)
     seen = set(zip(data.pairs.chosen, data.pairs.rejected))
     stats["duplicate_pairs"] = len(data.pairs) - len(seen)
     if spec.drop_duplicate_pairs and stats["duplicate_pairs"]:

@@ -231,6 +231,7 @@ def write_dataset(out_dir: str | Path, sizes: dict[str, int] | None = None, seed
     positive for train, 4 otherwise, seeded, within problem). Returns counts per split.
     """
     from ..config import DataSpec
+    from ..outputs import atomic_open
     from .ingest import load_split
 
     sizes = sizes or {"train": 400, "validation": 100, "test": 200}
@@ -241,14 +242,14 @@ def write_dataset(out_dir: str | Path, sizes: dict[str, int] | None = None, seed
     for k, (split, n) in enumerate(sizes.items()):
         rows = make_pointwise(n, seed * 1000 + k, n_candidates, id_prefix=f"{split[:2]}")
         pw = out / "pointwise" / f"{split}.jsonl"
-        with open(pw, "w") as f:
+        with atomic_open(pw, "w") as f:
             for r in rows:
                 f.write(json.dumps(r) + "\n")
         data = load_split(DataSpec(data=str(out / "pointwise"), split=split))
         by_key = {}
         for i, key in enumerate(data.keys):
             by_key.setdefault(key, rows[i])
-        with open(out / "pairwise" / f"{split}.jsonl", "w") as f:
+        with atomic_open(out / "pairwise" / f"{split}.jsonl", "w") as f:
             for c, r in zip(data.pairs.chosen, data.pairs.rejected):
                 rc, rr = by_key[c], by_key[r]
                 f.write(json.dumps({"group": rc["group"], "prompt": rc["prompt"], "chosen": rc["text"], "rejected": rr["text"],

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 
 from ..config import RunSpec, batch_tokens_for
+from ..progress import Progress
 from ..store import ShardWriter, StoreError, VectorStore, short
 
 log = logging.getLogger(__name__)
@@ -148,13 +148,6 @@ def encode_texts(encoder, texts: list[str], column: str, batch_tokens: int | Non
     return out, n_tokens
 
 
-def _progress(total: int, quiet: bool, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="text", desc=desc, dynamic_ncols=True,
-                disable=quiet or not sys.stderr.isatty(), file=sys.stderr)
-
-
 def embed_texts(texts: dict[str, str], encoder, run: RunSpec, desc: str = "embed") -> EmbedReport:
     """Embed the texts (key -> text) that ``run.cache_dir`` lacks for ``encoder``; return the report."""
     t0 = time.perf_counter()
@@ -174,7 +167,7 @@ def embed_texts(texts: dict[str, str], encoder, run: RunSpec, desc: str = "embed
 
     ids, n_tokens, truncated = encoder.tokenize([texts[k] for k in missing])
     writer = None
-    bar = _progress(len(missing), run.quiet, desc)
+    bar = Progress(len(missing), desc, "text", run.quiet)
     try:
         budget = batch_tokens_for(encoder.device, run.batch_tokens)
         for b, vectors, padded, recomputed in encode_batches(encoder, ids, n_tokens, budget, run.max_batch_size):
@@ -193,7 +186,7 @@ def embed_texts(texts: dict[str, str], encoder, run: RunSpec, desc: str = "embed
             report.truncated += int(truncated[b].sum())
             bar.update(len(b))
             elapsed = time.perf_counter() - t0 - report.load_seconds
-            bar.set_postfix_str(f"{report.tokens / max(elapsed, 1e-9):,.0f} tok/s", refresh=False)
+            bar.set_postfix_str(f"{report.tokens / max(elapsed, 1e-9):,.0f} tok/s")
     finally:
         bar.close()
         if writer is not None:

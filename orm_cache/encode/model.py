@@ -33,6 +33,15 @@ def tokenizer_identity(tok) -> str:
     return h.hexdigest()
 
 
+def max_positions(config) -> int | None:
+    """The longest input the model's position embeddings cover (None when it does not say)."""
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        n = getattr(config, name, None)
+        if isinstance(n, int) and n > 0:
+            return n
+    return None
+
+
 def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     if dtype == "auto":
         return torch.float16 if device.startswith("cuda") else torch.float32
@@ -72,6 +81,10 @@ class Encoder:
             tok.padding_side = padding_side
         if tok.pad_token_id is None:  # decoder-only tokenizers often have none; masked anyway
             tok.pad_token = tok.eos_token
+        positions = max_positions(self.config)
+        if positions is not None and spec.max_length > positions:
+            raise EncoderError(f"--max-length {spec.max_length} is beyond the {positions} positions "
+                               f"{spec.model!r} was built for; use --max-length {positions} or less")
         n_layers = getattr(self.config, "num_hidden_layers", None)
         if n_layers is not None:
             for layer in spec.layers:

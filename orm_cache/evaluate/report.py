@@ -14,15 +14,15 @@ def margins_of(scores: np.ndarray, ci: np.ndarray, ri: np.ndarray) -> np.ndarray
 def evaluate(head, sv, bootstrap: int = 1000, ci_level: float = 0.9, seed: int = 0,
              length_edges=(128, 256), temperature: float | None = None) -> dict:
     """Every metric of the card for one split. ``temperature`` (fitted elsewhere, e.g. on
-    validation) is used for calibration; without one it is fitted on this split and said so."""
+    validation) is used for calibration; without one, calibration is reported for T = 1
+    (uncalibrated), never fitted on the evaluated split behind the caller's back."""
     scores = head.score(sv.X)  # (U,)
     margins = margins_of(scores, sv.ci, sv.ri)  # (N,)
     swapped = margins_of(scores, sv.ri, sv.ci)  # the same pairs with chosen and rejected exchanged
     data = sv.data
     groups = data.pairs.group
     lengths = np.maximum(sv.n_tokens[sv.ci], sv.n_tokens[sv.ri])
-    fitted_here = temperature is None
-    T = M.fit_temperature(margins) if fitted_here else temperature
+    T = 1.0 if temperature is None else temperature
     out = {
         "split": data.split, "source": data.source, "pairs": int(len(margins)), "traces": len(sv.keys),
         "feature": sv.feature,
@@ -34,7 +34,7 @@ def evaluate(head, sv, bootstrap: int = 1000, ci_level: float = 0.9, seed: int =
         "antisymmetry": M.antisymmetry(margins, swapped),
         "near_ties": M.near_ties(margins),
         "margin_histogram": dict(zip(("counts", "edges"), (x.tolist() for x in np.histogram(margins, 30)))),
-        "calibration": {**M.calibration(margins, T), "fitted_on": data.split if fitted_here else "given"},
+        "calibration": {**M.calibration(margins, T), "fitted_on": None if temperature is None else "given"},
     }
     if data.labels is not None:
         row_scores = scores[sv.rows(data.keys)]
@@ -68,8 +68,11 @@ def format_report(r: dict) -> str:
     for t in r["near_ties"]:
         lines.append(f"    {t['threshold']:>9}  {_pct(t['accuracy'])}  n={t['count']:,}")
     cal = r["calibration"]
-    lines.append(f"  calibration         T={cal['temperature']:.4g} (fitted on {cal['fitted_on']}), "
+    fitted = f"fitted on {cal['fitted_on']}" if cal["fitted_on"] else "uncalibrated"
+    lines.append(f"  calibration         T={cal['temperature']:.4g} ({fitted}), "
                  f"ECE {cal['ece']:.4f}" + (f", NLL {cal['nll']:.4f}" if cal["nll"] is not None else ""))
+    if cal.get("note"):
+        lines.append(f"    ({cal['note']})")
     if "pointwise" in r and r["pointwise"]["auroc"] is not None:
         lines.append(f"  pointwise           AUROC {r['pointwise']['auroc']:.4f}, Spearman {r['pointwise']['spearman']:.4f}")
     if "best_of_n" in r:

@@ -33,6 +33,7 @@ class Head:
     weight: np.ndarray  # (D,) float32
     bias: float
     meta: dict = field(default_factory=dict)
+    source: str | None = None  # the file it was loaded from, for messages
 
     @property
     def dim(self) -> int:
@@ -45,6 +46,12 @@ class Head:
     @property
     def feature(self) -> str | None:
         return self.meta.get("feature")
+
+    @property
+    def recipe(self) -> dict | None:
+        """How its training texts were built (template, prompt column); None for heads saved
+        before recipes were recorded and for reference-format imports."""
+        return self.meta.get("recipe")
 
     @property
     def temperature(self) -> float | None:
@@ -60,25 +67,24 @@ class Head:
         return X @ self.weight + np.float32(self.bias)
 
     def check_store(self, store) -> None:
-        """Refuse vectors of another encoder, naming both fingerprints."""
-        if self.fingerprint is None:
-            if store.dim != self.dim:
-                raise CheckpointError(f"head expects {self.dim}-dim vectors, the store has {store.dim}")
-            return
-        if store.fp != self.fingerprint:
+        """Refuse vectors of another encoder (naming both fingerprints) or of another width."""
+        if self.fingerprint is not None and store.fp != self.fingerprint:
             raise StoreError(f"the head was trained on encoder {short(self.fingerprint)} but these vectors are "
                              f"from encoder {short(store.fp)}; embed with the head's encoder or use a head "
                              "trained on this one")
+        if store.dim is not None and store.dim != self.dim:
+            raise CheckpointError(f"{self.source or 'head'}: score.weight has {self.dim} columns but the vectors "
+                                  f"of store {short(store.fp)} are {store.dim}-dim; this head is for another encoder")
 
     def save(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        """Write the checkpoint atomically: a complete new file replaces the old one, or nothing does."""
+        from ..outputs import atomic_path
+
         state = {"score.weight": torch.from_numpy(self.weight.astype(np.float32)).reshape(1, -1),
                  "score.bias": torch.tensor([self.bias], dtype=torch.float32)}
-        tmp = path.with_name(f".tmp-{path.name}")
-        torch.save({"model_state": state, "orm_cache": {"format_version": FORMAT_VERSION, **self.meta}}, tmp)
-        os.replace(tmp, path)
-        return path
+        with atomic_path(path) as tmp:
+            torch.save({"model_state": state, "orm_cache": {"format_version": FORMAT_VERSION, **self.meta}}, tmp)
+        return Path(path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Head":
@@ -93,8 +99,28 @@ class Head:
         except Exception as e:
             raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
         state = ckpt.get("model_state") if isinstance(ckpt, dict) else None
-        if not state or "score.weight" not in state or "score.bias" not in state:
+        if not isinstance(state, dict) or "score.weight" not in state or "score.bias" not in state:
             raise CheckpointError(f"{path}: no model_state with score.weight and score.bias")
-        w = state["score.weight"].float().reshape(-1).numpy()
-        b = float(state["score.bias"].float().reshape(-1)[0])
-        return cls(w, b, dict(ckpt.get("orm_cache", {})))
+        w, b = state["score.weight"], state["score.bias"]
+        check_weights(path, w, b)
+        meta = ckpt.get("orm_cache", {})
+        if not isinstance(meta, dict):
+            raise CheckpointError(f"{path}: its 'orm_cache' entry is a {type(meta).__name__}, not a mapping")
+        return cls(w.float().reshape(-1).numpy(), float(b.float().reshape(-1)[0]), dict(meta), str(path))
+
+
+def check_weights(path, w, b) -> None:
+    """score.weight must be a finite ``[1, D]`` tensor and score.bias a finite ``[1]`` tensor."""
+    for name, t, shape in (("score.weight", w, "[1, D]"), ("score.bias", b, "[1]")):
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            raise CheckpointError(f"{path}: {name} must be a floating-point tensor, got "
+                                  f"{type(t).__name__}{'' if not isinstance(t, torch.Tensor) else ' ' + str(t.dtype)}")
+    if w.ndim != 2 or w.shape[0] != 1 or w.shape[1] < 1:
+        raise CheckpointError(f"{path}: score.weight has shape {list(w.shape)}, expected [1, D] (one score per text)")
+    if tuple(b.shape) != (1,):
+        raise CheckpointError(f"{path}: score.bias has shape {list(b.shape)}, expected [1]")
+    for name, t in (("score.weight", w), ("score.bias", b)):
+        bad = int((~torch.isfinite(t.float())).sum())
+        if bad:
+            raise CheckpointError(f"{path}: {name} has {bad} non-finite value(s) (NaN or Inf); "
+                                  "the head would write NaN scores")

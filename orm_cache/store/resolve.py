@@ -22,6 +22,14 @@ def _matches(identity: dict, hint: dict) -> bool:
                                                                       model.get("revision_requested"))
 
 
+def describe_store(s: dict) -> str:
+    """``--model X`` with its dtype, max length and columns, as recorded by the store's writer."""
+    spec, ident = s.get("spec") or {}, s["identity"]
+    model = spec.get("model") or ident.get("model", {}).get("id") or "?"
+    cols = ",".join(f"{p}@{l}" for l in ident.get("layers", []) for p in ident.get("pooling", []))
+    return f"--model {model} ({ident.get('dtype')}, max_length {ident.get('max_length')}, columns {cols})"
+
+
 def store_by_prefix(cache_dir, prefix: str) -> VectorStore:
     """The one store under ``cache_dir`` whose fingerprint starts with ``prefix`` (``--store``)."""
     chosen = [s for s in list_stores(cache_dir) if s["fingerprint"] and s["fingerprint"].startswith(prefix)]
@@ -57,9 +65,12 @@ def find_store(cache_dir, spec: EncoderSpec, feature: str | None = None, store: 
             continue
         chosen.append(s)
     if not chosen:
+        held = "; ".join(describe_store(s) for s in stores)
         raise StoreError(f"no cached vectors for model {spec.model!r} (max_length {spec.max_length}"
                          + (f", feature {feature}" if feature else "") + f") under {cache_dir}; "
-                         f"run first: {embed_hint}")
+                         + (f"the cache holds: {held} (pass that --model, and --feature, to use one); "
+                            if stores else "")
+                         + f"or run first: {embed_hint}")
     if len(chosen) > 1:
         listing = "; ".join(f"{short(s['fingerprint'])} ({s['identity'].get('dtype')}, "
                             f"pooling {','.join(s['identity'].get('pooling', []))})" for s in chosen)

@@ -1,0 +1,85 @@
+"""Progress on long work, in a terminal and where no terminal is.
+
+In a terminal it is a tqdm bar. Under a log file or a batch scheduler (stderr is not a TTY), a
+bar would print nothing useful, so a line is logged about every 30 seconds instead —
+``embed train: 12,288/100,000 texts (12.3%), 410 texts/s, ETA 3m34s`` — and one when the work
+ends. ``ORM_CACHE_PROGRESS_SECONDS`` changes the interval. ``quiet`` silences both.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+
+log = logging.getLogger("orm_cache.progress")
+
+DEFAULT_EVERY = 30.0
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+class Progress:
+    """``update(n)`` as work is done; ``close()`` at the end. ``total`` may be None (unknown)."""
+
+    def __init__(self, total: int | None, desc: str, unit: str = "it", quiet: bool = False,
+                 every: float | None = None, stream=None, clock=time.monotonic):
+        self.total, self.desc, self.unit, self.clock = total, desc, unit, clock
+        self.done = 0
+        self.postfix = ""
+        stream = stream or sys.stderr
+        self.every = float(os.environ.get("ORM_CACHE_PROGRESS_SECONDS", DEFAULT_EVERY)) if every is None else every
+        self._bar = None
+        self._log = not quiet and not stream.isatty()
+        if not quiet and stream.isatty():
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total, unit=unit, desc=desc, dynamic_ncols=True, file=stream)
+        self._t0 = self._last = clock()
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        if self._bar is not None:
+            self._bar.update(n)
+        elif self._log and self.clock() - self._last >= self.every:
+            self._last = self.clock()
+            log.info(self.line())
+
+    def set_postfix_str(self, text: str) -> None:
+        self.postfix = text
+        if self._bar is not None:
+            self._bar.set_postfix_str(text, refresh=False)
+
+    def line(self, final: bool = False) -> str:
+        """``desc: done/total unit (pct), rate, ETA`` (the summary line when ``final``)."""
+        elapsed = max(self.clock() - self._t0, 1e-9)
+        rate = self.done / elapsed
+        if final:
+            text = f"{self.desc}: done, {self.done:,} {self.unit}s in {_duration(elapsed)} ({rate:,.1f} {self.unit}s/s)"
+        elif self.total:
+            eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+            text = (f"{self.desc}: {self.done:,}/{self.total:,} {self.unit}s ({100 * self.done / self.total:.1f}%), "
+                    f"{rate:,.1f} {self.unit}s/s, ETA {_duration(eta) if eta != float('inf') else '?'}")
+        else:
+            text = f"{self.desc}: {self.done:,} {self.unit}s, {rate:,.1f} {self.unit}s/s, {_duration(elapsed)} so far"
+        return text + (f", {self.postfix}" if self.postfix and not final else "")
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        elif self._log and self.done:
+            log.info(self.line(final=True))
+        self._log = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
