@@ -158,6 +158,25 @@ def test_run_sweep_is_reproducible_and_ranks_on_selection_data():
         assert r.select_accuracy == pytest.approx(((s[ci[se]] - s[ri[se]]) > 0).mean())
 
 
+def test_sweep_scores_on_one_blas_thread(monkeypatch):
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    import orm_cache.head.sweep as S
+
+    seen = []
+    trainer = S.train_adamw_batched
+
+    def spying_trainer(*a):
+        seen.append({i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"})
+        return trainer(*a)
+
+    monkeypatch.setattr(S, "train_adamw_batched", spying_trainer)
+    X, ci, ri = planted(U=100, D=8, N=300, seed=8)
+    with threadpool_limits(limits=2, user_api="blas"):
+        run_sweep({"f": (X, ci, ri)}, {"f": (X, ci, ri)}, expand(HeadConfig(feature="f", steps=5), {"seed": [0, 1]}))
+    assert seen == [{1}, {1}]
+
+
 def test_sweep_cli_end_to_end(tiny_opt_dir, pointwise_dir, tmp_path):
     cache = tmp_path / "c"
     for split in ("train", "validation", "test"):

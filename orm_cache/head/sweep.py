@@ -31,6 +31,7 @@ import torch
 
 from ..config import HEAD_FIELDS, HeadConfig
 from .losses import pairwise_loss
+from .threads import single_blas_thread
 from .train import TrainResult, _finish, batch_order, train_lbfgs_path, warmup_factor
 
 SHARED_KEYS = ("feature", "batch_size", "steps", "seed", "warmup_steps", "init", "betas")
@@ -226,19 +227,21 @@ class SweepRow:
 
 def run_sweep(features: dict[str, tuple], select: dict[str, tuple], cfgs: list[HeadConfig], progress=None) -> list[SweepRow]:
     """Train every config on ``features[feature] = (X, ci, ri)`` and score it on
-    ``select[feature] = (X, ci, ri)``. Returns rows in config order."""
+    ``select[feature] = (X, ci, ri)``. Returns rows in config order. NumPy's BLAS (training
+    scores, selection scores, L-BFGS) runs on one thread; torch's AdamW keeps its threads."""
     rows: list[SweepRow | None] = [None] * len(cfgs)
-    for idx in group_configs(cfgs):
-        group = [cfgs[i] for i in idx]
-        X, ci, ri = features[group[0].feature]
-        trainer = train_adamw_batched if group[0].solver == "adamw" else train_lbfgs_path
-        results = trainer(X, ci, ri, group)
-        Xs, cs, rs = select[group[0].feature]
-        S = Xs @ np.stack([r.weight for r in results]).T  # (U_sel, K)
-        delta = (S[cs] - S[rs]).astype(np.float64)  # (N_sel, K)
-        for j, (i, r) in enumerate(zip(idx, results)):
-            d = delta[:, j]
-            rows[i] = SweepRow(cfgs[i], r, float((d > 0).mean()), float(np.logaddexp(0.0, -d).mean()))
-        if progress is not None:
-            progress(len(idx))
+    with single_blas_thread():
+        for idx in group_configs(cfgs):
+            group = [cfgs[i] for i in idx]
+            X, ci, ri = features[group[0].feature]
+            trainer = train_adamw_batched if group[0].solver == "adamw" else train_lbfgs_path
+            results = trainer(X, ci, ri, group)
+            Xs, cs, rs = select[group[0].feature]
+            S = Xs @ np.stack([r.weight for r in results]).T  # (U_sel, K)
+            delta = (S[cs] - S[rs]).astype(np.float64)  # (N_sel, K)
+            for j, (i, r) in enumerate(zip(idx, results)):
+                d = delta[:, j]
+                rows[i] = SweepRow(cfgs[i], r, float((d > 0).mean()), float(np.logaddexp(0.0, -d).mean()))
+            if progress is not None:
+                progress(len(idx))
     return rows
