@@ -276,59 +276,57 @@ def fit_head_cmd(out, eval_split, store, **kw):
 @store_option
 @click.option("--grid", default=None, metavar="SPEC",
               help='Space-separated field=v1,v2,… e.g. "lr=1e-5,2e-5,1e-4 weight_decay=0,0.01 steps=400,800 '
-                   'batch_size=8,32 seed=0,1,2" (any fit-head option: solver, l2, feature, margin…; betas as 0.9/0.999).')
+                   'batch_size=8,32 seed=0,1,2" (any fit-head option: solver, l2, feature, margin…; betas as '
+                   '0.9/0.999). ";" separates sub-grids, whose union is trained: "solver=lbfgs l2=0.1,10; '
+                   'solver=adamw lr=1e-5,1e-4". A field the solver ignores (l2 for adamw; lr, steps, seed… for '
+                   'lbfgs) multiplies nothing; each distinct configuration trains once.')
 @click.option("--grid-file", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="The same as a JSON (or YAML, with PyYAML) mapping field -> list of values.")
+              help="The same as a JSON (or YAML, with PyYAML) mapping field -> list of values, or a list of "
+                   "such mappings (sub-grids).")
 @click.option("--select-on", default="validation", show_default=True, help="Split the configurations are ranked on.")
 @click.option("--report-on", default=None, help="Evaluate only the selected head on this split (e.g. test).")
 @click.option("--results", type=click.Path(dir_okay=False), default=None,
               help="Write every configuration's row to RESULTS.csv and RESULTS.json (give the path without extension).")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Checkpoint of the best head [default: cache/heads/sweep-best-<fingerprint>.pt].")
-@click.option("--top", type=int, default=10, show_default=True, help="Leaderboard rows printed.")
+@click.option("--top", type=click.IntRange(min=0), default=10, show_default=True, help="Leaderboard rows printed.")
 @quiet_option
 def sweep(grid, grid_file, select_on, report_on, results, out, top, store, quiet, **kw):
     """Train a grid of head configurations on cached vectors and pick the best on validation.
 
     AdamW configurations sharing batch size, steps and seed train together as one (K, D) weight
     matrix (batched AdamW, per-configuration lr, weight decay, margin and clipping, one shared
-    mini-batch stream); lbfgs runs along the L2 path, warm-started. Prints a leaderboard, writes
+    mini-batch stream); lbfgs runs along the L2 path, warm-started. A grid may hold several
+    sub-grids ("solver=lbfgs l2=0.1,10; solver=adamw lr=1e-3"); each distinct configuration
+    trains once, and a row shows only the fields its solver uses. Prints a leaderboard, writes
     every row to CSV and JSON with --results, saves the best head; --report-on test evaluates
     only that head on test, never selecting on it.
     """
-    import csv
-
     from .evaluate import format_report
-    from .head.sweep import parse_grid
-    from .outputs import AtomicOutputs, write_json
-    from .stage2 import sweep_heads, sweep_table
+    from .head.sweep import grid_fields, parse_grid
+    from .stage2 import sweep_heads, sweep_table, write_sweep_results
 
     setup_logging(quiet)
-    if not grid and not grid_file:
-        raise click.UsageError("give --grid or --grid-file")
+    if bool(grid) == bool(grid_file):
+        raise click.UsageError("give --grid or --grid-file (one of them)")
     g = parse_grid(grid, grid_file)
     base = build(HeadConfig, kw)
     r = sweep_heads(build(DataSpec, kw), build(EncoderSpec, kw), base, g, kw["cache_dir"], select_on, report_on,
                     out, store, quiet)
     rows = sweep_table(r.rows, select_on)
-    varied = list(g)
+    varied = grid_fields(g)
     click.echo(f"{len(rows)} configurations in {r.seconds:.1f}s, ranked on {select_on}:")
     head = ["rank", *varied, f"{select_on} acc", "loss"]
     click.echo("  " + "  ".join(f"{h:>12}" for h in head))
     for row in rows[:top]:
-        vals = [row["rank"], *(row[k] for k in varied),
+        vals = [row["rank"], *("" if row[k] is None else row[k] for k in varied),
                 f"{100 * row[f'{select_on}_accuracy']:.2f}%", f"{row[f'{select_on}_loss']:.4f}"]
         click.echo("  " + "  ".join(f"{str(v):>12}" for v in vals))
     m = r.best.meta["metrics"][select_on]
     click.echo(f"best: {select_on} accuracy {100 * m['accuracy']:.2f}% "
                f"(90% CI [{100 * m['ci']['low']:.1f}%, {100 * m['ci']['high']:.1f}%]) -> {r.path}")
     if results:
-        with AtomicOutputs() as outputs, open(outputs.path(f"{results}.csv"), "w", newline="") as f:
-            w = csv.DictWriter(f, list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
-        write_json(f"{results}.json", rows)
-        click.echo(f"all rows: {results}.csv, {results}.json")
+        click.echo("all rows: " + ", ".join(map(str, write_sweep_results(rows, results))))
     if r.report:
         click.echo(f"selected head on {report_on} (not used for selection):")
         click.echo(format_report(r.report))

@@ -7,7 +7,8 @@ Bad values raise ``ValueError`` naming the allowed ones.
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, replace
 
 DEFAULT_MODEL = "facebook/opt-1.3b"
 DEFAULT_DATA = "LossFunctionLover/orm-pairwise-preference-pairs"
@@ -316,11 +317,36 @@ class HeadConfig:
         for name in ("weight_decay", "warmup_steps", "grad_clip", "l2", "center_coef"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
+        for name in ("lr", "weight_decay", "grad_clip", "l2", "margin", "center_coef"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name}={getattr(self, name)} must be a finite number")
+        if self.lbfgs_max_iter < 1:
+            raise ValueError(f"lbfgs_max_iter={self.lbfgs_max_iter} must be at least 1")
+
+    def uses(self, name: str) -> bool:
+        """Whether this configuration's solver reads the field ``name`` (see SOLVER_ONLY)."""
+        return SOLVER_ONLY.get(name, self.solver) == self.solver
+
+    def effective(self) -> HeadConfig:
+        """The same training run with every field the solver ignores at its default, so two
+        configurations that train the same head compare equal (a sweep trains it once)."""
+        return replace(self, **{k: getattr(_DEFAULT_HEAD, k) for k in SOLVER_ONLY if not self.uses(k)})
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["betas"] = list(self.betas)
         return d
+
+
+# The one solver that reads each solver-specific field; every other field (solver, feature,
+# margin, center_coef) is read by both. lbfgs starts from zeros, needs no seed and runs to
+# convergence on all pairs, so the mini-batch/optimiser fields mean nothing to it.
+SOLVER_ONLY: dict[str, str] = {
+    **dict.fromkeys(("lr", "betas", "weight_decay", "warmup_steps", "batch_size", "grad_clip", "steps", "init",
+                     "seed"), "adamw"),
+    **dict.fromkeys(("l2", "lbfgs_max_iter"), "lbfgs"),
+}
+_DEFAULT_HEAD = HeadConfig()
 
 
 # The fields of HeadConfig, in order, for the CLI and sweeps.
@@ -335,6 +361,7 @@ __all__ = [
     "TextRecipe",
     "RecipeError",
     "check_template",
+    "SOLVER_ONLY",
     "feature_column",
     "field_docs",
     "parse_csv",

@@ -213,12 +213,12 @@ class SweepResult:
     report: dict | None  # --report-on split, best head only
 
 
-def sweep_heads(data_spec: DataSpec, enc_spec: EncoderSpec, base: HeadConfig, grid: dict, cache_dir="cache",
-                select_on: str = "validation", report_on: str | None = None, out=None, store: str | None = None,
-                quiet: bool = True) -> SweepResult:
-    """Train every configuration of ``grid`` (on top of ``base``) on ``data_spec``'s split, rank
-    them on ``select_on``, save the best; evaluate only that one on ``report_on`` (never selecting
-    on it)."""
+def sweep_heads(data_spec: DataSpec, enc_spec: EncoderSpec, base: HeadConfig, grid: dict | list[dict],
+                cache_dir="cache", select_on: str = "validation", report_on: str | None = None, out=None,
+                store: str | None = None, quiet: bool = True) -> SweepResult:
+    """Train every distinct configuration of ``grid`` (one field -> values mapping, or a list of
+    sub-grids; on top of ``base``) on ``data_spec``'s split, rank them on ``select_on``, save the
+    best; evaluate only that one on ``report_on`` (never selecting on it)."""
     import time
 
     from .head.sweep import expand, run_sweep
@@ -228,8 +228,8 @@ def sweep_heads(data_spec: DataSpec, enc_spec: EncoderSpec, base: HeadConfig, gr
         raise ValueError("--report-on must differ from --select-on: a split used for selection is not a report")
     t0 = time.perf_counter()
     vs = find_store(cache_dir, enc_spec, base.feature, store, embed_hint=embed_command(data_spec, enc_spec, cache_dir))
-    default_feature = base.feature or vs.columns[0]
-    cfgs = [c if c.feature else replace(c, feature=default_feature) for c in expand(base, grid)]
+    grids = [grid] if isinstance(grid, dict) else grid
+    cfgs = expand(replace(base, feature=base.feature or vs.columns[0]), grids)
     select_spec = replace(data_spec, split=select_on)
     train_data, select_data = load_split(data_spec), load_split(select_spec)  # each file read once
     features, select, train_sv = {}, {}, {}
@@ -244,8 +244,8 @@ def sweep_heads(data_spec: DataSpec, enc_spec: EncoderSpec, base: HeadConfig, gr
     tr, se = train_sv[top.config.feature]
     best = build_head(vs, tr, top.config, top.result)
     calibrate_and_evaluate(best, se)
-    best.meta["sweep"] = {"configurations": len(rows), "selected_on": select_on, "grid": {k: [str(x) for x in v]
-                                                                                      for k, v in grid.items()}}
+    best.meta["sweep"] = {"configurations": len(rows), "selected_on": select_on,
+                          "grid": [{k: [str(x) for x in v] for k, v in g.items()} for g in grids]}
     path = Path(out) if out else Path(cache_dir) / "heads" / f"sweep-best-{short(vs.fp)[:8]}.pt"
     best.save(path)
     report = None
@@ -255,11 +255,33 @@ def sweep_heads(data_spec: DataSpec, enc_spec: EncoderSpec, base: HeadConfig, gr
 
 
 def sweep_table(rows, select_on: str) -> list[dict]:
-    """One plain dict per configuration (config fields + metrics), best first."""
+    """One plain dict per configuration (config fields + metrics), best first. Every row has
+    every field; one its solver ignores (``lr`` of an lbfgs row, ``l2`` of an adamw row) is None."""
     out = []
     for rank, r in enumerate(rows, 1):
-        d = {"rank": rank, **r.config.to_dict(), f"{select_on}_accuracy": r.select_accuracy,
-             f"{select_on}_loss": r.select_loss, "train_loss": r.result.final_loss, "seconds": r.result.seconds}
-        d["betas"] = "/".join(map(str, r.config.betas))
+        c = r.config
+        fields = c.to_dict() | {"betas": "/".join(map(str, c.betas))}
+        d = {"rank": rank, **{k: v if c.uses(k) else None for k, v in fields.items()},
+             f"{select_on}_accuracy": r.select_accuracy, f"{select_on}_loss": r.select_loss,
+             "train_loss": r.result.final_loss, "seconds": r.result.seconds}
         out.append(d)
     return out
+
+
+def write_sweep_results(rows: list[dict], prefix) -> list[Path]:
+    """``prefix``.csv and ``prefix``.json with every row of :func:`sweep_table`, replaced together
+    and only once both are complete (strict JSON: a non-finite number is null)."""
+    import csv
+    import json
+
+    from .outputs import AtomicOutputs, json_safe
+
+    paths = [Path(f"{prefix}.csv"), Path(f"{prefix}.json")]
+    with AtomicOutputs() as outputs:
+        with open(outputs.path(paths[0]), "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+        with open(outputs.path(paths[1]), "w", encoding="utf-8") as f:
+            json.dump(json_safe(rows), f, indent=2, allow_nan=False)
+    return paths

@@ -60,3 +60,10 @@ def test_embed_levers_mode_runs(monkeypatch):
                         lambda limit, seed=0: ([f"Step {i}: {i} + 1 = {i + 1}." for i in range(limit)], "test texts"))
     out = embed_throughput.main(["--model", "tiny-opt", "--device", "cpu", "--limit", "8", "--repeats", "1", "--levers"])
     assert "token budget 4096" in out and "eager" in out and "yes (first run" in out
+
+
+def test_threads_script_small():
+    import threads
+
+    med = threads.main(["--shape", "300x16x900", "--l2", "10,1", "--repeats", "1"])
+    assert set(med["300x16x900"]) == {(False, False), (True, False), (False, True), (True, True)}

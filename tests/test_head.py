@@ -127,3 +127,42 @@ def test_reference_format_file_imports_and_pickles_are_refused(tmp_path):
         Head.load(tmp_path / "evil.pt")
     with pytest.raises(CheckpointError, match="no such checkpoint"):
         Head.load(tmp_path / "nope.pt")
+
+
+def _blas_threads() -> set[int]:
+    from threadpoolctl import threadpool_info
+
+    return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+
+def test_lbfgs_solves_on_one_blas_thread_with_the_same_result(monkeypatch):
+    """The objective runs with NumPy's (and SciPy's) BLAS on one thread, the caller's limits come
+    back afterwards, and the head is the one an unlimited solve finds."""
+    import contextlib
+    import importlib
+
+    from threadpoolctl import threadpool_limits
+
+    T = importlib.import_module("orm_cache.head.train")  # the module (the package exports a function of that name)
+
+    X, ci, ri = planted(U=400, D=48, N=1500, seed=7, strength=2.0)
+    cfgs = [HeadConfig(solver="lbfgs", l2=l2) for l2 in (10.0, 0.1)]
+    seen = []
+    objective = T.lbfgs_objective
+
+    def spying_objective(*a, **k):
+        seen.append(_blas_threads())
+        return objective(*a, **k)
+
+    monkeypatch.setattr(T, "lbfgs_objective", spying_objective)
+    with threadpool_limits(limits=2, user_api="blas"):
+        limited = T.train_lbfgs_path(X, ci, ri, cfgs)
+        assert _blas_threads() == {2}  # restored
+    assert seen == [{1}, {1}]
+    monkeypatch.setattr(T, "single_blas_thread", contextlib.nullcontext)
+    with threadpool_limits(limits=2, user_api="blas"):
+        free = T.train_lbfgs_path(X, ci, ri, cfgs)
+    assert seen[2:] == [{2}, {2}]
+    for a, b in zip(limited, free):
+        np.testing.assert_allclose(a.weight, b.weight, rtol=1e-5, atol=1e-7)
+        assert a.steps == b.steps

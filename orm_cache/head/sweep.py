@@ -9,13 +9,20 @@ centring coefficient and gradient clipping. The update is PyTorch's AdamW writte
 
 L-BFGS configurations share one standardisation and are solved along the L2 path from strong to
 weak, each warm-started from the previous solution.
+
+A grid is one or more sub-grids (``"solver=lbfgs l2=0.1,10; solver=adamw lr=1e-3"``); the sweep
+trains the union of their combinations, each distinct *effective* configuration once: a field the
+configuration's solver ignores (``l2`` for AdamW, ``lr`` for L-BFGS; ``config.SOLVER_ONLY``)
+multiplies nothing.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import math
 import time
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -24,6 +31,7 @@ import torch
 
 from ..config import HEAD_FIELDS, HeadConfig
 from .losses import pairwise_loss
+from .threads import single_blas_thread
 from .train import TrainResult, _finish, batch_order, train_lbfgs_path, warmup_factor
 
 SHARED_KEYS = ("feature", "batch_size", "steps", "seed", "warmup_steps", "init", "betas")
@@ -32,66 +40,110 @@ EPS = 1e-8  # torch.optim.AdamW's default
 
 # ------------------------------------------------------------------------------------- grids
 
+Grid = dict[str, list]  # field -> values: every combination is one configuration
+
+
 def _cast(field: str, value: str):
     default = getattr(HeadConfig(), field)
-    if field == "betas":
+    if field == "betas" or field == "feature" or isinstance(default, str) or default is None:
         return value
-    if field == "feature" or isinstance(default, str) or default is None:
-        return value
-    if isinstance(default, bool):
-        return value.lower() in ("1", "true", "yes")
+    try:
+        x = float(value)
+    except ValueError:
+        raise ValueError(f"grid field {field!r}: {value!r} is not a number") from None
+    if not math.isfinite(x):
+        raise ValueError(f"grid field {field!r}: {value!r} is not a finite number")
     if isinstance(default, int):
-        return int(float(value))
-    return float(value)
+        if not x.is_integer():
+            raise ValueError(f"grid field {field!r}: {value!r} is not a whole number")
+        return int(x)
+    return x
 
 
-def parse_grid(text: str | None = None, path: str | None = None) -> dict[str, list]:
-    """``"lr=1e-5,2e-5 steps=400,800"`` (or a JSON/YAML file mapping field -> list) -> grid.
-
-    Field names are :class:`HeadConfig`'s (``l2``, ``solver``, ``feature``…); an unknown one is a
-    ``ValueError`` naming the allowed ones.
-    """
-    grid: dict[str, list] = {}
-    if path:
-        raw = Path(path).read_text()
-        if path.endswith((".yaml", ".yml")):
-            try:
-                import yaml
-            except ImportError:
-                raise ValueError(f"{path}: reading YAML needs PyYAML (pip install pyyaml); or use JSON") from None
+def _read_grid_file(path: str) -> list[dict]:
+    raw = Path(path).read_text()
+    if path.endswith((".yaml", ".yml")):
+        try:
+            import yaml
+        except ImportError:
+            raise ValueError(f"{path}: reading YAML needs PyYAML (pip install pyyaml); or use JSON") from None
+        try:
             doc = yaml.safe_load(raw)
-        else:
-            try:
-                doc = json.loads(raw)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: malformed JSON ({e.msg}, line {e.lineno})") from None
-        if not isinstance(doc, dict):
-            raise ValueError(f"{path}: expected a mapping of field -> list of values")
-        for k, v in doc.items():
-            grid[k] = [str(x) if not isinstance(x, (list, tuple)) else ",".join(map(str, x))
-                       for x in (v if isinstance(v, list) else [v])]
-    if text:
-        for item in text.split():
+        except yaml.YAMLError as e:
+            raise ValueError(f"{path}: malformed YAML ({' '.join(str(e).split())})") from None
+    else:
+        try:
+            doc = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: malformed JSON ({e.msg}, line {e.lineno})") from None
+    docs = doc if isinstance(doc, list) else [doc]
+    if not docs or not all(isinstance(d, dict) for d in docs):
+        raise ValueError(f"{path}: expected a mapping of field -> list of values, or a list of such mappings")
+    return [{k: [",".join(map(str, x)) if isinstance(x, (list, tuple)) else str(x)
+                 for x in (v if isinstance(v, list) else [v])] for k, v in d.items()} for d in docs]
+
+
+def _read_grid_text(text: str) -> list[dict]:
+    subgrids = []
+    for part in text.split(";"):
+        sub: dict[str, list] = {}
+        for item in part.split():
             if "=" not in item:
                 raise ValueError(f"grid item {item!r} is not field=v1,v2,…")
             k, v = item.split("=", 1)
-            grid[k] = [x.replace("/", ",") for x in v.split(",") if x]  # betas: 0.9/0.999
-    for k in grid:
-        if k not in HEAD_FIELDS:
-            raise ValueError(f"unknown grid field {k!r}; sweepable fields: {', '.join(HEAD_FIELDS)}")
-        try:
+            if k in sub:
+                raise ValueError(f"grid field {k!r} is given twice in one sub-grid (separate sub-grids with ';')")
+            sub[k] = [x.replace("/", ",") for x in v.split(",") if x]  # betas: 0.9/0.999
+        subgrids.append(sub)
+    return subgrids
+
+
+def parse_grid(text: str | None = None, path: str | None = None) -> list[Grid]:
+    """Sub-grids from ``"solver=lbfgs l2=0.1,10; solver=adamw lr=1e-5,2e-5"`` (``;`` separates
+    sub-grids, spaces separate fields) or from a JSON/YAML file holding one mapping field -> list
+    of values, or a list of them. Field names are :class:`HeadConfig`'s (``l2``, ``solver``,
+    ``feature``…); an unknown one, a value that is not a number where one is needed, or an empty
+    sub-grid (``a=1;;b=2``, a trailing ``;``) is a one-line ``ValueError``.
+    """
+    if text and path:
+        raise ValueError("give a grid or a grid file, not both (a file may hold several sub-grids)")
+    if not text and not path:
+        raise ValueError("no grid given")
+    subgrids = _read_grid_file(path) if path else _read_grid_text(text)
+    for i, grid in enumerate(subgrids, 1):
+        if not grid:
+            raise ValueError(f"{path}: mapping {i} is empty" if path else
+                             f"sub-grid {i} of {text!r} is empty (an extra ';'?): give field=v1,v2,… or remove it")
+        for k in grid:
+            if k not in HEAD_FIELDS:
+                raise ValueError(f"unknown grid field {k!r}; sweepable fields: {', '.join(HEAD_FIELDS)}")
             grid[k] = [_cast(k, v) for v in grid[k]]
-        except ValueError:
-            raise ValueError(f"grid field {k!r}: values {grid[k]} are not all numbers") from None
-        if not grid[k]:
-            raise ValueError(f"grid field {k!r} has no values")
-    return grid
+            if not grid[k]:
+                raise ValueError(f"grid field {k!r} has no values")
+    return subgrids
 
 
-def expand(base: HeadConfig, grid: dict[str, list]) -> list[HeadConfig]:
-    """Every combination of the grid's values on top of ``base`` (order: the grid's)."""
-    keys = list(grid)
-    return [replace(base, **dict(zip(keys, combo))) for combo in itertools.product(*(grid[k] for k in keys))]
+def expand(base: HeadConfig, grids: Grid | list[Grid]) -> list[HeadConfig]:
+    """Every distinct configuration the (sub-)grids describe on top of ``base``: each sub-grid's
+    combinations, in its order, then the next sub-grid's. A field the configuration's solver
+    ignores is reset to its default (``HeadConfig.effective``), so it multiplies nothing, and a
+    configuration already seen is dropped. A grid field that no configuration of its sub-grid
+    uses is warned about."""
+    out: dict[HeadConfig, None] = {}
+    for grid in [grids] if isinstance(grids, dict) else grids:
+        keys = list(grid)
+        cfgs = [replace(base, **dict(zip(keys, combo))) for combo in itertools.product(*(grid[k] for k in keys))]
+        for k in keys:
+            if not any(c.uses(k) for c in cfgs):
+                solvers = "/".join(sorted({c.solver for c in cfgs}))
+                warnings.warn(f"grid field {k!r} does not apply to solver {solvers}; ignored", stacklevel=2)
+        out.update(dict.fromkeys(c.effective() for c in cfgs))
+    return list(out)
+
+
+def grid_fields(grids: Grid | list[Grid]) -> list[str]:
+    """The fields named in any sub-grid, in first-seen order (a leaderboard's columns)."""
+    return list(dict.fromkeys(k for g in ([grids] if isinstance(grids, dict) else grids) for k in g))
 
 
 # --------------------------------------------------------------------------------- training
@@ -175,19 +227,21 @@ class SweepRow:
 
 def run_sweep(features: dict[str, tuple], select: dict[str, tuple], cfgs: list[HeadConfig], progress=None) -> list[SweepRow]:
     """Train every config on ``features[feature] = (X, ci, ri)`` and score it on
-    ``select[feature] = (X, ci, ri)``. Returns rows in config order."""
+    ``select[feature] = (X, ci, ri)``. Returns rows in config order. NumPy's BLAS (training
+    scores, selection scores, L-BFGS) runs on one thread; torch's AdamW keeps its threads."""
     rows: list[SweepRow | None] = [None] * len(cfgs)
-    for idx in group_configs(cfgs):
-        group = [cfgs[i] for i in idx]
-        X, ci, ri = features[group[0].feature]
-        trainer = train_adamw_batched if group[0].solver == "adamw" else train_lbfgs_path
-        results = trainer(X, ci, ri, group)
-        Xs, cs, rs = select[group[0].feature]
-        S = Xs @ np.stack([r.weight for r in results]).T  # (U_sel, K)
-        delta = (S[cs] - S[rs]).astype(np.float64)  # (N_sel, K)
-        for j, (i, r) in enumerate(zip(idx, results)):
-            d = delta[:, j]
-            rows[i] = SweepRow(cfgs[i], r, float((d > 0).mean()), float(np.logaddexp(0.0, -d).mean()))
-        if progress is not None:
-            progress(len(idx))
+    with single_blas_thread():
+        for idx in group_configs(cfgs):
+            group = [cfgs[i] for i in idx]
+            X, ci, ri = features[group[0].feature]
+            trainer = train_adamw_batched if group[0].solver == "adamw" else train_lbfgs_path
+            results = trainer(X, ci, ri, group)
+            Xs, cs, rs = select[group[0].feature]
+            S = Xs @ np.stack([r.weight for r in results]).T  # (U_sel, K)
+            delta = (S[cs] - S[rs]).astype(np.float64)  # (N_sel, K)
+            for j, (i, r) in enumerate(zip(idx, results)):
+                d = delta[:, j]
+                rows[i] = SweepRow(cfgs[i], r, float((d > 0).mean()), float(np.logaddexp(0.0, -d).mean()))
+            if progress is not None:
+                progress(len(idx))
     return rows

@@ -24,6 +24,7 @@ import torch
 
 from ..config import HeadConfig
 from .losses import pairwise_loss
+from .threads import single_blas_thread
 
 
 @dataclass
@@ -127,26 +128,28 @@ def train_lbfgs_path(X: np.ndarray, ci: np.ndarray, ri: np.ndarray, cfgs: list[H
     """Exact minimisers of the pairwise loss + L2 for each config, on one shared standardisation,
     mapped back to raw vectors. Solved from the strongest L2 to the weakest, each warm-started
     from the previous solution (a sweep's L2 path); one config is the plain exact solve. Each
-    result's seconds are its solve plus an equal share of the standardisation."""
-    from scipy.optimize import minimize
+    result's seconds are its solve plus an equal share of the standardisation. NumPy's BLAS runs
+    on one thread throughout (:func:`single_blas_thread`; several were up to 17x slower)."""
+    from scipy.optimize import minimize  # before single_blas_thread, so SciPy's BLAS is limited too
 
-    t0 = time.perf_counter()
-    mu, sd = standardizer(X)
-    Z = (X.astype(np.float64) - mu) / sd  # (U, D)
-    shared = (time.perf_counter() - t0) / len(cfgs)
-    ci, ri = np.asarray(ci), np.asarray(ri)
-    out: list[TrainResult | None] = [None] * len(cfgs)
-    x0 = np.zeros(X.shape[1])
-    for i in sorted(range(len(cfgs)), key=lambda i: -cfgs[i].l2):
-        c = cfgs[i]
-        t1 = time.perf_counter()
-        f = lbfgs_objective(Z, ci, ri, c.l2, c.margin, c.center_coef)
-        res = minimize(f, x0, jac=True, method="L-BFGS-B",
-                       options={"maxiter": c.lbfgs_max_iter, "gtol": 1e-9, "ftol": 1e-15, "maxcor": 20})
-        x0 = res.x
-        w = (res.x / sd).astype(np.float32)  # scores raw x: (x - mu)/sd · v = x · (v/sd) + const
-        out[i] = _finish(w, X, ci, ri, c, shared + time.perf_counter() - t1, int(res.nit),
-                         [(int(res.nit), float(res.fun)), ("converged", bool(res.success), str(res.message))])
+    with single_blas_thread():
+        t0 = time.perf_counter()
+        mu, sd = standardizer(X)
+        Z = (X.astype(np.float64) - mu) / sd  # (U, D)
+        shared = (time.perf_counter() - t0) / len(cfgs)
+        ci, ri = np.asarray(ci), np.asarray(ri)
+        out: list[TrainResult | None] = [None] * len(cfgs)
+        x0 = np.zeros(X.shape[1])
+        for i in sorted(range(len(cfgs)), key=lambda i: -cfgs[i].l2):
+            c = cfgs[i]
+            t1 = time.perf_counter()
+            f = lbfgs_objective(Z, ci, ri, c.l2, c.margin, c.center_coef)
+            res = minimize(f, x0, jac=True, method="L-BFGS-B",
+                           options={"maxiter": c.lbfgs_max_iter, "gtol": 1e-9, "ftol": 1e-15, "maxcor": 20})
+            x0 = res.x
+            w = (res.x / sd).astype(np.float32)  # scores raw x: (x - mu)/sd · v = x · (v/sd) + const
+            out[i] = _finish(w, X, ci, ri, c, shared + time.perf_counter() - t1, int(res.nit),
+                             [(int(res.nit), float(res.fun)), ("converged", bool(res.success), str(res.message))])
     return out
 
 
