@@ -1,7 +1,11 @@
 """The store's tools never damage good data: a lost or broken encoder.json is rebuilt from the
-shards, never a reason to quarantine them."""
+shards (never a reason to quarantine them), and `compact` never makes a reader miss a vector,
+whatever the interleaving of the reader's steps with the compaction's."""
 
+import itertools
 import json
+import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +14,8 @@ from click.testing import CliRunner
 
 import orm_cache.store.shards as shards
 from orm_cache.cli import cli
-from orm_cache.store import ShardWriter, VectorStore, fingerprint, list_stores, short, store_dir
+from orm_cache.store import ShardWriter, StoreError, VectorStore, fingerprint, list_stores, short, store_dir
+from orm_cache.store.check import compact_store
 from orm_cache.store.resolve import store_by_prefix
 
 IDENT = {"schema_version": 1, "model": {"source": "hub", "id": "fake/model", "revision": "r1"}, "dtype": "float16",
@@ -18,6 +23,7 @@ IDENT = {"schema_version": 1, "model": {"source": "hub", "id": "fake/model", "re
 FP = fingerprint(IDENT)
 SPEC = {"model": "fake/model", "dtype": "float16", "pooling": ["last"], "layers": [-1]}
 OTHER = {**IDENT, "dtype": "float32"}
+REAL_WRITE_SHARD, REAL_UNLINK, REAL_GLOB, REAL_OPEN_SHARD = shards.write_shard, Path.unlink, Path.glob, shards.open_shard
 
 
 def _write(cache, keys, seed, fp=FP, ident=IDENT):
@@ -42,6 +48,142 @@ def _shards(d) -> list[Path]:
 
 def _cli(*args):
     return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+# -- compact beside a reader ------------------------------------------------------------------
+class SteppedCompaction:
+    """``compact_store`` in a thread that stops before each step that changes the directory
+    (writing the merged shard, deleting an original) until the test lets it take that step."""
+
+    STEPS = 4  # three shards merge into one: one write, three deletions
+
+    def __init__(self, store: dict, monkeypatch):
+        self.go, self.done, self.taken, self.error = threading.Semaphore(0), threading.Semaphore(0), 0, None
+        self.thread = threading.Thread(target=self._run, args=(store,), daemon=True)
+        monkeypatch.setattr(shards, "write_shard", self._gated(REAL_WRITE_SHARD))
+        monkeypatch.setattr(Path, "unlink", self._gated(REAL_UNLINK))
+        self.thread.start()
+
+    def _gated(self, fn):
+        def step(*a, **k):
+            if threading.current_thread() is not self.thread:
+                return fn(*a, **k)
+            self.go.acquire()
+            try:
+                return fn(*a, **k)
+            finally:
+                self.taken += 1
+                self.done.release()
+        return step
+
+    def _run(self, store):
+        try:
+            compact_store(store, target_rows=1000)
+        except BaseException as e:  # re-raised in the test's thread by finish()
+            self.error = e
+
+    def advance(self, steps: int) -> None:
+        """Let the compaction take its steps up to ``steps`` (no more than it has)."""
+        while self.taken < min(steps, self.STEPS):
+            self.go.release()
+            assert self.done.acquire(timeout=60), "the compaction stopped before its next step"
+
+    def finish(self) -> None:
+        self.advance(self.STEPS)
+        self.thread.join(60)
+        assert not self.thread.is_alive()
+        if self.error:
+            raise self.error
+
+
+# How many compaction steps are done before each of the reader's first six steps (listing the
+# directory, opening a shard, listing again…): every non-decreasing sequence, so every
+# interleaving of those reader steps with the compaction's four.
+SCHEDULES = list(itertools.combinations_with_replacement(range(SteppedCompaction.STEPS + 1), 6))
+
+
+def test_compact_beside_a_reader_loses_nothing_in_any_interleaving(tmp_path, monkeypatch):
+    relisted = 0  # schedules in which the reader found a listed shard gone and listed again
+    for n, schedule in enumerate(SCHEDULES):
+        cache = tmp_path / str(n)
+        expected = _three_shards(cache)
+        (store,) = list_stores(cache)
+        compaction = SteppedCompaction(store, monkeypatch)
+        events, listings = iter(schedule), []
+
+        def reader_step():
+            if threading.current_thread() is threading.main_thread():
+                compaction.advance(next(events, 0))
+
+        def listing(self, pattern):  # the reader lists the directory in one step
+            reader_step()
+            listings.append(pattern)
+            return iter(list(REAL_GLOB(self, pattern)))
+
+        def opening(path, fp):
+            reader_step()
+            return REAL_OPEN_SHARD(path, fp)
+
+        monkeypatch.setattr(Path, "glob", listing)
+        monkeypatch.setattr(shards, "open_shard", opening)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            reader = VectorStore(Path(store["dir"]), FP)
+        monkeypatch.setattr(Path, "glob", REAL_GLOB)
+        monkeypatch.setattr(shards, "open_shard", REAL_OPEN_SHARD)
+        compaction.finish()
+        assert not caught and not reader.skipped, (schedule, [str(w.message) for w in caught])
+        assert len(reader) == 6, schedule  # before any lookup could refresh it again
+        keys = sorted(expected)
+        np.testing.assert_array_equal(reader.vectors(keys, dtype=np.float16), np.stack([expected[k] for k in keys]))
+        assert len(_shards(store["dir"])) == 1  # the compaction did run
+        relisted += len(listings) > 1
+    assert relisted > 0
+
+
+def test_fit_head_while_compact_runs(tiny_opt_dir, pointwise_dir, tmp_path, monkeypatch):
+    """The reported failure: fit-head lists the shards, compact merges and deletes them, fit-head
+    opens them. Here compact runs to completion just after fit-head's listing."""
+    cache = tmp_path / "c"
+    assert _cli("embed", "--data", pointwise_dir, "--model", tiny_opt_dir, "--cache-dir", cache,
+                "--shard-rows", "8", "--max-batch-size", "8", "-q").exit_code == 0
+    (store,) = list_stores(cache)
+    assert store["shards"] == 6 and store["problem"] is None  # a real encoder's encoder.json is accepted
+    real_open, compacted = shards.open_shard, []
+
+    def compact_first(path, fp):
+        if not compacted:
+            compacted.append(True)
+            compact_store(store, target_rows=1000)
+        return real_open(path, fp)
+
+    monkeypatch.setattr(shards, "open_shard", compact_first)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        r = _cli("fit-head", "--data", pointwise_dir, "--model", tiny_opt_dir, "--cache-dir", cache,
+                 "--solver", "lbfgs", "--eval-split", "", "--out", tmp_path / "h.pt", "-q")
+    assert r.exit_code == 0, r.output
+    assert compacted and not [w for w in caught if "skipping shard" in str(w.message)]
+    assert list_stores(cache)[0]["shards"] == 1
+
+
+def test_a_reader_stops_with_a_clear_error_when_shards_keep_vanishing(tmp_path, monkeypatch):
+    _write(tmp_path, ["a"], seed=0)
+
+    def always_gone(path, fp):
+        raise FileNotFoundError(path)
+
+    monkeypatch.setattr(shards, "open_shard", always_gone)
+    with pytest.raises(StoreError, match="kept disappearing while being opened"):
+        VectorStore.open(tmp_path, FP)
+
+
+def test_a_reader_looks_for_new_shards_before_calling_keys_missing(tmp_path):
+    _write(tmp_path, ["a"], seed=0)
+    reader = VectorStore.open(tmp_path, FP)
+    _, later = _write(tmp_path, ["b"], seed=1)  # another process adds a shard
+    assert reader.missing(["a", "b", "zzz"]) == ["zzz"]
+    np.testing.assert_array_equal(reader.vectors(["b"], dtype=np.float16)[0], later["b"])
 
 
 # -- encoder.json lost, broken or edited ------------------------------------------------------

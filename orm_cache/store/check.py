@@ -1,5 +1,5 @@
 """``orm-cache cache check``: verify every shard of every store and report per shard;
-``cache compact``: merge small shards.
+``cache compact``: merge small shards, safely beside readers.
 
 A store's fingerprint comes from :func:`describe_store`: from ``encoder.json`` or, when that file
 is missing or broken, from the shards themselves, so a lost ``encoder.json`` never makes good
@@ -31,7 +31,10 @@ def check_store(store: dict, stale_minutes: float = 60.0) -> tuple[list[ShardSta
     d = Path(store["dir"])
     statuses = []
     for path in list_shards(d):
-        table, problem = open_shard(path, store["fingerprint"])
+        try:
+            table, problem = open_shard(path, store["fingerprint"])
+        except FileNotFoundError:  # merged away by a compaction meanwhile
+            continue
         statuses.append(ShardStatus(path, problem is None, table.num_rows if table is not None else 0, problem))
     now = time.time()
     stale = [p for p in d.glob(f"{TMP_PREFIX}*") if now - p.stat().st_mtime > stale_minutes * 60]
@@ -88,9 +91,10 @@ def compact_store(store: dict, target_rows: int = 65_536) -> tuple[int, int]:
 
     Each merged shard is written completely (temporary name, checksum, rename) before the shards
     it replaces are deleted, so a crash in between leaves duplicate keys, which collapse on read,
-    and loses nothing. Duplicate keys are dropped from the merged shard (the first kept, as on
-    read). Shards that fail their checks are left alone for ``cache check``. Returns
-    ``(shards before, shards after)``.
+    and loses nothing; a reader that listed a shard deleted before it opened it lists the
+    directory again and finds the merged shard (:meth:`VectorStore.refresh`). Duplicate keys are
+    dropped from the merged shard (the first kept, as on read). Shards that fail their checks are
+    left alone for ``cache check``. Returns ``(shards before, shards after)``.
     """
     import os
     import socket

@@ -15,7 +15,9 @@ opened in name order, and shards that appear later are opened after them).
 
 Every shard is checked when opened: its bytes against the CRC32 in its name, then Arrow's own
 validation and the fingerprint in its metadata. A shard that fails is named in a warning and left
-out, so its rows count as missing and the next ``embed`` writes them again.
+out, so its rows count as missing and the next ``embed`` writes them again. A shard that is gone
+by the time it is opened is not bad: ``cache compact`` deleted it after writing the shard that
+holds its rows, so the reader lists the directory again (see :meth:`VectorStore.refresh`).
 
 Each shard's schema metadata names its fingerprint, encoder identity and (since the spec key
 was added) encoder spec, so ``encoder.json`` is only a convenience: when it is missing, not JSON
@@ -45,6 +47,7 @@ META_SCHEMA = b"orm_cache.schema_version"
 META_SPEC = b"orm_cache.encoder_spec"  # optional: shards written before it was added lack it
 SHARD_SUFFIX = ".arrow"
 TMP_PREFIX = ".tmp-"
+RELIST_LIMIT = 100  # listings one refresh may take while compactions delete shards under it
 
 
 class StoreError(RuntimeError):
@@ -181,7 +184,8 @@ def list_shards(directory: Path) -> list[Path]:
 
 def open_shard(path: Path, fp: str) -> tuple[pa.Table | None, str | None]:
     """Memory-map one shard and check it: checksum, Arrow validation, fingerprint.
-    Returns ``(table, None)``, or ``(None, reason)`` when it must not be read."""
+    Returns ``(table, None)``, or ``(None, reason)`` when it must not be read. A shard that no
+    longer exists raises FileNotFoundError: it is gone, not bad (``compact`` replaced it)."""
     try:
         mm = pa.memory_map(str(path), "r")
         want = shard_checksum(path)
@@ -193,6 +197,8 @@ def open_shard(path: Path, fp: str) -> tuple[pa.Table | None, str | None]:
         mm.seek(0)
         table = pa.ipc.open_file(mm).read_all()
         table.validate()
+    except FileNotFoundError:
+        raise
     except (pa.ArrowInvalid, OSError) as e:
         return None, f"unreadable Arrow file ({str(e).splitlines()[0]})"
     got_fp = (table.schema.metadata or {}).get(META_FINGERPRINT, b"").decode()
@@ -231,14 +237,35 @@ class VectorStore:
 
     def refresh(self) -> None:
         """Open complete shards not opened yet (all of them the first time); temporary files are
-        never read. Shards are taken in name order, so duplicate keys resolve the same way."""
+        never read. Shards are taken in name order, so duplicate keys resolve the same way.
+
+        A listed shard that is gone when opened was deleted by ``cache compact``, which deletes a
+        shard only once each of its rows is in another complete shard of the directory (the
+        merged one, or one it keeps); so the keys of the directory's shards never shrink. The
+        directory is listed again until one listing opens with nothing gone: every key on disk
+        at that listing, so every key on disk when the refresh began, is then in a shard opened
+        now or before, and an opened shard stays readable (memory-mapped) once deleted.
+        """
+        for _ in range(RELIST_LIMIT):
+            if not self._open_new_shards():
+                return
+        raise StoreError(f"shards of {self.dir} kept disappearing while being opened ({RELIST_LIMIT} "
+                         "listings); is something other than orm-cache deleting them?")
+
+    def _open_new_shards(self) -> bool:
+        """Open the listed shards not opened (or skipped) yet; True when one was gone before it opened."""
         if not self.dir.is_dir():
-            return
+            return False
         known = set(self._paths) | {p for p, _ in self.skipped}
+        gone = False
         for path in list_shards(self.dir):
             if path in known:
                 continue
-            table, problem = open_shard(path, self.fp)
+            try:
+                table, problem = open_shard(path, self.fp)
+            except FileNotFoundError:
+                gone = True
+                continue
             if problem:
                 self._skip(path, problem)
                 continue
@@ -247,10 +274,11 @@ class VectorStore:
             self._paths.append(path)
             for row, key in enumerate(table.column("key").to_pylist()):
                 self._index.setdefault(key, (idx, row))
+        return gone
 
     def _skip(self, path: Path, why: str) -> None:
         self.skipped.append((path, why))
-        warnings.warn(f"skipping shard {path}: {why}; its rows will be embedded again", stacklevel=3)
+        warnings.warn(f"skipping shard {path}: {why}; its rows will be embedded again", stacklevel=4)
 
     # -- queries -------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -276,7 +304,12 @@ class VectorStore:
         return self._tables[0].schema.field(self.columns[0]).type.list_size
 
     def missing(self, keys) -> list[str]:
-        return [k for k in keys if k not in self._index]
+        """Keys without a vector; shards added since the last refresh are opened before saying so."""
+        out = [k for k in keys if k not in self._index]
+        if out:
+            self.refresh()
+            out = [k for k in out if k not in self._index]
+        return out
 
     def _locate(self, keys) -> tuple[np.ndarray, np.ndarray]:
         missing = self.missing(keys)
