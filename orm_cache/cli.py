@@ -573,18 +573,23 @@ def cache_info(cache_dir):
         click.echo(f"no vector stores under {cache_dir}")
         return
     for s in stores:
-        rows = len(VectorStore(s["dir"], s["fingerprint"])) if s["fingerprint"] else 0
+        if s["fingerprint"] is None:
+            click.echo(f"{s['dir']}  {s['problem']}; see orm-cache cache check")
+            continue
+        rows = len(VectorStore(s["dir"], s["fingerprint"]))
         ident = s["identity"]
         model = ident.get("model", {})
         name = model.get("id") or f"local:{model.get('digest', '?')[:12]}"
         click.echo(f"{s['dir']}  {name} {ident.get('dtype')} max_length={ident.get('max_length')} "
                    f"pooling={','.join(ident.get('pooling', []))} layers={','.join(map(str, ident.get('layers', [])))}"
-                   f"  {s['shards']} shards, {rows:,} rows, {s['bytes'] / 2**20:.1f} MiB")
+                   f"  {s['shards']} shards, {rows:,} rows, {s['bytes'] / 2**20:.1f} MiB"
+                   + (f"  ({s['problem']}: read from the shards; cache check --fix rewrites it)" if s["problem"] else ""))
 
 
 @cache.command("check")
 @cache_option
-@click.option("--fix", is_flag=True, help="Move bad shards to <store>/corrupt/ and delete stale temporary files.")
+@click.option("--fix", is_flag=True, help="Move bad shards to <store>/corrupt/, delete stale temporary files and "
+              "rewrite a missing or broken encoder.json from the shards.")
 @click.option("--stale-minutes", type=float, default=60.0, show_default=True,
               help="Temporary files older than this are a killed writer's leftovers.")
 def cache_check(cache_dir, fix, stale_minutes):

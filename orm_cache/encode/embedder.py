@@ -176,7 +176,8 @@ def embed_texts(texts: dict[str, str], encoder, run: RunSpec, desc: str = "embed
                 if len(dims) != 1:
                     raise StoreError(f"columns have different widths {sorted(dims)}; store them separately")
                 writer = ShardWriter(store.dir, fp, encoder.identity, tuple(vectors), dims.pop(),
-                                     encoder.vector_dtype, run.shard_rows, run.flush_seconds)
+                                     encoder.vector_dtype, run.shard_rows, run.flush_seconds,
+                                     spec=encoder.spec_record)
             writer.add([missing[i] for i in b], n_tokens[b], truncated[b], vectors, recomputed)
             report.recomputed += int(recomputed.sum())
             report.embedded += len(b)

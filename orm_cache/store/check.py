@@ -1,4 +1,10 @@
-"""``orm-cache cache check``: verify every shard of every store and report per shard."""
+"""``orm-cache cache check``: verify every shard of every store and report per shard;
+``cache compact``: merge small shards, safely beside readers.
+
+A store's fingerprint comes from :func:`describe_store`: from ``encoder.json`` or, when that file
+is missing or broken, from the shards themselves, so a lost ``encoder.json`` never makes good
+shards look foreign. ``--fix`` rewrites it from the shards; a store whose encoder nothing can tell
+is reported and left untouched."""
 
 from __future__ import annotations
 
@@ -6,7 +12,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .shards import SHARD_SUFFIX, TMP_PREFIX, list_stores, open_shard
+from .describe import list_stores, write_encoder_json
+from .fingerprint import short
+from .shards import TMP_PREFIX, StoreError, list_shards, open_shard
 
 
 @dataclass
@@ -22,10 +30,11 @@ def check_store(store: dict, stale_minutes: float = 60.0) -> tuple[list[ShardSta
     (left by a killed writer; young ones may belong to a writer still running)."""
     d = Path(store["dir"])
     statuses = []
-    for path in sorted(d.glob(f"*{SHARD_SUFFIX}")):
-        if path.name.startswith(TMP_PREFIX):
+    for path in list_shards(d):
+        try:
+            table, problem = open_shard(path, store["fingerprint"])
+        except FileNotFoundError:  # merged away by a compaction meanwhile
             continue
-        table, problem = open_shard(path, store["fingerprint"] or "")
         statuses.append(ShardStatus(path, problem is None, table.num_rows if table is not None else 0, problem))
     now = time.time()
     stale = [p for p in d.glob(f"{TMP_PREFIX}*") if now - p.stat().st_mtime > stale_minutes * 60]
@@ -40,9 +49,22 @@ def check_cache(cache_dir, fix: bool = False, stale_minutes: float = 60.0) -> tu
     if not stores:
         return [f"no vector stores under {cache_dir}"], 0
     for s in stores:
+        if s["fingerprint"] is None:
+            problems += 1
+            lines.append(f"{s['dir']}: {s['problem']}; cannot tell which encoder it holds, "
+                         "so no shard of it was checked or moved")
+            continue
         statuses, stale = check_store(s, stale_minutes)
         good = [x for x in statuses if x.ok]
         lines.append(f"{s['dir']}: {len(good)}/{len(statuses)} shards ok, {sum(x.rows for x in good):,} rows")
+        if s["problem"] and fix:
+            write_encoder_json(Path(s["dir"]), s["fingerprint"], s["identity"], s["spec"])
+            lines.append(f"  rewrote encoder.json from the shards (fingerprint {short(s['fingerprint'])}): "
+                         f"{s['problem']}")
+        elif s["problem"]:
+            problems += 1
+            lines.append(f"  BAD {s['problem']}; the shards say fingerprint {short(s['fingerprint'])} "
+                         "(--fix rewrites it from them)")
         for x in statuses:
             if x.ok:
                 continue
@@ -69,9 +91,10 @@ def compact_store(store: dict, target_rows: int = 65_536) -> tuple[int, int]:
 
     Each merged shard is written completely (temporary name, checksum, rename) before the shards
     it replaces are deleted, so a crash in between leaves duplicate keys, which collapse on read,
-    and loses nothing. Duplicate keys are dropped from the merged shard (the first kept, as on
-    read). Shards that fail their checks are left alone for ``cache check``. Returns
-    ``(shards before, shards after)``.
+    and loses nothing; a reader that listed a shard deleted before it opened it lists the
+    directory again and finds the merged shard (:meth:`VectorStore.refresh`). Duplicate keys are
+    dropped from the merged shard (the first kept, as on read). Shards that fail their checks are
+    left alone for ``cache check``. Returns ``(shards before, shards after)``.
     """
     import os
     import socket
@@ -81,6 +104,9 @@ def compact_store(store: dict, target_rows: int = 65_536) -> tuple[int, int]:
 
     from .shards import VectorStore, write_shard
 
+    if store["fingerprint"] is None:
+        raise StoreError(f"{store['problem']}; cannot tell which encoder {store['dir']} holds, so it is not "
+                         "compacted (see orm-cache cache check)")
     vs = VectorStore(Path(store["dir"]), store["fingerprint"])
     small = [(p, t) for p, t in zip(vs._paths, vs._tables) if t.num_rows < target_rows]
     before = len(vs._paths) + len(vs.skipped)

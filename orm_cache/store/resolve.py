@@ -8,8 +8,9 @@ digest, or the hub id), dtype (unless auto), max_length, truncation side, and th
 from __future__ import annotations
 
 from ..config import EncoderSpec
+from .describe import list_stores
 from .fingerprint import short
-from .shards import StoreError, VectorStore, list_stores
+from .shards import StoreError, VectorStore
 
 
 def _matches(identity: dict, hint: dict) -> bool:

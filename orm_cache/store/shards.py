@@ -2,7 +2,8 @@
 
 Layout::
 
-    cache/vectors/3f2a…/encoder.json          identity of the encoder (written once, atomically)
+    cache/vectors/3f2a…/encoder.json          identity and spec of the encoder (a copy of what
+                                               every shard carries; rebuilt from the shards if lost)
     cache/vectors/3f2a…/<id>.<crc32>.arrow     one shard: key, n_tokens, truncated, recomputed_fp32,
                                                <pool>@<layer>…; the CRC32 of its bytes is in its name
 
@@ -14,12 +15,17 @@ opened in name order, and shards that appear later are opened after them).
 
 Every shard is checked when opened: its bytes against the CRC32 in its name, then Arrow's own
 validation and the fingerprint in its metadata. A shard that fails is named in a warning and left
-out, so its rows count as missing and the next ``embed`` writes them again.
+out, so its rows count as missing and the next ``embed`` writes them again. A shard that is gone
+by the time it is opened is not bad: ``cache compact`` deleted it after writing the shard that
+holds its rows, so the reader lists the directory again (see :meth:`VectorStore.refresh`).
+
+Each shard's schema metadata names its fingerprint, encoder identity and (since the spec key
+was added) encoder spec, so ``encoder.json`` is only a convenience: when it is missing, not JSON
+or does not describe its directory, ``describe.describe_store`` takes the description from the shards.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -38,8 +44,10 @@ log = logging.getLogger(__name__)
 META_FINGERPRINT = b"orm_cache.fingerprint"
 META_IDENTITY = b"orm_cache.encoder_identity"
 META_SCHEMA = b"orm_cache.schema_version"
+META_SPEC = b"orm_cache.encoder_spec"  # optional: shards written before it was added lack it
 SHARD_SUFFIX = ".arrow"
 TMP_PREFIX = ".tmp-"
+RELIST_LIMIT = 100  # listings one refresh may take while compactions delete shards under it
 
 
 class StoreError(RuntimeError):
@@ -82,7 +90,8 @@ class ShardWriter:
     """Buffers embedded rows and writes them as complete shards (temp name, fsync, rename)."""
 
     def __init__(self, directory: Path, fp: str, identity: dict, columns: tuple[str, ...], dim: int,
-                 vector_dtype: str, shard_rows: int = 2048, flush_seconds: float = 30.0):
+                 vector_dtype: str, shard_rows: int = 2048, flush_seconds: float = 30.0,
+                 spec: dict | None = None):
         self.dir = Path(directory)
         self.fp = fp
         self.columns = columns
@@ -96,11 +105,11 @@ class ShardWriter:
                   pa.field("truncated", pa.bool_(), nullable=False),
                   pa.field("recomputed_fp32", pa.bool_(), nullable=False)]
         fields += [pa.field(c, pa.list_(value_type, dim), nullable=False) for c in columns]
-        self.schema = pa.schema(fields, metadata={
-            META_FINGERPRINT: fp.encode(),
-            META_IDENTITY: canonical_json(identity).encode(),
-            META_SCHEMA: str(SCHEMA_VERSION).encode(),
-        })
+        metadata = {META_FINGERPRINT: fp.encode(), META_IDENTITY: canonical_json(identity).encode(),
+                    META_SCHEMA: str(SCHEMA_VERSION).encode()}
+        if spec is not None:
+            metadata[META_SPEC] = canonical_json(spec).encode()
+        self.schema = pa.schema(fields, metadata=metadata)
         self._reset()
         self._seq = 0
         self._last_flush = time.monotonic()
@@ -168,9 +177,15 @@ def shard_checksum(path: Path) -> str | None:
     return parts[1] if len(parts) == 2 and len(parts[1]) == 8 else None
 
 
+def list_shards(directory: Path) -> list[Path]:
+    """The complete shards of a store directory in name order (temporary files are never listed)."""
+    return sorted(p for p in Path(directory).glob(f"*{SHARD_SUFFIX}") if not p.name.startswith(TMP_PREFIX))
+
+
 def open_shard(path: Path, fp: str) -> tuple[pa.Table | None, str | None]:
     """Memory-map one shard and check it: checksum, Arrow validation, fingerprint.
-    Returns ``(table, None)``, or ``(None, reason)`` when it must not be read."""
+    Returns ``(table, None)``, or ``(None, reason)`` when it must not be read. A shard that no
+    longer exists raises FileNotFoundError: it is gone, not bad (``compact`` replaced it)."""
     try:
         mm = pa.memory_map(str(path), "r")
         want = shard_checksum(path)
@@ -182,6 +197,8 @@ def open_shard(path: Path, fp: str) -> tuple[pa.Table | None, str | None]:
         mm.seek(0)
         table = pa.ipc.open_file(mm).read_all()
         table.validate()
+    except FileNotFoundError:
+        raise
     except (pa.ArrowInvalid, OSError) as e:
         return None, f"unreadable Arrow file ({str(e).splitlines()[0]})"
     got_fp = (table.schema.metadata or {}).get(META_FINGERPRINT, b"").decode()
@@ -210,24 +227,45 @@ class VectorStore:
         if create:
             try:
                 d.mkdir(parents=True, exist_ok=True)
-                enc = d / "encoder.json"
-                if not enc.exists() and identity is not None:
-                    _atomic_write_bytes(enc, (json.dumps({"fingerprint": fp, "identity": identity, "spec": spec},
-                                                         indent=2, sort_keys=True) + "\n").encode())
             except OSError as e:
                 raise StoreError(f"cannot write to the cache directory {d} ({e.strerror or e})") from e
+            from .describe import read_encoder_json, write_encoder_json
+
+            if identity is not None and read_encoder_json(d)[1] is not None:  # missing (or broken)
+                write_encoder_json(d, fp, identity, spec)
         return cls(d, fp)
 
     def refresh(self) -> None:
         """Open complete shards not opened yet (all of them the first time); temporary files are
-        never read. Shards are taken in name order, so duplicate keys resolve the same way."""
+        never read. Shards are taken in name order, so duplicate keys resolve the same way.
+
+        A listed shard that is gone when opened was deleted by ``cache compact``, which deletes a
+        shard only once each of its rows is in another complete shard of the directory (the
+        merged one, or one it keeps); so the keys of the directory's shards never shrink. The
+        directory is listed again until one listing opens with nothing gone: every key on disk
+        at that listing, so every key on disk when the refresh began, is then in a shard opened
+        now or before, and an opened shard stays readable (memory-mapped) once deleted.
+        """
+        for _ in range(RELIST_LIMIT):
+            if not self._open_new_shards():
+                return
+        raise StoreError(f"shards of {self.dir} kept disappearing while being opened ({RELIST_LIMIT} "
+                         "listings); is something other than orm-cache deleting them?")
+
+    def _open_new_shards(self) -> bool:
+        """Open the listed shards not opened (or skipped) yet; True when one was gone before it opened."""
         if not self.dir.is_dir():
-            return
+            return False
         known = set(self._paths) | {p for p, _ in self.skipped}
-        for path in sorted(self.dir.glob(f"*{SHARD_SUFFIX}")):
-            if path.name.startswith(TMP_PREFIX) or path in known:
+        gone = False
+        for path in list_shards(self.dir):
+            if path in known:
                 continue
-            table, problem = open_shard(path, self.fp)
+            try:
+                table, problem = open_shard(path, self.fp)
+            except FileNotFoundError:
+                gone = True
+                continue
             if problem:
                 self._skip(path, problem)
                 continue
@@ -236,10 +274,11 @@ class VectorStore:
             self._paths.append(path)
             for row, key in enumerate(table.column("key").to_pylist()):
                 self._index.setdefault(key, (idx, row))
+        return gone
 
     def _skip(self, path: Path, why: str) -> None:
         self.skipped.append((path, why))
-        warnings.warn(f"skipping shard {path}: {why}; its rows will be embedded again", stacklevel=3)
+        warnings.warn(f"skipping shard {path}: {why}; its rows will be embedded again", stacklevel=4)
 
     # -- queries -------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -265,7 +304,12 @@ class VectorStore:
         return self._tables[0].schema.field(self.columns[0]).type.list_size
 
     def missing(self, keys) -> list[str]:
-        return [k for k in keys if k not in self._index]
+        """Keys without a vector; shards added since the last refresh are opened before saying so."""
+        out = [k for k in keys if k not in self._index]
+        if out:
+            self.refresh()
+            out = [k for k in out if k not in self._index]
+        return out
 
     def _locate(self, keys) -> tuple[np.ndarray, np.ndarray]:
         missing = self.missing(keys)
@@ -310,30 +354,14 @@ class VectorStore:
         return self._gather(keys, "recomputed_fp32")
 
     def identity(self) -> dict:
-        enc = self.dir / "encoder.json"
-        if enc.exists():
-            return json.loads(enc.read_text())["identity"]
-        if self._tables:
-            return json.loads(self._tables[0].schema.metadata[META_IDENTITY])
-        return {}
+        return self._description()["identity"]
 
     def spec(self) -> dict | None:
         """The encoder spec recorded by the first writer (model path, dtype, pooling…)."""
-        enc = self.dir / "encoder.json"
-        return json.loads(enc.read_text()).get("spec") if enc.exists() else None
+        return self._description()["spec"]
 
+    def _description(self) -> dict:
+        from .describe import describe_store
 
-def list_stores(cache_dir) -> list[dict]:
-    """Every store under ``cache_dir``: fingerprint, identity, shards, rows and bytes on disk."""
-    out = []
-    root = Path(cache_dir) / "vectors"
-    if not root.is_dir():
-        return out
-    for d in sorted(p for p in root.iterdir() if p.is_dir()):
-        enc = d / "encoder.json"
-        info = json.loads(enc.read_text()) if enc.exists() else {"fingerprint": None, "identity": {}, "spec": None}
-        shards = [p for p in d.glob(f"*{SHARD_SUFFIX}") if not p.name.startswith(TMP_PREFIX)]
-        out.append({"dir": str(d), "fingerprint": info["fingerprint"], "identity": info["identity"],
-                    "spec": info.get("spec"),
-                    "shards": len(shards), "bytes": sum(p.stat().st_size for p in shards)})
-    return out
+        desc = describe_store(self.dir)
+        return desc if desc["fingerprint"] == self.fp else {"identity": {}, "spec": None}

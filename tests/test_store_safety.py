@@ -1,0 +1,283 @@
+"""The store's tools never damage good data: a lost or broken encoder.json is rebuilt from the
+shards (never a reason to quarantine them), and `compact` never makes a reader miss a vector,
+whatever the interleaving of the reader's steps with the compaction's."""
+
+import itertools
+import json
+import threading
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import orm_cache.store.shards as shards
+from orm_cache.cli import cli
+from orm_cache.store import ShardWriter, StoreError, VectorStore, fingerprint, list_stores, short, store_dir
+from orm_cache.store.check import compact_store
+from orm_cache.store.resolve import store_by_prefix
+
+IDENT = {"schema_version": 1, "model": {"source": "hub", "id": "fake/model", "revision": "r1"}, "dtype": "float16",
+         "max_length": 32, "truncation_side": "left", "pooling": ["last"], "layers": [-1]}
+FP = fingerprint(IDENT)
+SPEC = {"model": "fake/model", "dtype": "float16", "pooling": ["last"], "layers": [-1]}
+OTHER = {**IDENT, "dtype": "float32"}
+REAL_WRITE_SHARD, REAL_UNLINK, REAL_GLOB, REAL_OPEN_SHARD = shards.write_shard, Path.unlink, Path.glob, shards.open_shard
+
+
+def _write(cache, keys, seed, fp=FP, ident=IDENT):
+    """One shard of ``keys`` with random float16 vectors; returns (path, {key: vector})."""
+    VectorStore.open(cache, fp, ident, create=True, spec=SPEC)
+    w = ShardWriter(store_dir(cache, fp), fp, ident, ("last@-1",), 4, "float16", spec=SPEC)
+    vecs = np.random.default_rng(seed).standard_normal((len(keys), 4)).astype(np.float16)
+    w.add(keys, np.arange(len(keys)), np.zeros(len(keys), bool), {"last@-1": vecs})
+    return w.flush(), dict(zip(keys, vecs))
+
+
+def _three_shards(cache):
+    expected = {}
+    for i in range(3):
+        expected.update(_write(cache, [f"k{i}{j}" for j in range(2)], seed=i)[1])
+    return expected
+
+
+def _shards(d) -> list[Path]:
+    return sorted(p for p in Path(d).glob("*.arrow") if not p.name.startswith(".tmp-"))
+
+
+def _cli(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+# -- compact beside a reader ------------------------------------------------------------------
+class SteppedCompaction:
+    """``compact_store`` in a thread that stops before each step that changes the directory
+    (writing the merged shard, deleting an original) until the test lets it take that step."""
+
+    STEPS = 4  # three shards merge into one: one write, three deletions
+
+    def __init__(self, store: dict, monkeypatch):
+        self.go, self.done, self.taken, self.error = threading.Semaphore(0), threading.Semaphore(0), 0, None
+        self.thread = threading.Thread(target=self._run, args=(store,), daemon=True)
+        monkeypatch.setattr(shards, "write_shard", self._gated(REAL_WRITE_SHARD))
+        monkeypatch.setattr(Path, "unlink", self._gated(REAL_UNLINK))
+        self.thread.start()
+
+    def _gated(self, fn):
+        def step(*a, **k):
+            if threading.current_thread() is not self.thread:
+                return fn(*a, **k)
+            self.go.acquire()
+            try:
+                return fn(*a, **k)
+            finally:
+                self.taken += 1
+                self.done.release()
+        return step
+
+    def _run(self, store):
+        try:
+            compact_store(store, target_rows=1000)
+        except BaseException as e:  # re-raised in the test's thread by finish()
+            self.error = e
+
+    def advance(self, steps: int) -> None:
+        """Let the compaction take its steps up to ``steps`` (no more than it has)."""
+        while self.taken < min(steps, self.STEPS):
+            self.go.release()
+            assert self.done.acquire(timeout=60), "the compaction stopped before its next step"
+
+    def finish(self) -> None:
+        self.advance(self.STEPS)
+        self.thread.join(60)
+        assert not self.thread.is_alive()
+        if self.error:
+            raise self.error
+
+
+# How many compaction steps are done before each of the reader's first six steps (listing the
+# directory, opening a shard, listing again…): every non-decreasing sequence, so every
+# interleaving of those reader steps with the compaction's four.
+SCHEDULES = list(itertools.combinations_with_replacement(range(SteppedCompaction.STEPS + 1), 6))
+
+
+def test_compact_beside_a_reader_loses_nothing_in_any_interleaving(tmp_path, monkeypatch):
+    relisted = 0  # schedules in which the reader found a listed shard gone and listed again
+    for n, schedule in enumerate(SCHEDULES):
+        cache = tmp_path / str(n)
+        expected = _three_shards(cache)
+        (store,) = list_stores(cache)
+        compaction = SteppedCompaction(store, monkeypatch)
+        events, listings = iter(schedule), []
+
+        def reader_step():
+            if threading.current_thread() is threading.main_thread():
+                compaction.advance(next(events, 0))
+
+        def listing(self, pattern):  # the reader lists the directory in one step
+            reader_step()
+            listings.append(pattern)
+            return iter(list(REAL_GLOB(self, pattern)))
+
+        def opening(path, fp):
+            reader_step()
+            return REAL_OPEN_SHARD(path, fp)
+
+        monkeypatch.setattr(Path, "glob", listing)
+        monkeypatch.setattr(shards, "open_shard", opening)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            reader = VectorStore(Path(store["dir"]), FP)
+        monkeypatch.setattr(Path, "glob", REAL_GLOB)
+        monkeypatch.setattr(shards, "open_shard", REAL_OPEN_SHARD)
+        compaction.finish()
+        assert not caught and not reader.skipped, (schedule, [str(w.message) for w in caught])
+        assert len(reader) == 6, schedule  # before any lookup could refresh it again
+        keys = sorted(expected)
+        np.testing.assert_array_equal(reader.vectors(keys, dtype=np.float16), np.stack([expected[k] for k in keys]))
+        assert len(_shards(store["dir"])) == 1  # the compaction did run
+        relisted += len(listings) > 1
+    assert relisted > 0
+
+
+def test_fit_head_while_compact_runs(tiny_opt_dir, pointwise_dir, tmp_path, monkeypatch):
+    """The reported failure: fit-head lists the shards, compact merges and deletes them, fit-head
+    opens them. Here compact runs to completion just after fit-head's listing."""
+    cache = tmp_path / "c"
+    assert _cli("embed", "--data", pointwise_dir, "--model", tiny_opt_dir, "--cache-dir", cache,
+                "--shard-rows", "8", "--max-batch-size", "8", "-q").exit_code == 0
+    (store,) = list_stores(cache)
+    assert store["shards"] == 6 and store["problem"] is None  # a real encoder's encoder.json is accepted
+    real_open, compacted = shards.open_shard, []
+
+    def compact_first(path, fp):
+        if not compacted:
+            compacted.append(True)
+            compact_store(store, target_rows=1000)
+        return real_open(path, fp)
+
+    monkeypatch.setattr(shards, "open_shard", compact_first)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        r = _cli("fit-head", "--data", pointwise_dir, "--model", tiny_opt_dir, "--cache-dir", cache,
+                 "--solver", "lbfgs", "--eval-split", "", "--out", tmp_path / "h.pt", "-q")
+    assert r.exit_code == 0, r.output
+    assert compacted and not [w for w in caught if "skipping shard" in str(w.message)]
+    assert list_stores(cache)[0]["shards"] == 1
+
+
+def test_a_reader_stops_with_a_clear_error_when_shards_keep_vanishing(tmp_path, monkeypatch):
+    _write(tmp_path, ["a"], seed=0)
+
+    def always_gone(path, fp):
+        raise FileNotFoundError(path)
+
+    monkeypatch.setattr(shards, "open_shard", always_gone)
+    with pytest.raises(StoreError, match="kept disappearing while being opened"):
+        VectorStore.open(tmp_path, FP)
+
+
+def test_a_reader_looks_for_new_shards_before_calling_keys_missing(tmp_path):
+    _write(tmp_path, ["a"], seed=0)
+    reader = VectorStore.open(tmp_path, FP)
+    _, later = _write(tmp_path, ["b"], seed=1)  # another process adds a shard
+    assert reader.missing(["a", "b", "zzz"]) == ["zzz"]
+    np.testing.assert_array_equal(reader.vectors(["b"], dtype=np.float16)[0], later["b"])
+
+
+# -- encoder.json lost, broken or edited ------------------------------------------------------
+def _edit(field, value):
+    def edit(enc: Path):
+        info = json.loads(enc.read_text())
+        info[field] = value
+        enc.write_text(json.dumps(info))
+    return edit
+
+
+BREAKS = {
+    "deleted": lambda enc: enc.unlink(),
+    "not JSON": lambda enc: enc.write_text('{"fingerprint": "3f2a'),
+    "not UTF-8": lambda enc: enc.write_bytes(b"\xff\xfe\x00garbage"),
+    "fingerprint of another encoder": _edit("fingerprint", fingerprint(OTHER)),
+    "fingerprint tail edited": _edit("fingerprint", FP[:16] + "0" * 48),
+    "identity edited": _edit("identity", OTHER),
+}
+
+
+@pytest.mark.parametrize("damage", list(BREAKS))
+def test_check_fix_rebuilds_encoder_json_from_the_shards_and_keeps_them(tmp_path, damage):
+    cache = tmp_path / "c"
+    _three_shards(cache)
+    d = store_dir(cache, FP)
+    foreign, _ = _write(tmp_path / "other", ["z"], seed=9, fp=fingerprint(OTHER), ident=OTHER)
+    foreign = foreign.rename(d / foreign.name)  # the odd one out: its fingerprint is not d's
+    good = sorted(set(_shards(d)) - {foreign})
+    enc = d / "encoder.json"
+    original = json.loads(enc.read_text())
+    assert original == {"fingerprint": FP, "identity": IDENT, "spec": SPEC}
+    BREAKS[damage](enc)
+
+    r = _cli("cache", "check", "--cache-dir", cache)
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    assert f"BAD {enc}" in r.output and f"fingerprint {short(FP)}" in r.output and "3/4 shards ok" in r.output
+    r = _cli("cache", "check", "--cache-dir", cache, "--fix")
+    assert r.exit_code == 0, r.output
+    assert sorted(_shards(d)) == good and [p.name for p in (d / "corrupt").iterdir()] == [foreign.name]
+    assert json.loads(enc.read_text()) == original
+    assert _cli("cache", "check", "--cache-dir", cache).exit_code == 0
+
+
+@pytest.mark.parametrize("damage", ["deleted", "not JSON", "fingerprint of another encoder"])
+def test_readers_use_the_shards_when_encoder_json_is_broken(tmp_path, damage):
+    cache = tmp_path / "c"
+    expected = _three_shards(cache)
+    BREAKS[damage](store_dir(cache, FP) / "encoder.json")
+    (s,) = list_stores(cache)
+    assert (s["fingerprint"], s["identity"], s["spec"]) == (FP, IDENT, SPEC) and "encoder.json" in s["problem"]
+    vs = store_by_prefix(cache, FP[:8])  # --store, as fit-head / eval take it
+    assert len(vs) == 6 and vs.identity() == IDENT and vs.spec() == SPEC
+    r = _cli("cache", "info", "--cache-dir", cache)
+    assert r.exit_code == 0 and "Traceback" not in r.output, r.output
+    assert "3 shards, 6 rows" in r.output and "cache check --fix rewrites it" in r.output
+    keys = sorted(expected)
+    np.testing.assert_array_equal(vs.vectors(keys, dtype=np.float16), np.stack([expected[k] for k in keys]))
+
+
+def test_fit_head_with_encoder_json_lost_or_broken(tiny_opt_dir, pointwise_dir, tmp_path):
+    cache = tmp_path / "c"
+    assert _cli("embed", "--data", pointwise_dir, "--model", tiny_opt_dir, "--cache-dir", cache, "-q").exit_code == 0
+    (store,) = list_stores(cache)
+    enc = Path(store["dir"]) / "encoder.json"
+    for damage in ("not JSON", "deleted"):
+        BREAKS[damage](enc)
+        assert list_stores(cache)[0]["spec"] == store["spec"] is not None  # embed records it in every shard
+        r = _cli("fit-head", "--data", pointwise_dir, "--model", tiny_opt_dir, "--cache-dir", cache,
+                 "--solver", "lbfgs", "--eval-split", "", "--out", tmp_path / "h.pt", "-q")
+        assert r.exit_code == 0, (damage, r.output)
+
+
+def test_embed_rewrites_a_broken_encoder_json(tmp_path):
+    _write(tmp_path, ["a"], seed=0)
+    enc = store_dir(tmp_path, FP) / "encoder.json"
+    enc.write_text("garbage")
+    VectorStore.open(tmp_path, FP, IDENT, create=True, spec=SPEC)  # what embed does first
+    assert json.loads(enc.read_text()) == {"fingerprint": FP, "identity": IDENT, "spec": SPEC}
+
+
+def test_a_store_nothing_can_describe_is_named_and_left_alone(tmp_path):
+    """No encoder.json and no shard that names the directory: every command says so in one line
+    and no command moves anything."""
+    cache = tmp_path / "c"
+    moved, _ = _write(tmp_path / "elsewhere", ["a"], seed=0)
+    d = cache / "vectors" / "0123456789abcdef"  # a store directory renamed by hand
+    d.mkdir(parents=True)
+    kept = [moved.rename(d / moved.name), d / "junk.00000000.arrow"]
+    kept[1].write_bytes(b"not arrow")
+    enc = d / "encoder.json"
+    for args in (["check", "--fix"], ["compact"], ["info"]):
+        r = _cli("cache", *args, "--cache-dir", cache)
+        assert r.exit_code == (0 if args == ["info"] else 1), (args, r.output)
+        lines = r.output.strip().splitlines()
+        assert len(lines) == 1 and f"{enc} is missing" in lines[0] and "Traceback" not in r.output, (args, r.output)
+        assert sorted(_shards(d)) == sorted(kept) and not (d / "corrupt").exists()
