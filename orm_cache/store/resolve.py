@@ -23,7 +23,7 @@ def _matches(identity: dict, hint: dict) -> bool:
                                                                       model.get("revision_requested"))
 
 
-def describe_store(s: dict) -> str:
+def store_summary(s: dict) -> str:
     """``--model X`` with its dtype, max length and columns, as recorded by the store's writer."""
     spec, ident = s.get("spec") or {}, s["identity"]
     model = spec.get("model") or ident.get("model", {}).get("id") or "?"
@@ -66,7 +66,7 @@ def find_store(cache_dir, spec: EncoderSpec, feature: str | None = None, store: 
             continue
         chosen.append(s)
     if not chosen:
-        held = "; ".join(describe_store(s) for s in stores)
+        held = "; ".join(store_summary(s) for s in stores)
         raise StoreError(f"no cached vectors for model {spec.model!r} (max_length {spec.max_length}"
                          + (f", feature {feature}" if feature else "") + f") under {cache_dir}; "
                          + (f"the cache holds: {held} (pass that --model, and --feature, to use one); "
