@@ -71,6 +71,10 @@ def _options(*opts):
     return deco
 
 
+chat_template_option = _opt(DataSpec, "chat_template", "--chat-template", default=None, show_default=False,
+                            metavar="FILE")
+
+
 def data_options(f):
     d = DataSpec()
     return _options(
@@ -80,9 +84,11 @@ def data_options(f):
         _opt(DataSpec, "chosen_col", default=d.chosen_col),
         _opt(DataSpec, "rejected_col", default=d.rejected_col),
         _opt(DataSpec, "text_col", default=d.text_col),
+        _opt(DataSpec, "messages_col", default=d.messages_col),
         _opt(DataSpec, "label_col", default=d.label_col),
         _opt(DataSpec, "group_col", default=d.group_col),
         _opt(DataSpec, "prompt_col", default=None, show_default=False),
+        chat_template_option,
         _opt(DataSpec, "negatives", type=int, default=None, show_default=False),
         _opt(DataSpec, "pair_seed", type=int, default=d.pair_seed),
         _opt(DataSpec, "drop_duplicate_pairs", "--drop-duplicate-pairs/--keep-duplicate-pairs", default=False),
@@ -429,14 +435,19 @@ def rescore_options(f):
     return _options(
         click.option("--head", "head_path", required=True, type=click.Path(dir_okay=False), help="Checkpoint (.pt)."),
         click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False),
-                     help="Traces to score: .jsonl, .json, .parquet or .csv."),
+                     help="Traces to score: .jsonl, .json, .parquet, .csv, .arrow, .jsonl.gz or .json.gz."),
         click.option("--output", "output_path", required=True, type=click.Path(dir_okay=False),
                      help="Where to write: .jsonl, .parquet or .csv."),
-        click.option("--text-col", default="text", show_default=True, help="Column of the trace (the response)."),
+        click.option("--text-col", default="text", show_default=True,
+                     help="Column of the trace (the response): a string, or a conversation (a list of role/content "
+                          "messages ending with the assistant turn)."),
+        click.option("--messages-col", default="messages", show_default=True,
+                     help="Column of a conversation, used when a row has no --text-col column."),
         click.option("--prompt-col", default=None,
                      help="Column joined in front with --template ('' for none) [default: the head's recorded recipe].",
                      envvar=f"{ENV}_PROMPT_COL", show_envvar=True),
         _opt(DataSpec, "template", "--template", default=None, show_default=False),
+        chat_template_option,
         override_recipe_option,
         store_option,
         click.option("--feature", default=None, help="Vector column [default: the head's; last@-1 for a "
@@ -464,8 +475,8 @@ def _rescore_summary(s, verb: str) -> None:
 @rescore_options
 @click.option("--chunk-rows", type=click.IntRange(min=1), default=50_000, show_default=True,
               help="Rows read, scored and written at a time (bounds memory).")
-def score(head_path, input_path, output_path, text_col, prompt_col, template, override_recipe, store, feature,
-          cache_dir, skip_invalid, device, batch_tokens, quiet, chunk_rows):
+def score(head_path, input_path, output_path, text_col, messages_col, prompt_col, template, chat_template,
+          override_recipe, store, feature, cache_dir, skip_invalid, device, batch_tokens, quiet, chunk_rows):
     """Offline re-scoring: add a score column to every row of a file, in input order.
 
     Texts already in the store for the head's encoder are scored without loading any model;
@@ -476,7 +487,8 @@ def score(head_path, input_path, output_path, text_col, prompt_col, template, ov
 
     setup_logging(quiet)
     s = score_file(head_path, input_path, output_path, cache_dir,
-                   TextColumns(text_col, prompt_col, template, override_recipe), chunk_rows, skip_invalid, device,
+                   TextColumns(text_col, prompt_col, template, override_recipe, chat_template, messages_col),
+                   chunk_rows, skip_invalid, device,
                    batch_tokens, quiet, store, feature)
     _rescore_summary(s, "scored")
 
@@ -488,8 +500,9 @@ def score(head_path, input_path, output_path, text_col, prompt_col, template, ov
               help="Write only the best K per group [default: all rows, ranked].")
 @click.option("--label-col", default="label", show_default=True,
               help="When present (0/1), report best-of-N accuracy beside random and oracle.")
-def rank(head_path, input_path, output_path, text_col, prompt_col, template, override_recipe, store, feature,
-         cache_dir, skip_invalid, device, batch_tokens, quiet, group_by, top_k, label_col):
+def rank(head_path, input_path, output_path, text_col, messages_col, prompt_col, template, chat_template,
+         override_recipe, store, feature, cache_dir, skip_invalid, device, batch_tokens, quiet, group_by, top_k,
+         label_col):
     """Best-of-N: order candidates within each group by score (rank 1 = best; ties share a rank).
 
     With a label column, prints best-of-N accuracy (fractional credit 1/#tied when the best score
@@ -500,7 +513,8 @@ def rank(head_path, input_path, output_path, text_col, prompt_col, template, ove
 
     setup_logging(quiet)
     s = rank_file(head_path, input_path, output_path, group_by, top_k, cache_dir,
-                  TextColumns(text_col, prompt_col, template, override_recipe), label_col or None, skip_invalid,
+                  TextColumns(text_col, prompt_col, template, override_recipe, chat_template, messages_col),
+                  label_col or None, skip_invalid,
                   device, batch_tokens, quiet, store, feature)
     _rescore_summary(s, "ranked")
     click.echo(f"groups: {s.extra['groups']:,}")

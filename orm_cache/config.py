@@ -123,6 +123,25 @@ class RecipeError(ValueError):
     """A text recipe given explicitly that differs from the one a head was trained with."""
 
 
+def read_chat_template(value: str | None) -> str | None:
+    """A chat template given as its Jinja text or as the path of a file holding it -> its text.
+    Text is recognised by Jinja markup (``{{`` or ``{%``); anything else must name a file."""
+    import os
+
+    if value is None or "{{" in value or "{%" in value:
+        return value
+    path = os.path.expanduser(value)
+    if not os.path.isfile(path):
+        raise ValueError(f"chat template {value!r}: no such file (give a Jinja file, e.g. --chat-template "
+                         "chat.jinja, or the template text itself)")
+    with open(path, encoding="utf-8-sig") as f:
+        text = f.read()
+    if "{{" not in text and "{%" not in text:
+        raise ValueError(f"chat template {value}: the file holds no Jinja markup ({{{{ … }}}} or {{% … %}}); "
+                         "it renders no messages")
+    return text
+
+
 @dataclass(frozen=True)
 class TextRecipe:
     """How a row becomes the one text the encoder sees. A head records the recipe of its
@@ -132,31 +151,58 @@ class TextRecipe:
     """``str.format`` string joining ``{prompt}`` and ``{response}`` (rows with a prompt only)."""
     prompt_col: str | None = "prompt"
     """Column holding the prompt; None: the text is the response alone."""
+    chat_template: str | None = None
+    """Jinja chat template that renders conversation rows (lists of ``{"role", "content"}``
+    messages) exactly as the tokenizer's ``apply_chat_template(messages, tokenize=False)`` does.
+    None: the encoder tokenizer's own, taken when the first conversation is met."""
+    chat_tokens: dict | None = None
+    """The special tokens (``bos_token``, ``eos_token``, …) a chat template may refer to, as
+    ``apply_chat_template`` passes them: the encoder tokenizer's, taken with the template."""
 
     def __post_init__(self):
         check_template(self.template)
         object.__setattr__(self, "prompt_col", self.prompt_col or None)
+        if self.chat_template is not None and not isinstance(self.chat_template, str):
+            raise ValueError(f"chat_template must be a string, got {type(self.chat_template).__name__}")
+        if self.chat_tokens is not None:
+            object.__setattr__(self, "chat_tokens", dict(self.chat_tokens))
 
     @classmethod
-    def from_options(cls, template: str | None = None, prompt_col: str | None = None) -> "TextRecipe":
-        """From options where None means "not given" (the default) and prompt_col '' means none."""
+    def from_options(cls, template: str | None = None, prompt_col: str | None = None,
+                     chat_template: str | None = None) -> "TextRecipe":
+        """From options where None means "not given" (the default) and prompt_col '' means none;
+        ``chat_template`` is the template's text or a file holding it."""
         d = cls()
-        return cls(d.template if template is None else template, d.prompt_col if prompt_col is None else prompt_col)
+        return cls(d.template if template is None else template, d.prompt_col if prompt_col is None else prompt_col,
+                   read_chat_template(chat_template))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TextRecipe":
+        """A recipe as a checkpoint records it (keys missing from older heads take their defaults)."""
+        return cls(d.get("template", DEFAULT_TEMPLATE), d.get("prompt_col"), d.get("chat_template"),
+                   d.get("chat_tokens"))
 
     @classmethod
     def for_head(cls, recorded: dict | None, template: str | None = None, prompt_col: str | None = None,
-                 override: bool = False) -> "TextRecipe":
+                 override: bool = False, chat_template: str | None = None) -> "TextRecipe":
         """The recipe to score with for a head that recorded ``recorded`` (None: an old or
         reference-format head). Options not given (None) take the recorded values; a given
-        value that differs is refused, both shown, unless ``override``."""
+        value that differs is refused, both shown, unless ``override``. A head that recorded no
+        chat template saw no conversations, so any chat template may render them; the chat
+        tokens are always the recorded ones (they are the tokenizer's, not an option)."""
         if not recorded:
-            return cls.from_options(template, prompt_col)
-        rec = cls(recorded.get("template", DEFAULT_TEMPLATE), recorded.get("prompt_col"))
+            return cls.from_options(template, prompt_col, chat_template)
+        rec = cls.from_dict(recorded)
+        chat_template = read_chat_template(chat_template)
         given = cls(rec.template if template is None else template,
-                    rec.prompt_col if prompt_col is None else prompt_col)
+                    rec.prompt_col if prompt_col is None else prompt_col,
+                    rec.chat_template if chat_template is None else chat_template, rec.chat_tokens)
+        if rec.chat_template is None and not override:  # no conversations in training: nothing to contradict
+            rec = replace(rec, chat_template=given.chat_template)
         if given != rec and not override:
-            diff = "; ".join(f"{name}: head {getattr(rec, name)!r}, given {getattr(given, name)!r}"
-                             for name in ("template", "prompt_col") if getattr(rec, name) != getattr(given, name))
+            diff = "; ".join(f"{name}: head {_shown(getattr(rec, name))}, given {_shown(getattr(given, name))}"
+                             for name in ("template", "prompt_col", "chat_template")
+                             if getattr(rec, name) != getattr(given, name))
             raise RecipeError(f"the head was trained on texts built another way ({diff}); a different recipe "
                               "gives different texts and meaningless scores. Drop the option to use the "
                               "head's recipe, or add --override-recipe to score this way on purpose")
@@ -168,8 +214,35 @@ class TextRecipe:
             return response
         return self.template.format(prompt=prompt, response=response)
 
+    def response_start(self, prompt: str | None) -> int:
+        """Character offset of the response in ``render(response, prompt)`` (0 without a prompt)."""
+        if not prompt:
+            return 0
+        import string
+
+        start = 0
+        for literal, name, spec, conv in string.Formatter().parse(self.template):
+            start += len(literal)
+            if name == "response":
+                return start
+            if name is not None:
+                start += len(format(prompt, spec or "") if not conv else
+                             format({"r": repr, "s": str, "a": ascii}[conv](prompt), spec or ""))
+        return start
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Plain data for a checkpoint; the chat fields only when a chat template was used."""
+        d = asdict(self)
+        for name in ("chat_template", "chat_tokens"):
+            if d[name] is None:
+                del d[name]
+        return d
+
+
+def _shown(value) -> str:
+    """A recipe value for a message: long chat templates are cut short."""
+    r = repr(value)
+    return r if len(r) <= 80 else r[:60] + f"…' ({len(value)} characters)"
 
 
 @dataclass(frozen=True)
@@ -177,10 +250,13 @@ class DataSpec:
     """Where the traces come from and how they become texts and pairs."""
 
     data: str = DEFAULT_DATA
-    """Hub id, a .jsonl/.json/.parquet/.csv file, or a directory of per-split files."""
+    """Hub id; a .jsonl/.json/.parquet/.csv/.arrow/.jsonl.gz/.json.gz file; a directory of
+    per-split files (also hub-style shards: data/train-00000-of-00003.parquet); or a folder
+    written by datasets' save_to_disk (a Dataset or a DatasetDict)."""
     split: str = "train"
-    """Split name: a file ``<split>.<ext>`` in a directory, a hub split, or the value of a
-    ``split`` column in a single file (a single file without one is used whole)."""
+    """Split name: the files ``<split>.<ext>`` or ``<split>-*.<ext>`` (read as one) in a directory,
+    a DatasetDict's split, a hub split, or the value of a ``split`` column in a single file (a
+    single file without one is used whole)."""
     template: str | None = None
     """How a prompt and a response become the one text the encoder sees (only when a row has a
     prompt): ``str.format`` with ``{prompt}`` and ``{response}``. Default: the recipe a head was
@@ -191,6 +267,9 @@ class DataSpec:
     """Pairwise column of the dispreferred trace."""
     text_col: str = "text"
     """Pointwise column of the trace."""
+    messages_col: str = "messages"
+    """Pointwise column of a conversation (a list of role/content messages ending with the
+    assistant turn scored), used when a row has no text column."""
     label_col: str = "label"
     """Pointwise column of the label: 1 correct, 0 incorrect."""
     group_col: str = "group"
@@ -199,6 +278,13 @@ class DataSpec:
     prompt_col: str | None = None
     """Optional column joined in front of each response with --template ('' for none).
     Default: the head's recorded recipe (eval, verify, score, rank), else 'prompt'."""
+    chat_template: str | None = None
+    """Jinja chat template (a file, or the template text) rendering conversation rows, as
+    apply_chat_template(messages, tokenize=False) does. Default: the head's recorded one (eval,
+    verify, score, rank), else the encoder tokenizer's own."""
+    chat_tokens: dict | None = None
+    """Special tokens the chat template sees (a head's recorded ones; not an option: by default
+    the encoder tokenizer's)."""
     negatives: int | None = None
     """Pointwise data: negatives sampled per positive; default 8 for train, 4 otherwise."""
     pair_seed: int = 0
@@ -214,7 +300,8 @@ class DataSpec:
     @property
     def recipe(self) -> "TextRecipe":
         """How this spec's rows become texts (defaults filled in)."""
-        return TextRecipe.from_options(self.template, self.prompt_col)
+        r = TextRecipe.from_options(self.template, self.prompt_col, self.chat_template)
+        return replace(r, chat_tokens=self.chat_tokens) if self.chat_tokens is not None else r
 
     @property
     def negatives_per_positive(self) -> int:
@@ -361,6 +448,7 @@ __all__ = [
     "TextRecipe",
     "RecipeError",
     "check_template",
+    "read_chat_template",
     "SOLVER_ONLY",
     "feature_column",
     "field_docs",

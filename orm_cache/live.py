@@ -10,9 +10,12 @@ directory changed, another dtype, …). It is the project's answer to the refere
     scorer.score(responses, prompts=[question] * n)   # joined with the head's recorded template
     scorer.rank(candidates, prompt=question)           # [(index, score)], best first
     scorer.prefer(a, b, prompt=question)               # P(a beats b) = σ((s_a - s_b) / T)
+    scorer.score([conversation])                       # a list of {"role", "content"} messages
+    scorer.score([[assistant_turn]], prompts=[messages])  # TRL's explicit-prompt shape
 
-Texts are built with the recipe the head recorded (template and prompt column of its training
-data), so a live score is the score of the same text the head was trained and evaluated on.
+Texts are built with the recipe the head recorded (template, prompt column and chat template of
+its training data), so a live score is the score of the same text the head was trained and
+evaluated on.
 """
 
 from __future__ import annotations
@@ -22,49 +25,67 @@ import math
 import numpy as np
 
 from .config import EncoderSpec, TextRecipe
+from .data.chat import TextBuilder
 from .encode.embedder import encode_texts
 from .head import CheckpointError, Head
 from .store import StoreError, short
 
 
+def encoder_for_head(head: Head, device: str = "auto", model: str | None = None):
+    """The encoder ``head`` was trained on, rebuilt from its recorded spec (``model`` replaces the
+    recorded model path); refused when its fingerprint is not the head's. Loads the config and
+    tokenizer only (the weights on first use)."""
+    from .encode.model import Encoder
+
+    spec = dict(head.meta.get("encoder_spec") or {})
+    if not spec:
+        raise CheckpointError("this head carries no encoder spec (a reference-format import); "
+                              "score its traces through a store, or train a head with fit-head")
+    if model:
+        spec["model"] = model
+    encoder = Encoder(EncoderSpec(**spec), device)
+    if head.fingerprint and encoder.fingerprint != head.fingerprint:
+        raise StoreError(f"the rebuilt encoder has fingerprint {short(encoder.fingerprint)} but the head "
+                         f"was trained on {short(head.fingerprint)} (model files, dtype or tokenizer "
+                         "changed); scores would not match")
+    return encoder
+
+
 class LiveScorer:
     def __init__(self, head: Head | str, device: str = "auto", batch_tokens: int | None = None,
                  max_batch_size: int = 256, model: str | None = None):
-        from .encode.model import Encoder
-
         self.head = head if isinstance(head, Head) else Head.load(head)
-        spec = dict(self.head.meta.get("encoder_spec") or {})
-        if not spec:
-            raise CheckpointError("this head carries no encoder spec (a reference-format import); "
-                                  "score its traces through a store, or train a head with fit-head")
-        if model:
-            spec["model"] = model
-        self.encoder = Encoder(EncoderSpec(**spec), device)
-        if self.head.fingerprint and self.encoder.fingerprint != self.head.fingerprint:
-            raise StoreError(f"the rebuilt encoder has fingerprint {short(self.encoder.fingerprint)} but the head "
-                             f"was trained on {short(self.head.fingerprint)} (model files, dtype or tokenizer "
-                             "changed); scores would not match")
+        self.encoder = encoder_for_head(self.head, device, model)
         self.batch_tokens, self.max_batch_size = batch_tokens, max_batch_size
         self.recipe = TextRecipe.for_head(self.head.recipe)
+        self.builder = TextBuilder(self.recipe, self.encoder.spec.model, self.encoder.spec.revision)
 
     def texts(self, responses, prompts=None) -> list[str]:
-        """The texts the encoder sees: each response joined with its prompt by the head's recipe.
-        A bare string is refused (it would be scored character by character)."""
+        """The texts the encoder sees: each response (a string, or a conversation: a list of
+        role/content messages ending with the assistant turn) joined with its prompt (a string
+        or a message list) by the head's recipe. A bare string is refused (it would be scored
+        character by character), and so is a bare conversation (its messages would be scored
+        one by one)."""
         for name, seq in (("texts", responses), ("prompts", prompts)):
             if isinstance(seq, (str, bytes)):
                 raise TypeError(f"{name} must be a list of strings, not a single string; wrap it: [{name[:-1]}]")
+            if isinstance(seq, (list, tuple)) and seq and all(isinstance(m, dict) for m in seq):
+                raise TypeError(f"{name} is one conversation (a list of messages), not a list of them; "
+                                f"wrap it: [conversation]")
         responses = list(responses)
         if prompts is None:
             prompts = [None] * len(responses)
         prompts = list(prompts)
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts for {len(responses)} texts; give one prompt per text")
+        out = []
         for i, (r, p) in enumerate(zip(responses, prompts)):
-            if not isinstance(r, str) or not r.strip():
-                raise ValueError(f"text {i} must be a non-empty string, got {r!r:.60}")
-            if p is not None and not isinstance(p, str):
-                raise ValueError(f"prompt {i} must be a string or None, got {type(p).__name__}")
-        return [self.recipe.render(r, p) for r, p in zip(responses, prompts)]
+            if not isinstance(r, (str, list, tuple)) or (isinstance(r, str) and not r.strip()):
+                raise ValueError(f"text {i} must be a non-empty string or a list of messages, got {r!r:.60}")
+            if p is not None and not isinstance(p, (str, list, tuple)):
+                raise ValueError(f"prompt {i} must be a string, a list of messages or None, got {type(p).__name__}")
+            out.append(self.builder.build(r, p, f"text {i}", "text")[0])  # DataError is a ValueError
+        return out
 
     def vectors(self, texts: list[str], one_at_a_time: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """``(N, D)`` pooled vectors of the head's feature column, and token counts."""

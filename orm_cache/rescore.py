@@ -19,7 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from .config import RunSpec, TextRecipe
-from .data.ingest import FILE_EXTS, DataError, parse_label, prompt_field, read_rows, text_field, trace_key
+from .data.chat import TextBuilder, response_value
+from .data.ingest import FILE_EXTS, DataError, encoder_model, parse_label, prompt_field, read_rows, trace_key
+from .data.readers import file_format
 from .head import Head
 from .outputs import AtomicOutputs
 from .progress import Progress
@@ -29,17 +31,26 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TextColumns:
-    """How an input row becomes the text that is scored. ``prompt_col`` and ``template`` left
-    None take the head's recorded recipe (the texts it was trained on); given explicitly and
-    different from it, they are refused unless ``override_recipe``."""
+    """How an input row becomes the text that is scored. ``prompt_col``, ``template`` and
+    ``chat_template`` left None take the head's recorded recipe (the texts it was trained on);
+    given explicitly and different from it, they are refused unless ``override_recipe``. A row
+    without ``text_col`` is scored by its ``messages_col`` conversation."""
 
     text_col: str = "text"
     prompt_col: str | None = None
     template: str | None = None
     override_recipe: bool = False
+    chat_template: str | None = None
+    messages_col: str | None = "messages"
 
     def recipe_for(self, head: Head) -> TextRecipe:
-        return TextRecipe.for_head(head.recipe, self.template, self.prompt_col, self.override_recipe)
+        return TextRecipe.for_head(head.recipe, self.template, self.prompt_col, self.override_recipe,
+                                   self.chat_template)
+
+    def builder_for(self, head: Head) -> TextBuilder:
+        """Builds texts by the head's recipe; a conversation it has no chat template for takes
+        the head's encoder's tokenizer's."""
+        return TextBuilder(self.recipe_for(head), *encoder_model(head.meta.get("encoder_spec")))
 
 
 @dataclass
@@ -59,10 +70,15 @@ class ScoreSummary:
         return self.rows / self.seconds if self.seconds else 0.0
 
 
-def row_text(row: dict, text_col: str, recipe: TextRecipe, where: str) -> str:
-    """The text of one input row (recipe applied), or :class:`DataError` naming the row and problem."""
-    text = text_field(row, text_col, where, "--text-col")
-    return recipe.render(text, prompt_field(row, recipe.prompt_col, where))
+def row_text(row: dict, text_col: str, recipe: TextRecipe | TextBuilder, where: str,
+             messages_col: str | None = "messages") -> str:
+    """The text of one input row (recipe applied; a conversation rendered by its chat template),
+    or :class:`DataError` naming the row and problem."""
+    builder = recipe if isinstance(recipe, TextBuilder) else TextBuilder(recipe)
+    value, col = response_value(row, where, text_col, messages_col)
+    flag = "--text-col" if col == text_col else "--messages-col"
+    prompt = prompt_field(row, builder.recipe.prompt_col, where)
+    return builder.build(value, prompt, where, col, flag)[0]
 
 
 OUTPUT_EXTS = (".jsonl", ".csv", ".parquet")
@@ -197,7 +213,7 @@ class Rescorer:
 def _check_input(path: Path) -> None:
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    if path.suffix.lower() not in FILE_EXTS:
+    if file_format(path) is None:
         raise DataError(f"{path}: unknown format {path.suffix!r}; use one of {', '.join(FILE_EXTS)}")
 
 
@@ -214,7 +230,8 @@ class _Job:
     head: Head
     rescorer: Rescorer
     text_col: str
-    recipe: TextRecipe
+    messages_col: str | None
+    builder: TextBuilder
     summary: ScoreSummary
     skip_invalid: bool
     t0: float
@@ -235,7 +252,7 @@ class _Job:
             yield row, parsed
 
     def text_of(self, where: str, row: dict) -> tuple[str, str]:
-        text = row_text(row, self.text_col, self.recipe, where)
+        text = row_text(row, self.text_col, self.builder, where, self.messages_col)
         return trace_key(text), text
 
     def outputs(self, output_path, outputs: AtomicOutputs) -> "OutputWriter":
@@ -261,10 +278,10 @@ def _job(head_path, input_path, output_path, cache_dir, cols, skip_invalid, devi
     check_output_ext(Path(output_path))
     head = Head.load(head_path)
     cols = cols or TextColumns()
-    recipe = cols.recipe_for(head)
+    cols.recipe_for(head)  # a recipe conflict is refused before any store is opened
     rescorer = Rescorer(head, cache_dir, device, batch_tokens, quiet, store, feature)
-    return _Job(input_path, rescorer.head, rescorer, cols.text_col, recipe, ScoreSummary(output=str(output_path)),
-                skip_invalid, t0)
+    return _Job(input_path, rescorer.head, rescorer, cols.text_col, cols.messages_col, cols.builder_for(rescorer.head),
+                ScoreSummary(output=str(output_path)), skip_invalid, t0)
 
 
 def _input_rows(path: Path) -> int | None:

@@ -54,16 +54,19 @@ def store_for_head(head: Head, cache_dir, store: str | None = None) -> VectorSto
 
 def load_vectors(data_spec: DataSpec, store: VectorStore, feature: str | None, cache_dir):
     """A split's vectors from ``store``; a missing vector names the command that embeds them
-    into exactly this store (its model, dtype, max length, every pooling and layer)."""
-    data = load_split(data_spec)
+    into exactly this store (its model, dtype, max length, every pooling and layer). Conversation
+    rows without a chat template in ``data_spec`` take the store's encoder's tokenizer's."""
+    data = load_split(data_spec, store.spec())
     return split_vectors(data, store, feature, embed_command(data_spec, store.spec() or {}, cache_dir))
 
 
 def head_data_spec(head: Head, data_spec: DataSpec, override_recipe: bool = False) -> DataSpec:
     """``data_spec`` with the head's text recipe filled in where the options did not give one;
     a recipe given explicitly that differs from the head's is refused (RecipeError)."""
-    r = TextRecipe.for_head(head.recipe, data_spec.template, data_spec.prompt_col, override_recipe)
-    return replace(data_spec, template=r.template, prompt_col=r.prompt_col or "")
+    r = TextRecipe.for_head(head.recipe, data_spec.template, data_spec.prompt_col, override_recipe,
+                            data_spec.chat_template)
+    return replace(data_spec, template=r.template, prompt_col=r.prompt_col or "", chat_template=r.chat_template,
+                   chat_tokens=r.chat_tokens)
 
 
 def fit_head(data_spec: DataSpec, enc_spec: EncoderSpec, cfg: HeadConfig, cache_dir="cache",
@@ -231,7 +234,7 @@ def sweep_heads(data_spec: DataSpec, enc_spec: EncoderSpec, base: HeadConfig, gr
     grids = [grid] if isinstance(grid, dict) else grid
     cfgs = expand(replace(base, feature=base.feature or vs.columns[0]), grids)
     select_spec = replace(data_spec, split=select_on)
-    train_data, select_data = load_split(data_spec), load_split(select_spec)  # each file read once
+    train_data, select_data = load_split(data_spec, vs.spec()), load_split(select_spec, vs.spec())  # read once
     features, select, train_sv = {}, {}, {}
     for f in sorted({c.feature for c in cfgs}):
         tr = split_vectors(train_data, vs, f, embed_command(data_spec, vs.spec() or {}, cache_dir))

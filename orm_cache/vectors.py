@@ -30,7 +30,8 @@ class SplitVectors:
 
 
 # DataSpec fields that decide which texts a split has (pair sampling does not: every text is embedded).
-_TEXT_FIELDS = ("template", "prompt_col", "chosen_col", "rejected_col", "text_col", "label_col")
+_TEXT_FIELDS = ("template", "prompt_col", "chat_template", "chosen_col", "rejected_col", "text_col", "messages_col",
+                "label_col")
 _ENCODER_FIELDS = ("revision", "dtype", "max_length", "truncation_side", "pooling", "layers")
 
 

@@ -1,39 +1,29 @@
-"""Read a split from a hub id, a file or a directory; validate it; turn rows into texts and pairs.
+"""Read a split, validate it, and turn rows into texts and pairs.
 
-Two row shapes are accepted:
+Two row kinds are accepted:
 
 * pairwise: ``chosen``, ``rejected`` (+ optional ``prompt``, ``group``; every other column is
-  kept as per-pair metadata);
-* pointwise: ``text``, ``label`` in {0, 1} (+ optional ``group``, ``prompt``); pairs are built
-  from it as the reference data was (see :mod:`orm_cache.data.pairs`).
+  kept as per-pair metadata), in any of TRL's four shapes (see :mod:`orm_cache.data.chat`);
+* pointwise: ``text`` (or a ``messages`` conversation), ``label`` in {0, 1} (+ optional
+  ``group``, ``prompt``); pairs are built from it as the reference data was (see
+  :mod:`orm_cache.data.pairs`).
 
 Every text the encoder sees is ``template.format(prompt=..., response=...)`` when the row has a
-prompt, else the response itself; its key is the sha256 of exactly that string.
+string prompt, the rendered chat when it is a conversation, else the response itself; its key is
+the sha256 of exactly that string. Where rows come from is :mod:`orm_cache.data.readers`.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
 from ..config import DataSpec, TextRecipe
-
-FILE_EXTS = (".jsonl", ".json", ".parquet", ".csv")
-SPLIT_ALIASES = {
-    "validation": ("validation", "val", "valid", "dev"),
-    "val": ("val", "validation", "valid", "dev"),
-    "dev": ("dev", "validation", "val", "valid"),
-}
-
-
-class DataError(ValueError):
-    """Bad input data: the message names the source, the row and the problem, in one line."""
+from .chat import TextBuilder, response_value
+from .readers import (FILE_EXTS, SPLIT_ALIASES, DataError, read_rows, source_rows,  # noqa: F401 (re-exported)
+                      split_file, split_files)
 
 
 def trace_key(text: str) -> str:
@@ -73,6 +63,10 @@ class SplitData:
     groups: list | None = None  # pointwise: one group per row (None when no group column)
     stats: dict = field(default_factory=dict)
     recipe: dict = field(default_factory=lambda: TextRecipe().to_dict())  # how rows became texts
+    # key -> character offset where the response (a conversation's final assistant content) starts
+    # in the text; None where a chat template changed that content beyond recognition
+    response_starts: dict[str, int | None] = field(default_factory=dict)
+
     @property
     def identity(self) -> dict:
         """What identifies this data in a checkpoint: source, split and a digest of the pairs."""
@@ -84,143 +78,23 @@ class SplitData:
                 "pairs_sha256": h.hexdigest()}
 
 
-# --------------------------------------------------------------------------------------- readers
-
-def _read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # a byte-order mark is not data
-            except UnicodeDecodeError as e:
-                raise DataError(f"{path}:{lineno}: bytes are not valid UTF-8 ({e.reason} at byte {e.start})") from None
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg}, column {e.colno})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            yield lineno, row
-
-
-def _read_json(path: Path) -> Iterator[tuple[int, dict]]:
-    try:
-        doc = json.loads(path.read_bytes().decode("utf-8-sig"))
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: bytes are not valid UTF-8 ({e.reason} at byte {e.start})") from None
-    except json.JSONDecodeError:
-        # Many ".json" files are really JSON lines.
-        yield from _read_jsonl(path)
-        return
-    if isinstance(doc, dict) and isinstance(doc.get("data"), list):
-        doc = doc["data"]
-    if not isinstance(doc, list):
-        raise DataError(f"{path}: expected a list of objects (or JSON lines)")
-    for i, row in enumerate(doc, 1):
-        if not isinstance(row, dict):
-            raise DataError(f"{path}: record {i}: expected a JSON object, got {type(row).__name__}")
-        yield i, row
-
-
-def _read_csv(path: Path) -> Iterator[tuple[int, dict]]:
-    try:
-        # utf-8-sig: a byte-order mark (Excel writes one) must not become part of the first column's name
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            for i, row in enumerate(csv.DictReader(f), 2):  # line 1 is the header
-                yield i, row
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: bytes are not valid UTF-8 ({e.reason} at byte {e.start})") from None
-
-
-def _read_parquet(path: Path) -> Iterator[tuple[int, dict]]:
-    import pyarrow.parquet as pq
-
-    try:
-        pf = pq.ParquetFile(path)
-    except Exception as e:  # pyarrow raises several types for a bad file
-        raise DataError(f"{path}: not a readable Parquet file ({e})") from None
-    i = 0
-    for batch in pf.iter_batches(batch_size=65536):  # streamed: memory bounded by one batch
-        for row in batch.to_pylist():
-            i += 1
-            yield i, row
-
-
-READERS = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet}
-
-
-def read_rows(path: Path) -> Iterator[tuple[int, dict]]:
-    """Yield ``(row number, row)`` from a local file; row numbers are what a person sees
-    (line numbers for JSONL and CSV)."""
-    reader = READERS.get(path.suffix.lower())
-    if reader is None:
-        raise DataError(f"{path}: unknown format {path.suffix!r}; use one of {', '.join(FILE_EXTS)}")
-    return reader(path)
-
-
-def split_file(directory: Path, split: str) -> Path:
-    """The file of ``split`` inside a per-split directory (``train.jsonl``, ``validation.parquet``…)."""
-    names = SPLIT_ALIASES.get(split, (split,))
-    for name in names:
-        for ext in FILE_EXTS:
-            p = directory / f"{name}{ext}"
-            if p.is_file():
-                return p
-    found = sorted(p.name for p in directory.iterdir() if p.suffix.lower() in FILE_EXTS)
-    raise DataError(f"{directory}: no file for split {split!r} (looked for {names[0]}{{{','.join(FILE_EXTS)}}}; "
-                    f"found: {', '.join(found) or 'none'})")
-
-
-def _hub_rows(data: str, split: str) -> Iterator[tuple[int, dict]]:
-    try:
-        import datasets  # imported only here: the hub is the only place it is needed
-    except ImportError as e:  # pragma: no cover - datasets is a declared dependency
-        raise DataError(f"{data}: loading a hub data set needs the 'datasets' package ({e})") from None
-    try:
-        ds = datasets.load_dataset(data, split=split)
-    except Exception as e:
-        raise DataError(f"{data}: could not load split {split!r} from the hub "
-                        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                        "pass a local file or directory with --data") from None
-    for i, row in enumerate(ds, 1):
-        yield i, row
-
-
-def source_rows(spec: DataSpec) -> tuple[str, Iterator[tuple[int, dict]]]:
-    """Resolve ``spec.data`` to (description of the source, row iterator)."""
-    path = Path(spec.data).expanduser()
-    if path.is_dir():
-        f = split_file(path, spec.split)
-        return str(f), read_rows(f)
-    if path.is_file():
-        rows = read_rows(path)
-        return str(path), _filter_split(path, rows, spec.split)
-    looks_local = spec.data.startswith((".", "/", "~")) or Path(spec.data).suffix.lower() in FILE_EXTS
-    if looks_local or spec.data.count("/") != 1:
-        raise DataError(f"{spec.data}: no such file or directory (and not a hub id of the form owner/name)")
-    return f"{spec.data}[{spec.split}]", _hub_rows(spec.data, spec.split)
-
-
-def _filter_split(path: Path, rows, split: str):
-    """A single file with a ``split`` column yields only ``split``'s rows; otherwise all rows."""
-    names = SPLIT_ALIASES.get(split, (split,))
-    for lineno, row in rows:
-        if "split" in row and row["split"] not in names:
-            continue
-        yield lineno, row
-
-
 # ----------------------------------------------------------------------------------- validation
 
-def text_field(row: dict, col: str, where: str, flag: str | None = None) -> str:
-    """The non-empty string in ``row[col]``, or a :class:`DataError` naming the row, the column
-    and the problem (and the flag that maps the column, when given)."""
+def present(row: dict, col: str, where: str, flag: str | None = None):
+    """``row[col]``, or a :class:`DataError` saying it is missing or null (naming the columns the
+    row has, and the flag that maps the column, when given)."""
     value = row.get(col)
     if value is None:
         hint = f"; choose it with {flag}" if flag else ""
         state = "missing" if col not in row else "null"
         raise DataError(f"{where}: column {col!r} is {state} (columns: {sorted(row)}){hint}")
+    return value
+
+
+def text_field(row: dict, col: str, where: str, flag: str | None = None) -> str:
+    """The non-empty string in ``row[col]``, or a :class:`DataError` naming the row, the column
+    and the problem (and the flag that maps the column, when given)."""
+    value = present(row, col, where, flag)
     if not isinstance(value, str):
         raise DataError(f"{where}: column {col!r} must be a string, got {type(value).__name__}")
     if not value.strip():
@@ -228,12 +102,22 @@ def text_field(row: dict, col: str, where: str, flag: str | None = None) -> str:
     return value
 
 
-def prompt_field(row: dict, col: str | None, where: str) -> str | None:
-    """The optional prompt in ``row[col]`` (None when absent), or a DataError if not a string."""
+def prompt_field(row: dict, col: str | None, where: str):
+    """The optional prompt in ``row[col]``: None when absent, a string, or a list of messages
+    (a conversational prompt); anything else is a DataError."""
     p = row.get(col) if col else None
-    if p is not None and not isinstance(p, str):
-        raise DataError(f"{where}: column {col!r} must be a string, got {type(p).__name__}")
+    if p is not None and not isinstance(p, (str, list, tuple)):
+        raise DataError(f"{where}: column {col!r} must be a string or a list of messages, got {type(p).__name__}")
     return p
+
+
+def encoder_model(encoder) -> tuple[str | None, str | None]:
+    """(model, revision) of an EncoderSpec, a recorded spec dict, or None."""
+    if encoder is None:
+        return None, None
+    if isinstance(encoder, dict):
+        return encoder.get("model"), encoder.get("revision")
+    return encoder.model, encoder.revision
 
 
 def parse_label(value, where: str, col: str) -> int:
@@ -259,71 +143,78 @@ def _dedup_pairs(pairs: Pairs) -> Pairs:
     return Pairs(pick(pairs.chosen), pick(pairs.rejected), pick(pairs.group), pick(pairs.meta) if pairs.meta else [])
 
 
-def load_split(spec: DataSpec) -> SplitData:
-    """Read, validate and key one split. Raises :class:`DataError` on the first bad row."""
+def load_split(spec: DataSpec, encoder=None) -> SplitData:
+    """Read, validate and key one split. Raises :class:`DataError` on the first bad row.
+
+    ``encoder`` (an EncoderSpec or a recorded spec dict) names the tokenizer whose chat template
+    and special tokens render conversation rows when ``spec`` does not carry them."""
     from .pairs import pairs_from_pointwise
 
-    source, rows = source_rows(spec)
+    source, rows = source_rows(spec.data, spec.split)
     texts: dict[str, str] = {}
+    starts: dict[str, int | None] = {}
     kind = None
     chosen, rejected, pgroups, metas = [], [], [], []
     pkeys, plabels, pgroups_pt = [], [], []
-    has_group = has_prompt = False
+    has_group = False
     n_rows = 0
-    recipe = spec.recipe
-    reserved = {spec.chosen_col, spec.rejected_col, recipe.prompt_col, spec.group_col}
+    builder = TextBuilder(spec.recipe, *encoder_model(encoder))
+    prompt_col = builder.recipe.prompt_col
+    reserved = {spec.chosen_col, spec.rejected_col, prompt_col, spec.group_col}
 
-    def add(text: str) -> str:
+    def add(row: dict, col: str, where: str, flag: str, prompt) -> str:
+        text, start = builder.build(present(row, col, where, flag), prompt, where, col, flag)
         k = trace_key(text)
-        texts.setdefault(k, text)
+        if k not in texts:
+            texts[k], starts[k] = text, start
         return k
 
-    for lineno, row in rows:
-        where = f"{source}:{lineno}"
+    for where, row in rows:
         if kind is None:
             if spec.chosen_col in row and spec.rejected_col in row:
                 kind = "pairwise"
-            elif spec.text_col in row and spec.label_col in row:
+            elif (spec.text_col in row or spec.messages_col in row) and spec.label_col in row:
                 kind = "pointwise"
             else:
                 raise DataError(
                     f"{where}: neither pairwise columns ({spec.chosen_col!r}, {spec.rejected_col!r}) nor "
-                    f"pointwise columns ({spec.text_col!r}, {spec.label_col!r}) found; columns are "
-                    f"{sorted(row)}; map names with --chosen-col/--rejected-col/--text-col/--label-col")
+                    f"pointwise columns ({spec.text_col!r} or {spec.messages_col!r}, {spec.label_col!r}) found; "
+                    f"columns are {sorted(row)}; map names with --chosen-col/--rejected-col/--text-col/"
+                    "--messages-col/--label-col")
         n_rows += 1
-        prompt = prompt_field(row, recipe.prompt_col, where)
-        has_prompt = has_prompt or bool(prompt)
+        prompt = prompt_field(row, prompt_col, where)
         group = row.get(spec.group_col)
         has_group = has_group or group is not None
         if kind == "pairwise":
-            c = recipe.render(text_field(row, spec.chosen_col, where, "--chosen-col"), prompt)
-            r = recipe.render(text_field(row, spec.rejected_col, where, "--rejected-col"), prompt)
+            c = add(row, spec.chosen_col, where, "--chosen-col", prompt)
+            r = add(row, spec.rejected_col, where, "--rejected-col", prompt)
             if c == r:
                 raise DataError(f"{where}: chosen and rejected are the same text")
-            chosen.append(add(c))
-            rejected.append(add(r))
+            chosen.append(c)
+            rejected.append(r)
             pgroups.append(group)
             metas.append({k: v for k, v in row.items() if k not in reserved})
         else:
-            t = recipe.render(text_field(row, spec.text_col, where, "--text-col"), prompt)
-            pkeys.append(add(t))
+            _, col = response_value(row, where, spec.text_col, spec.messages_col)
+            pkeys.append(add(row, col, where, "--text-col" if col == spec.text_col else "--messages-col", prompt))
             plabels.append(parse_label(row.get(spec.label_col), where, spec.label_col))
             pgroups_pt.append(group)
     if kind is None:
         raise DataError(f"{source}: no rows for split {spec.split!r}")
 
     stats = {"rows": n_rows}
-    # What a scorer must repeat: the template, and the prompt column only if prompts were joined.
-    used = TextRecipe(recipe.template, recipe.prompt_col if has_prompt else None).to_dict()
+    # What a scorer must repeat: the template, the prompt column only if prompts were joined, the
+    # chat template and its tokens only if conversations were rendered.
+    used = builder.used().to_dict()
     if kind == "pairwise":
         pairs = Pairs(chosen, rejected, pgroups if has_group else None, metas)
-        data = SplitData(source, spec.split, kind, texts, pairs, stats=stats, recipe=used)
+        data = SplitData(source, spec.split, kind, texts, pairs, stats=stats, recipe=used, response_starts=starts)
     else:
         labels = np.asarray(plabels, dtype=np.int8)
         groups = pgroups_pt if has_group else None
         pairs, pstats = pairs_from_pointwise(pkeys, labels, groups, spec.negatives_per_positive, spec.pair_seed)
         stats.update(pstats)
-        data = SplitData(source, spec.split, kind, texts, pairs, pkeys, labels, groups, stats, used)
+        data = SplitData(source, spec.split, kind, texts, pairs, pkeys, labels, groups, stats, used, starts)
     seen = set(zip(data.pairs.chosen, data.pairs.rejected))
     stats["duplicate_pairs"] = len(data.pairs) - len(seen)
     if spec.drop_duplicate_pairs and stats["duplicate_pairs"]:

@@ -22,7 +22,7 @@ def embed(data: DataSpec | Iterable[str] | dict, encoder=None, run: RunSpec | No
     if encoder is None or isinstance(encoder, EncoderSpec):
         encoder = Encoder(encoder or EncoderSpec(), run.device)
     if isinstance(data, DataSpec):
-        texts = load_split(data).texts
+        texts = load_split(data, getattr(encoder, "spec", None)).texts
     elif isinstance(data, dict):
         texts = data
     else:
@@ -44,7 +44,7 @@ def embed_split(data_spec: DataSpec, enc_spec: EncoderSpec, run: RunSpec | None 
     from .model import Encoder, resolve_device
 
     run = run or RunSpec()
-    data = load_split(data_spec)
+    data = load_split(data_spec, enc_spec)
     dist_info = dist_env()
     if dist_info is None:
         return data, embed_texts(data.texts, Encoder(enc_spec, run.device), run, desc=f"embed {data_spec.split}"), None
