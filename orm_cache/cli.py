@@ -161,6 +161,8 @@ def cli():
              verify     prove cached scores equal live end-to-end scores
              score      offline re-scoring of stored traces (cache hits load no model)
              rank       best-of-N selection per group
+    HF       export     the encoder + head as a Hugging Face AutoModelForSequenceClassification
+             import-head  an existing sequence-classification reward model's score layer as a head
     Tools    demo       the whole pipeline offline on a CPU in about a minute
              make-data  the synthetic reasoning-trace data set
              cache      inspect (info), verify (check) and compact the vector store
@@ -524,6 +526,68 @@ def rank(head_path, input_path, output_path, text_col, messages_col, prompt_col,
                    f"{100 * b['oracle']:.1f}%; ties: fractional credit 1/#tied)")
         curve = "  ".join(f"N={c['n']}: {100 * c['accuracy']:.1f}%" for c in s.extra["best_of_n_curve"])
         click.echo(f"best-of-N curve (expected over random subsets): {curve}")
+
+
+@cli.command("export", short_help="Write the encoder + head as a Hugging Face reward model directory.")
+@click.option("--head", "head_path", required=True, type=click.Path(dir_okay=False), help="Checkpoint (.pt).")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Directory to write (a previous export there is replaced, only once the new one is complete).")
+@quiet_option
+def export_cmd(head_path, out, quiet):
+    """Write a Hugging Face reward model: AutoModelForSequenceClassification.from_pretrained(OUT)
+    loads it with no orm-cache installed (transformers, TRL, OpenRLHF, reward-bench).
+
+    OUT holds the frozen encoder's weights and tokenizer (with the head's max length, truncation
+    side and chat template) and the head as the `score` layer (num_labels=1, pad token set). Its
+    logits equal orm-cache's scores minus the head's bias, for right and left padding: the score
+    layer of these classes has no bias, so it is recorded in config.json (orm_cache.score_bias).
+
+    \b
+    Supported: heads trained on last@-1 of an opt, llama, mistral, qwen2, gemma, phi3 or gpt_neox
+    encoder. Refused, with the reason: mean pooling, another layer, non-linear heads, BERT-style
+    encoders (they score the [CLS] token), absolute-position decoders like gpt2 (left padding
+    would change the score).
+    """
+    from .head.export import export_head
+
+    setup_logging(quiet)
+    r = export_head(head_path, out)
+    click.echo(f"exported a {r.model_type} reward model ({r.dtype}, pad token id {r.pad_token_id}"
+               f"{', added' if r.added_pad_token else ''}) to {r.path}")
+    click.echo(f"logits = orm-cache score - {r.bias:.6g} (the head's bias: this class's score layer has none; "
+               "recorded as orm_cache.score_bias in config.json)")
+    click.echo(f"tokenize with truncation=True (max length {r.max_length}) and pass the attention mask")
+
+
+@cli.command("import-head", short_help="Take a sequence-classification reward model's score layer as a head.")
+@click.option("--model", "model_dir", required=True, type=click.Path(file_okay=False),
+              help="Directory of a ...ForSequenceClassification reward model (num_labels=1).")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Checkpoint path [default: cache/heads/imported-<name>-<fingerprint>.pt].")
+@cache_option
+@_opt(EncoderSpec, "dtype", type=click.Choice(["auto", "float16", "bfloat16", "float32"]), default="auto")
+@_opt(EncoderSpec, "max_length", type=int, default=EncoderSpec().max_length)
+@_opt(EncoderSpec, "truncation_side", type=click.Choice(["right", "left"]), default="right")
+@quiet_option
+def import_head_cmd(model_dir, out, cache_dir, dtype, max_length, truncation_side, quiet):
+    """Make an existing reward model's score layer an orm-cache head over its own backbone.
+
+    The head scores last@-1 vectors of MODEL's backbone (AutoModel of the same directory), so
+    `embed --model MODEL` with the same --dtype/--max-length/--truncation-side caches its vectors,
+    and eval, sweep baselines, score and rank then run from the cache. Scores equal the reward
+    model's logits (its score bias, if any, included). Loads no weights but the score layer.
+    """
+    from .head.export import import_head
+    from .store import short
+
+    setup_logging(quiet)
+    r = import_head(model_dir, out, cache_dir, dtype, max_length, truncation_side)
+    spec = r.head.meta["encoder_spec"]
+    click.echo(f"imported the score layer of {model_dir} ({r.head.dim}-dim, bias {r.head.bias:.6g}) as a head "
+               f"on last@-1 of encoder {short(r.head.fingerprint)} ({spec['dtype']}, max length {spec['max_length']})")
+    click.echo(f"checkpoint: {r.path}")
+    click.echo(f"cache its vectors with: orm-cache embed --model {model_dir} --dtype {spec['dtype']} "
+               f"--max-length {spec['max_length']} --data …")
 
 
 @cli.command("make-data", short_help="Generate the synthetic reasoning-trace data set.")

@@ -91,6 +91,47 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kw):
         yield f
 
 
+@contextmanager
+def atomic_dir(path: str | os.PathLike, replaceable=lambda d: (d / "config.json").is_file()) -> Iterator[Path]:
+    """Yield a temporary directory beside ``path`` for the caller to fill; on a clean exit rename
+    it onto ``path`` (an existing ``path`` is moved aside first and deleted after, so it is
+    replaced only by a complete new one); on any exception delete it and leave ``path`` as it
+    was. An existing non-empty ``path`` for which ``replaceable(path)`` is false is refused
+    before anything is written (it is not a previous output)."""
+    import shutil
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{path}: is a file; give a directory")
+    path = check_output_path(path) if not path.is_dir() else path
+    if path.is_dir() and any(path.iterdir()) and not replaceable(path):
+        raise OutputError(f"{path}: exists and holds something else; give an empty or new directory")
+    tmp = temp_path_for(path)
+    old = None
+    try:
+        tmp.mkdir()
+        yield tmp
+        if path.is_dir():
+            old = temp_path_for(path)
+            os.replace(path, old)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            if old is not None:
+                os.replace(old, path)  # put the previous output back
+                old = None
+            raise
+    except OSError as e:
+        if e.errno not in WRITE_ERRNOS:
+            raise
+        raise OutputError(f"{path}: could not write ({e.strerror or e}); "
+                          "the previous directory, if any, is untouched") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
 class AtomicOutputs(ExitStack):
     """Several outputs of one command, committed together when the ``with`` block completes
     (e.g. scores and their rejected-rows side file): ``path(target)`` gives a temporary path

@@ -172,10 +172,16 @@ class Encoder:
 
         hf_logging.disable_progress_bar()
         log.info("loading %s (%s) on %s", self.spec.model, self.torch_dtype, self.device)
+        verbosity = hf_logging.get_verbosity()
+        # A reward model's directory (import-head) holds a score layer the backbone does not use:
+        # expected, so transformers' load report of "unexpected" keys is not shown.
+        hf_logging.set_verbosity_error()
         try:
             model = AutoModel.from_pretrained(self.path, revision=self.spec.revision, dtype=self.torch_dtype)
         except (OSError, ValueError) as e:
             raise EncoderError(f"cannot load weights of {self.spec.model!r}: {str(e).splitlines()[0]}") from e
+        finally:
+            hf_logging.set_verbosity(verbosity)
         self.model = model.to(self.device).eval().requires_grad_(False)
 
     @torch.inference_mode()

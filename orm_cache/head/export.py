@@ -1,0 +1,286 @@
+"""Hugging Face reward models in and out: ``export`` and ``import-head``.
+
+``export_head`` writes a directory that ``AutoModelForSequenceClassification.from_pretrained``
+loads with no orm-cache installed (transformers, TRL, OpenRLHF, reward-bench): the frozen
+encoder's weights and tokenizer, and the head as the ``score`` layer (``num_labels=1``, pad token
+set). Its logit for a text is orm-cache's score minus the head's bias: these classes' score layer
+has no bias, so the bias is recorded in ``config.json`` (``orm_cache.score_bias``) instead.
+
+That equality holds only where the sequence-classification class takes the hidden state that
+orm-cache's ``last@-1`` takes: the final layer at the final non-padding token, for right and left
+padding alike. The architectures below do (tiny models of each checked in the tests, fp32, both
+padding sides): their class pools the rightmost token that is not ``pad_token_id``, and a
+left-padded text gets the same hidden states because positions come from the attention mask
+(OPT) or are rotary, i.e. relative (the others). Everything else is refused with the reason.
+
+``import_head`` goes the other way: the ``score`` layer of an existing sequence-classification
+reward model becomes an orm-cache head over that model's backbone (``last@-1`` of the same
+directory), so the reward model can be evaluated and used for re-scoring from the cache.
+
+Both import transformers, and only here: stage 2 never does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..config import EncoderSpec, TextRecipe
+from .checkpoint import CheckpointError, Head
+
+log = logging.getLogger(__name__)
+
+# model_type -> why its sequence-classification class scores what last@-1 holds, on both padding sides
+EXPORT_ARCHITECTURES = {
+    "opt": "pools the rightmost non-pad token; positions come from the attention mask",
+    "llama": "pools the rightmost non-pad token; rotary (relative) positions",
+    "mistral": "pools the rightmost non-pad token; rotary (relative) positions",
+    "qwen2": "pools the rightmost non-pad token; rotary (relative) positions",
+    "gemma": "pools the rightmost non-pad token; rotary (relative) positions",
+    "phi3": "pools the rightmost non-pad token; rotary (relative) positions",
+    "gpt_neox": "pools the rightmost non-pad token; rotary (relative) positions",
+}
+ENCODER_STYLE = ("bert", "roberta", "xlm-roberta", "distilbert", "deberta", "deberta-v2", "electra", "albert",
+                 "mpnet", "camembert", "modernbert")
+ABSOLUTE_POSITIONS = ("gpt2", "gptj", "gpt_neo", "bloom", "falcon", "codegen", "biogpt")
+EXPORT_PAD_TOKEN = "<|orm_cache_pad|>"
+
+
+class ExportError(ValueError):
+    """A head or model that cannot become the other kind; the message says why, in one line."""
+
+
+def check_architecture(model_type: str, what: str = "export") -> None:
+    """Refuse an architecture whose sequence-classification class does not score last@-1."""
+    if model_type in EXPORT_ARCHITECTURES:
+        return
+    supported = ", ".join(EXPORT_ARCHITECTURES)
+    if model_type in ENCODER_STYLE:
+        why = ("it is a BERT-style encoder: its sequence-classification model scores the first ([CLS]) token "
+               "through a pooler and classifier, not the final token")
+    elif model_type in ABSOLUTE_POSITIONS:
+        why = ("its positions count from the first token, pad or not, so a left-padded text would get another "
+               "hidden state than orm-cache pooled")
+    else:
+        why = "its sequence-classification class has not been checked to score the final non-padding token"
+    raise ExportError(f"cannot {what} a {model_type!r} model: {why}; supported: {supported}")
+
+
+def check_exportable(head: Head) -> None:
+    """Refuse a head that a single bias-free linear ``score`` layer cannot hold."""
+    kind = getattr(head, "kind", None) or head.meta.get("kind", "linear")
+    if kind != "linear":
+        raise ExportError(f"cannot export a {kind!r} head: a sequence-classification model's score layer is one "
+                          "linear map (train a linear head to export)")
+    feature = head.feature or "last@-1"
+    pooling, _, layer = feature.partition("@")
+    if pooling != "last":
+        raise ExportError(f"cannot export a head trained on {feature}: {pooling} pooling is not what a "
+                          "sequence-classification model scores (the final non-padding token, last@-1)")
+    if layer != "-1":
+        raise ExportError(f"cannot export a head trained on {feature}: a sequence-classification model's score "
+                          "layer reads the final layer (last@-1), not layer " + layer)
+    if not head.meta.get("encoder_spec"):
+        raise ExportError("cannot export a reference-format head: it records no encoder (train or import a head "
+                          "with orm-cache so the checkpoint names its model)")
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """No load reports or progress bars from transformers while exporting or importing."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        hf_logging.enable_progress_bar()
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    model_type: str
+    bias: float
+    pad_token_id: int
+    added_pad_token: bool
+    dtype: str
+    max_length: int
+
+
+def export_head(head_path, out) -> ExportResult:
+    """Write ``out``: a Hugging Face sequence-classification reward model whose logit for a text
+    is the head's score minus its bias. ``out`` appears only complete (written to a temporary
+    directory beside it and renamed); a previous export there is replaced."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from ..live import encoder_for_head
+    from ..outputs import atomic_dir
+
+    head = Head.load(head_path)
+    check_exportable(head)
+    model_type = ((head.meta.get("encoder_identity") or {}).get("model") or {}).get("model_type")
+    if model_type:
+        check_architecture(model_type)
+    encoder = encoder_for_head(head, "cpu")  # same files as the head's vectors, or refused
+    model_type = encoder.config.model_type
+    check_architecture(model_type)
+    spec, tok = encoder.spec, encoder.tokenizer
+    added_pad = False
+    if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:
+        # The class finds a text's end by the first pad id from the right: a pad equal to the eos a
+        # text may end with would move the pooled token. A token no text produces does not.
+        tok.add_special_tokens({"pad_token": EXPORT_PAD_TOKEN})
+        added_pad = True
+    recipe = TextRecipe.from_dict(head.recipe or {})
+    with _quiet_transformers():
+        cfg = AutoConfig.from_pretrained(encoder.path, revision=spec.revision)
+        cfg.num_labels, cfg.id2label, cfg.label2id = 1, {0: "score"}, {"score": 0}
+        model = AutoModelForSequenceClassification.from_pretrained(encoder.path, config=cfg, revision=spec.revision,
+                                                                   dtype=encoder.torch_dtype)
+        if added_pad and tok.pad_token_id >= model.get_input_embeddings().num_embeddings:
+            model.resize_token_embeddings(len(tok), mean_resizing=False)  # the pad row is never attended to
+    model.config.pad_token_id = tok.pad_token_id  # what the class looks for to find each text's end
+    score = getattr(model, "score", None)
+    if not isinstance(score, torch.nn.Linear) or score.out_features != 1 or score.in_features != head.dim:
+        raise ExportError(f"{type(model).__name__} has no score layer of shape [1, {head.dim}] to hold the head "
+                          f"(found {score!r:.80})")
+    bias_in_model = score.bias is not None
+    with torch.no_grad():
+        score.weight.copy_(torch.from_numpy(head.weight.astype(np.float32)).reshape(1, -1))
+        if bias_in_model:
+            score.bias.fill_(head.bias)
+    dropped = 0.0 if bias_in_model else float(head.bias)
+    model.config.orm_cache = {
+        "score_bias": dropped,
+        "note": ("logits = orm-cache score - score_bias: this class's score layer has no bias, so the head's "
+                 "bias is recorded here instead" if not bias_in_model else "logits = orm-cache score"),
+        "head": str(Path(head_path).resolve()), "fingerprint": head.fingerprint, "feature": "last@-1",
+        "max_length": spec.max_length, "truncation_side": spec.truncation_side,
+        "recipe": recipe.to_dict(), "temperature": head.temperature, "score_std": head.score_std,
+    }
+    tok.model_max_length = spec.max_length  # tok(texts, truncation=True) keeps what orm-cache kept
+    tok.truncation_side = spec.truncation_side
+    if recipe.chat_template:
+        tok.chat_template = recipe.chat_template
+    with atomic_dir(out) as tmp, _quiet_transformers():
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "README.md").write_text(_card(model_type, type(model).__name__, dropped, spec, recipe), encoding="utf-8")
+    return ExportResult(Path(out), model_type, dropped, int(tok.pad_token_id), added_pad,
+                        str(encoder.torch_dtype).removeprefix("torch."), spec.max_length)
+
+
+def _card(model_type: str, cls: str, bias: float, spec: EncoderSpec, recipe: TextRecipe) -> str:
+    chat = ("Conversations: render them with `tokenizer.apply_chat_template(messages, tokenize=False)` and then "
+            "tokenize that text with `tokenizer(text)` (apply_chat_template's own tokenization adds no special "
+            "tokens, which orm-cache's texts have).\n" if recipe.chat_template else "")
+    joined = (f"Texts with a prompt were built as `{recipe.template!r}.format(prompt=..., response=...)`.\n"
+              if recipe.prompt_col else "")
+    return (f"# Reward model exported by orm-cache\n\n"
+            f"A frozen `{model_type}` encoder with a linear reward head as the `score` layer of `{cls}` "
+            f"(`num_labels=1`). Load it with `AutoModelForSequenceClassification.from_pretrained(this_dir)`; the "
+            f"logit of a text is its reward.\n\n"
+            f"The logits equal orm-cache's scores minus the head's bias, {bias!r}: this class's score layer has no "
+            f"bias (`config.orm_cache.score_bias`). Rankings and pairwise preferences are unaffected.\n\n"
+            f"Tokenize with `truncation=True` (max length {spec.max_length}, truncating on the "
+            f"{spec.truncation_side}), right or left padding, and pass the attention mask. A text whose final token "
+            f"is the pad token is scored at the token before it.\n\n{joined}{chat}")
+
+
+# ----------------------------------------------------------------------------------- import
+
+@dataclass
+class ImportResult:
+    head: Head
+    path: Path
+
+
+def _score_layer(directory: Path) -> tuple[np.ndarray, float | None, str]:
+    """``score.weight`` ``(1, D)`` and ``score.bias`` (None when absent) of a saved model, read
+    from its weight files without loading the model."""
+    import torch
+
+    index = directory / "model.safetensors.index.json"
+    files = []
+    if index.is_file():
+        wmap = json.loads(index.read_text()).get("weight_map", {})
+        files = sorted({directory / wmap[k] for k in ("score.weight", "score.bias") if k in wmap})
+    elif (directory / "model.safetensors").is_file():
+        files = [directory / "model.safetensors"]
+    elif (directory / "pytorch_model.bin").is_file():
+        files = [directory / "pytorch_model.bin"]
+    tensors = {}
+    for f in files:
+        if f.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(f), framework="pt") as sf:
+                tensors.update({k: sf.get_tensor(k) for k in ("score.weight", "score.bias") if k in sf.keys()})
+        else:
+            state = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
+            tensors.update({k: state[k] for k in ("score.weight", "score.bias") if k in state})
+    if "score.weight" not in tensors:
+        raise ExportError(f"{directory}: no score.weight in its weights; import-head takes the score layer of a "
+                          "sequence-classification reward model")
+    w = tensors["score.weight"].float()
+    if w.ndim != 2 or w.shape[0] != 1:
+        raise ExportError(f"{directory}: score.weight has shape {list(w.shape)}; a reward model has one output "
+                          "(num_labels=1)")
+    b = tensors.get("score.bias")
+    return w.reshape(-1).numpy(), None if b is None else float(b.float().reshape(-1)[0]), str(files[0].name)
+
+
+def import_head(model_dir, out=None, cache_dir="cache", dtype: str = "auto", max_length: int = 512,
+                truncation_side: str = "right") -> ImportResult:
+    """An orm-cache head from the ``score`` layer of the sequence-classification reward model in
+    ``model_dir``, over that model's backbone (``last@-1``); saved to ``out`` (default
+    ``cache/heads/imported-<name>.pt``). Loads the config, tokenizer and score layer only."""
+    from ..data.chat import tokenizer_chat
+    from ..encode.identity import EncoderError
+    from ..encode.model import Encoder
+    from ..store import short
+
+    directory = Path(model_dir).expanduser()
+    if not directory.is_dir():
+        raise EncoderError(f"--model {model_dir}: no such directory (import-head reads a local reward model "
+                           "directory)")
+    cfg_file = directory / "config.json"
+    try:
+        cfg = json.loads(cfg_file.read_text())
+    except (OSError, ValueError) as e:
+        raise ExportError(f"{directory}: no readable config.json ({e})") from None
+    archs = cfg.get("architectures") or []
+    if not any(a.endswith("ForSequenceClassification") for a in archs):
+        raise ExportError(f"{directory}: a {', '.join(archs) or 'model of unknown class'}, not a "
+                          "...ForSequenceClassification reward model; import-head takes such a model's score layer")
+    n_labels = cfg.get("num_labels", len(cfg.get("id2label") or {}) or 2)
+    if n_labels != 1:
+        raise ExportError(f"{directory}: num_labels={n_labels}; a reward model scores with one output (num_labels=1)")
+    check_architecture(cfg.get("model_type", "?"), "import")
+    weight, bias, _ = _score_layer(directory)
+    encoder = Encoder(EncoderSpec(model=str(directory), dtype=dtype, max_length=max_length,
+                                  truncation_side=truncation_side, pooling=("last",), layers=(-1,)), "auto")
+    template, tokens = tokenizer_chat(str(directory))
+    recipe = TextRecipe(chat_template=template, chat_tokens=tokens if template else None)
+    meta = {
+        "fingerprint": encoder.fingerprint, "encoder_identity": encoder.identity,
+        "encoder_spec": encoder.spec_record, "feature": "last@-1", "recipe": recipe.to_dict(),
+        "imported": {"from": str(directory.resolve()), "architectures": archs,
+                     "score_bias_in_model": bias is not None,
+                     "note": "score = the reward model's logit (its score layer over last@-1 of its backbone)"},
+    }
+    head = Head(weight.astype(np.float32), float(bias or 0.0), meta)
+    path = Path(out) if out else Path(cache_dir) / "heads" / f"imported-{directory.name}-{short(encoder.fingerprint)[:8]}.pt"
+    head.save(path)
+    head.source = str(path)
+    return ImportResult(head, path)
