@@ -236,8 +236,8 @@ store_option = click.option("--store", default=None, metavar="FINGERPRINT",
                                  "reference-format head that records no encoder).")
 override_recipe_option = click.option(
     "--override-recipe", is_flag=True,
-    help="Build texts with the --template/--prompt-col given even though the head was trained with another "
-         "recipe (refused otherwise: other texts get meaningless scores).")
+    help="Build texts with the --template/--prompt-col/--chat-template given even though the head was trained "
+         "with another recipe (refused otherwise: other texts get meaningless scores).")
 
 
 @cli.command("fit-head", short_help="Stage 2: train the linear head on cached vectors.")
@@ -574,8 +574,9 @@ def import_head_cmd(model_dir, out, cache_dir, dtype, max_length, truncation_sid
 
     The head scores last@-1 vectors of MODEL's backbone (AutoModel of the same directory), so
     `embed --model MODEL` with the same --dtype/--max-length/--truncation-side caches its vectors,
-    and eval, sweep baselines, score and rank then run from the cache. Scores equal the reward
-    model's logits (its score bias, if any, included). Loads no weights but the score layer.
+    and eval, verify, score and rank then run from the cache. Scores equal the reward model's
+    logits (its score bias, if any, included). Loads no weights but the score layer. The
+    tokenizer's chat template, if it has one, is recorded as the head's recipe for conversations.
     """
     from .head.export import import_head
     from .store import short
