@@ -218,17 +218,11 @@ class TextRecipe:
         """Character offset of the response in ``render(response, prompt)`` (0 without a prompt)."""
         if not prompt:
             return 0
-        import string
-
-        start = 0
-        for literal, name, spec, conv in string.Formatter().parse(self.template):
-            start += len(literal)
-            if name == "response":
-                return start
-            if name is not None:
-                start += len(format(prompt, spec or "") if not conv else
-                             format({"r": repr, "s": str, "a": ascii}[conv](prompt), spec or ""))
-        return start
+        offset = _response_offset(self.template)
+        if offset is None:  # a format spec changes the prompt's length: find the response instead
+            mark = "\x00response\x00"
+            return self.render(mark, prompt).index(mark)
+        return offset[0] + offset[1] * len(prompt)
 
     def to_dict(self) -> dict:
         """Plain data for a checkpoint; the chat fields only when a chat template was used."""
@@ -237,6 +231,25 @@ class TextRecipe:
             if d[name] is None:
                 del d[name]
         return d
+
+
+@functools.lru_cache(maxsize=64)
+def _response_offset(template: str) -> tuple[int, int] | None:
+    """Where ``{response}`` lands in ``template`` filled in: (characters of literal text before it,
+    number of ``{prompt}`` fields before it), so the offset is ``fixed + n * len(prompt)``; None
+    when a field before it has a format spec or conversion (its length is not the prompt's)."""
+    import string
+
+    fixed = n = 0
+    for literal, name, spec, conv in string.Formatter().parse(template):
+        fixed += len(literal)
+        if name == "response":
+            break
+        if name is not None:
+            if spec or conv:
+                return None
+            n += 1
+    return fixed, n
 
 
 def _shown(value) -> str:

@@ -147,6 +147,9 @@ class TextBuilder:
     def build(self, response, prompt, where: str, col: str, flag: str | None = None) -> tuple[str, int | None]:
         """The text of one response (a string or a conversation) with its row's prompt (None, a
         string or a message list), and the character offset where the response starts in it."""
+        if type(response) is str and (prompt is None or type(prompt) is str) and response.strip():  # fast path
+            self.used_prompt = self.used_prompt or bool(prompt)
+            return self.recipe.render(response, prompt), self.recipe.response_start(prompt)
         prompt_col = self.recipe.prompt_col
         if isinstance(response, str):
             if not response.strip():

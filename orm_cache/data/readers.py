@@ -98,6 +98,9 @@ def _is_json_lines(path: Path) -> bool:
     """JSON lines rather than one document: the first non-blank line is a complete JSON object
     and another non-blank line follows it."""
     with _open(path) as f:
+        if f.read(4096).decode("utf-8-sig", errors="replace").lstrip()[:1] != "{":
+            return False  # a JSON array (or nothing): not lines, and not worth parsing twice
+    with _open(path) as f:
         lines = (raw for raw in f if raw.strip())
         first = next(lines, b"")
         try:

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import EncoderSpec, TextRecipe
-from .checkpoint import CheckpointError, Head
+from .checkpoint import Head
 
 log = logging.getLogger(__name__)
 
