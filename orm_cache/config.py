@@ -273,7 +273,7 @@ class DataSpec:
     template: str | None = None
     """How a prompt and a response become the one text the encoder sees (only when a row has a
     prompt): ``str.format`` with ``{prompt}`` and ``{response}``. Default: the recipe a head was
-    trained with (eval, verify, score, rank), else "{prompt}\n\n{response}"."""
+    trained with (eval, verify, score, rank), else "{prompt}\\n\\n{response}"."""
     chosen_col: str = "chosen"
     """Pairwise column of the preferred trace."""
     rejected_col: str = "rejected"
