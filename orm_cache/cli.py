@@ -40,8 +40,8 @@ class Group(click.Group):
         try:
             return super().invoke(ctx)
         except Terminated:
-            click.echo("terminated (SIGTERM): work completed so far is kept (embedded shards), "
-                       "no output file was replaced; run the same command again to finish", err=True)
+            click.echo("terminated (SIGTERM): no output file was replaced by a partial one (embed keeps the "
+                       "shards it wrote); run the same command again to finish", err=True)
             ctx.exit(128 + signal.SIGTERM)
         except (DataError, StoreError, EncoderError, ValueError, FileNotFoundError, CheckpointError) as e:
             if isinstance(e, click.ClickException):
@@ -137,6 +137,15 @@ quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar
 def build(cls, kwargs: dict):
     """The config ``cls`` from the options that share its field names."""
     return cls(**{k: kwargs[k] for k in cls.__dataclass_fields__ if kwargs.get(k) is not None})
+
+
+def early_output_checks(output, **inputs) -> None:
+    """Before the work: ``output`` can be created and is none of the command's inputs."""
+    from .outputs import check_not_input, check_output_path
+
+    if output:
+        check_output_path(output)
+        check_not_input(output, **inputs)
 
 
 def setup_logging(quiet: bool) -> None:
@@ -318,6 +327,8 @@ def sweep(grid, grid_file, select_on, report_on, results, out, top, store, quiet
     if bool(grid) == bool(grid_file):
         raise click.UsageError("give --grid or --grid-file (one of them)")
     g = parse_grid(grid, grid_file)
+    for ext in (".csv", ".json") if results else ():
+        early_output_checks(f"{results}{ext}")
     base = build(HeadConfig, kw)
     r = sweep_heads(build(DataSpec, kw), build(EncoderSpec, kw), base, g, kw["cache_dir"], select_on, report_on,
                     out, store, quiet)
@@ -375,6 +386,7 @@ def eval_cmd(head_path, store, feature, calibrate_on, save_calibration, override
     from .stage2 import evaluate_split
 
     setup_logging(quiet)
+    early_output_checks(json_path, head=head_path)
     if plot_dir:
         from .evaluate.plots import require_matplotlib
 
@@ -424,6 +436,7 @@ def verify(head_path, sample, seed, atol, device, batch_tokens, store, feature, 
     from .stage2 import verify_head
 
     setup_logging(quiet)
+    early_output_checks(json_path, head=head_path)
     r = verify_head(head_path, build(DataSpec, kw), kw["cache_dir"], sample, seed, atol, device, batch_tokens,
                     store, feature, override_recipe)
     click.echo(format_verify(r.report))

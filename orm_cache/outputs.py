@@ -51,7 +51,7 @@ def check_output_path(path: str | os.PathLike) -> Path:
 
 def temp_path_for(path: Path) -> Path:
     """A hidden temporary name beside ``path``, unique to this process and call."""
-    return path.with_name(f"{TMP_MARK}{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    return path.with_name(f"{TMP_MARK}{os.getpid()}.{secrets.token_hex(4)}.{path.name}")  # keeps the extension
 
 
 def _fsync(path: Path) -> None:
@@ -81,7 +81,30 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise OutputError(f"{path}: could not write ({e.strerror or e}); "
                           "the previous file, if any, is untouched") from None
     finally:
+        _remove(tmp)
+
+
+def _remove(tmp: Path) -> None:
+    """Remove a temporary file; a directory that refuses (read-only, gone) must not hide the
+    error that stopped the write."""
+    try:
         tmp.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def check_not_input(output, **inputs) -> None:
+    """Refuse an output that is one of the command's inputs (``label=path``): writing it would
+    destroy what the command reads, e.g. ``eval --json`` onto the head it evaluates."""
+    out = Path(output)
+    for label, p in inputs.items():
+        if p is None:
+            continue
+        p = Path(p)
+        same = out.exists() and p.exists() and os.path.samefile(out, p)
+        if same or out.resolve() == p.resolve():
+            raise OutputError(f"{output}: is the {label.replace('_', ' ')} this command reads; "
+                              "write the output somewhere else")
 
 
 @contextmanager

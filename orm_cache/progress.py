@@ -70,16 +70,17 @@ class Progress:
             text = f"{self.desc}: {self.done:,} {self.unit}s, {rate:,.1f} {self.unit}s/s, {_duration(elapsed)} so far"
         return text + (f", {self.postfix}" if self.postfix and not final else "")
 
-    def close(self) -> None:
+    def close(self, stopped: bool = False) -> None:
+        """End the bar; without a terminal, log the summary (``stopped``: the work did not finish)."""
         if self._bar is not None:
             self._bar.close()
         elif self._log and self.done:
-            log.info(self.line(final=True))
+            log.info(self.line(final=True).replace(": done,", ": stopped after", 1) if stopped else self.line(True))
         self._log = False
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, exc_type, exc, tb):
+        self.close(stopped=exc_type is not None)
         return False

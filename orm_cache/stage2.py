@@ -31,6 +31,16 @@ class FitResult:
     eval_report: dict | None
 
 
+def check_outputs(data_spec: DataSpec, *outputs) -> None:
+    """Before any work: each output can be created and is not the data file the command reads."""
+    from .outputs import check_not_input, check_output_path
+
+    for out in outputs:
+        if out is not None:
+            check_output_path(out)
+            check_not_input(out, data_file=data_spec.data if Path(data_spec.data).is_file() else None)
+
+
 def default_head_path(cache_dir, fp: str, feature: str, cfg: HeadConfig) -> Path:
     return Path(cache_dir) / "heads" / f"{short(fp)[:8]}-{feature.replace('@', '')}-{cfg.solver}-seed{cfg.seed}.pt"
 
@@ -38,6 +48,9 @@ def default_head_path(cache_dir, fp: str, feature: str, cfg: HeadConfig) -> Path
 def store_for_head(head: Head, cache_dir, store: str | None = None) -> VectorStore:
     """The store a head was trained on (by its fingerprint), or ``--store`` for an imported head."""
     if head.fingerprint:
+        if store and not head.fingerprint.startswith(store):
+            raise StoreError(f"--store {store} is not the store of this head (it was trained on encoder "
+                             f"{short(head.fingerprint)}); leave --store out for a head that records its encoder")
         d = store_dir(cache_dir, head.fingerprint)
         if not d.is_dir():
             raise StoreError(f"no vectors of the head's encoder {short(head.fingerprint)} under {cache_dir}; "
@@ -74,6 +87,7 @@ def fit_head(data_spec: DataSpec, enc_spec: EncoderSpec, cfg: HeadConfig, cache_
              store: str | None = None) -> FitResult:
     """Train a head on ``data_spec``'s pairs; evaluate on ``eval_split`` when it is cached (and fit
     the calibration temperature there); save the checkpoint."""
+    check_outputs(data_spec, out)
     vs = find_store(cache_dir, enc_spec, cfg.feature, store, embed_hint=embed_command(data_spec, enc_spec, cache_dir))
     sv = load_vectors(data_spec, vs, cfg.feature, cache_dir)
     feature = sv.feature
@@ -162,6 +176,8 @@ def evaluate_split(head_path, data_spec: DataSpec, cache_dir="cache", calibrate_
                     raise ValueError(f"no finite temperature fits {calibrate_on} (no pair is misordered); "
                                      "the checkpoint is left as it was")
                 head.save(head_path)
+    if save_calibration and T is None:
+        raise ValueError(f"--save-calibration: no temperature was fitted ({note}); the checkpoint is left as it was")
     report = evaluate(head, sv, bootstrap, ci_level, seed, length_edges, temperature=T)
     if T is not None:
         report["calibration"]["fitted_on"] = calibrate_on
@@ -229,6 +245,7 @@ def sweep_heads(data_spec: DataSpec, enc_spec: EncoderSpec, base: HeadConfig, gr
 
     if report_on and report_on == select_on:
         raise ValueError("--report-on must differ from --select-on: a split used for selection is not a report")
+    check_outputs(data_spec, out)
     t0 = time.perf_counter()
     vs = find_store(cache_dir, enc_spec, base.feature, store, embed_hint=embed_command(data_spec, enc_spec, cache_dir))
     grids = [grid] if isinstance(grid, dict) else grid

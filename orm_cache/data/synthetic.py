@@ -231,29 +231,31 @@ def write_dataset(out_dir: str | Path, sizes: dict[str, int] | None = None, seed
     positive for train, 4 otherwise, seeded, within problem). Returns counts per split.
     """
     from ..config import DataSpec
-    from ..outputs import atomic_open
+    from ..outputs import AtomicOutputs, OutputError
     from .ingest import load_split
 
     sizes = sizes or {"train": 400, "validation": 100, "test": 200}
     out = Path(out_dir)
-    (out / "pointwise").mkdir(parents=True, exist_ok=True)
-    (out / "pairwise").mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out}: is a file; give a directory")
     counts = {}
-    for k, (split, n) in enumerate(sizes.items()):
-        rows = make_pointwise(n, seed * 1000 + k, n_candidates, id_prefix=f"{split[:2]}")
-        pw = out / "pointwise" / f"{split}.jsonl"
-        with atomic_open(pw, "w") as f:
-            for r in rows:
-                f.write(json.dumps(r) + "\n")
-        data = load_split(DataSpec(data=str(out / "pointwise"), split=split))
-        by_key = {}
-        for i, key in enumerate(data.keys):
-            by_key.setdefault(key, rows[i])
-        with atomic_open(out / "pairwise" / f"{split}.jsonl", "w") as f:
-            for c, r in zip(data.pairs.chosen, data.pairs.rejected):
-                rc, rr = by_key[c], by_key[r]
-                f.write(json.dumps({"group": rc["group"], "prompt": rc["prompt"], "chosen": rc["text"], "rejected": rr["text"],
-                                    "meta": {"group": rc["group"], "rejected_fault": rr["fault"]}}) + "\n")
-        counts[split] = {"problems": n, "traces": len(rows), "correct": int(sum(r["label"] for r in rows)),
-                         "pairs": len(data.pairs)}
+    with AtomicOutputs() as outputs:  # all six files appear together, or none is replaced
+        for k, (split, n) in enumerate(sizes.items()):
+            rows = make_pointwise(n, seed * 1000 + k, n_candidates, id_prefix=f"{split[:2]}")
+            pw = outputs.path(out / "pointwise" / f"{split}.jsonl")
+            with open(pw, "w") as f:
+                for r in rows:
+                    f.write(json.dumps(r) + "\n")
+            data = load_split(DataSpec(data=str(pw), split=split))
+            by_key = {}
+            for i, key in enumerate(data.keys):
+                by_key.setdefault(key, rows[i])
+            with open(outputs.path(out / "pairwise" / f"{split}.jsonl"), "w") as f:
+                for c, r in zip(data.pairs.chosen, data.pairs.rejected):
+                    rc, rr = by_key[c], by_key[r]
+                    f.write(json.dumps({"group": rc["group"], "prompt": rc["prompt"], "chosen": rc["text"],
+                                        "rejected": rr["text"],
+                                        "meta": {"group": rc["group"], "rejected_fault": rr["fault"]}}) + "\n")
+            counts[split] = {"problems": n, "traces": len(rows), "correct": int(sum(r["label"] for r in rows)),
+                             "pairs": len(data.pairs)}
     return counts

@@ -178,8 +178,9 @@ class Encoder:
         hf_logging.set_verbosity_error()
         try:
             model = AutoModel.from_pretrained(self.path, revision=self.spec.revision, dtype=self.torch_dtype)
-        except (OSError, ValueError) as e:
-            raise EncoderError(f"cannot load weights of {self.spec.model!r}: {str(e).splitlines()[0]}") from e
+        except Exception as e:  # OSError, ValueError, safetensors' own error for a truncated file, …
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise EncoderError(f"cannot load weights of {self.spec.model!r}: {first}") from e
         finally:
             hf_logging.set_verbosity(verbosity)
         self.model = model.to(self.device).eval().requires_grad_(False)

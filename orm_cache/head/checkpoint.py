@@ -9,6 +9,7 @@ only ``model_state`` loads too: that is how a published head is imported.
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 from dataclasses import dataclass, field
@@ -106,7 +107,23 @@ class Head:
         meta = ckpt.get("orm_cache", {})
         if not isinstance(meta, dict):
             raise CheckpointError(f"{path}: its 'orm_cache' entry is a {type(meta).__name__}, not a mapping")
+        check_meta(path, meta)
         return cls(w.float().reshape(-1).numpy(), float(b.float().reshape(-1)[0]), dict(meta), str(path))
+
+
+def check_meta(path, meta: dict) -> None:
+    """The recorded entries every command relies on must have their types: mappings where a
+    mapping is read, strings where a name is, a calibration temperature finite and positive."""
+    for key in ("recipe", "calibration", "encoder_spec", "train", "config"):
+        if meta.get(key) is not None and not isinstance(meta[key], dict):
+            raise CheckpointError(f"{path}: its recorded {key!r} is a {type(meta[key]).__name__}, not a mapping")
+    for key in ("fingerprint", "feature"):
+        if meta.get(key) is not None and not isinstance(meta[key], str):
+            raise CheckpointError(f"{path}: its recorded {key!r} is a {type(meta[key]).__name__}, not a string")
+    T = (meta.get("calibration") or {}).get("temperature")
+    if T is not None and (isinstance(T, bool) or not isinstance(T, (int, float)) or not math.isfinite(T) or T <= 0):
+        raise CheckpointError(f"{path}: calibration temperature {T!r} is not a positive finite number; "
+                              "refit it with eval --save-calibration")
 
 
 def check_weights(path, w, b) -> None:

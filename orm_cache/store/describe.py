@@ -91,6 +91,14 @@ def write_encoder_json(d: Path, fp: str, identity: dict, spec: dict | None) -> N
         raise StoreError(f"cannot write to the cache directory {d} ({e.strerror or e})") from e
 
 
+def _size(path: Path) -> int | None:
+    """Bytes of a shard; None when ``cache compact`` removed it since the listing."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return None
+
+
 def list_stores(cache_dir) -> list[dict]:
     """Every store under ``cache_dir``: :func:`describe_store`'s fingerprint, identity, spec and
     problem, and its shards and bytes on disk."""
@@ -99,7 +107,6 @@ def list_stores(cache_dir) -> list[dict]:
     if not root.is_dir():
         return out
     for d in sorted(p for p in root.iterdir() if p.is_dir()):
-        shards = list_shards(d)
-        out.append({"dir": str(d), **describe_store(d),
-                    "shards": len(shards), "bytes": sum(p.stat().st_size for p in shards)})
+        sizes = [n for n in map(_size, list_shards(d)) if n is not None]
+        out.append({"dir": str(d), **describe_store(d), "shards": len(sizes), "bytes": sum(sizes)})
     return out

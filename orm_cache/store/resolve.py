@@ -28,7 +28,8 @@ def store_summary(s: dict) -> str:
     spec, ident = s.get("spec") or {}, s["identity"]
     model = spec.get("model") or ident.get("model", {}).get("id") or "?"
     cols = ",".join(f"{p}@{l}" for l in ident.get("layers", []) for p in ident.get("pooling", []))
-    return f"--model {model} ({ident.get('dtype')}, max_length {ident.get('max_length')}, columns {cols})"
+    return (f"--model {model} (--dtype {ident.get('dtype')} --max-length {ident.get('max_length')} "
+            f"--truncation-side {ident.get('truncation_side')}; columns {cols})")
 
 
 def store_by_prefix(cache_dir, prefix: str) -> VectorStore:
@@ -66,11 +67,11 @@ def find_store(cache_dir, spec: EncoderSpec, feature: str | None = None, store: 
             continue
         chosen.append(s)
     if not chosen:
-        held = "; ".join(store_summary(s) for s in stores)
+        held = "; ".join(store_summary(s) for s in stores if s["shards"])
         raise StoreError(f"no cached vectors for model {spec.model!r} (max_length {spec.max_length}"
                          + (f", feature {feature}" if feature else "") + f") under {cache_dir}; "
-                         + (f"the cache holds: {held} (pass that --model, and --feature, to use one); "
-                            if stores else "")
+                         + (f"the cache holds: {held} (give those options, and --feature, to use one); "
+                            if held else "")
                          + f"or run first: {embed_hint}")
     if len(chosen) > 1:
         listing = "; ".join(f"{short(s['fingerprint'])} ({s['identity'].get('dtype')}, "
