@@ -527,3 +527,137 @@ def test_progress_logs_a_line_every_interval_when_no_terminal(caplog):
         quiet.update(50)
         quiet.close()
     assert caplog.records == []
+
+
+# ------------------------------------------------------------------ found by a hostile review
+
+def test_a_directory_that_refuses_writes_is_one_line(world, tmp_path, monkeypatch):
+    """A read-only directory: opening the temporary file fails, and so does removing it."""
+    import errno
+
+    out = tmp_path / "m.json"
+    out.write_text("old")
+    real_unlink = Path.unlink
+
+    def ro_unlink(self, missing_ok=False):
+        if self.name.startswith(TMP_MARK):
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return real_unlink(self, missing_ok=missing_ok)
+
+    real_open = open
+
+    def ro_open(file, mode="r", *a, **kw):
+        if Path(str(file)).name.startswith(TMP_MARK) and "w" in mode:
+            raise OSError(errno.EROFS, "Read-only file system", str(file))
+        return real_open(file, mode, *a, **kw)
+
+    monkeypatch.setattr(Path, "unlink", ro_unlink)
+    monkeypatch.setattr("builtins.open", ro_open)
+    r = run("eval", "--head", world["head"], "--data", world["data"], "--split", "test", "--cache-dir",
+            world["cache"], "--json", out, "-q")
+    assert r.exit_code == 1 and "Read-only file system" in r.output and "Traceback" not in r.output, r.output
+    assert out.read_text() == "old"
+
+
+def test_make_data_replaces_its_files_as_one_set(tmp_path, monkeypatch):
+    from orm_cache.data import synthetic
+
+    ok("make-data", "--out", tmp_path / "d", "--train", 3, "--validation", 2, "--test", 2, "--seed", 1)
+    files = sorted((tmp_path / "d").rglob("*.jsonl"))
+    before = {p: p.read_bytes() for p in files}
+    real, calls = synthetic.make_pointwise, {"n": 0}
+
+    def interrupted(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:  # train and validation are done: the test split is interrupted
+            raise Terminated()
+        return real(*a, **kw)
+
+    monkeypatch.setattr(synthetic, "make_pointwise", interrupted)
+    r = run("make-data", "--out", tmp_path / "d", "--train", 3, "--validation", 2, "--test", 2, "--seed", 2)
+    assert r.exit_code == 128 + signal.SIGTERM
+    assert {p: p.read_bytes() for p in files} == before
+    assert leftovers(tmp_path / "d" / "pointwise") == leftovers(tmp_path / "d" / "pairwise") == []
+    (tmp_path / "f").write_text("x")
+    r = run("make-data", "--out", tmp_path / "f" / "d")
+    assert r.exit_code == 1 and "is a file, not a directory" in r.output and "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("temperature", [float("nan"), 0.0, -1.5, float("inf"), "warm"])
+def test_a_bad_calibration_temperature_is_refused_on_load(world, tmp_path, temperature):
+    ckpt = torch.load(world["head"], weights_only=True)
+    ckpt["orm_cache"]["calibration"] = {"temperature": temperature, "fitted_on": "validation"}
+    bad = tmp_path / "t.pt"
+    torch.save(ckpt, bad)
+    r = run("score", "--head", bad, "--input", world["data"] / "test.jsonl", "--output", tmp_path / "o.jsonl",
+            "--cache-dir", world["cache"])
+    assert r.exit_code == 1 and "calibration temperature" in r.output and str(bad) in r.output
+    ckpt["orm_cache"]["calibration"] = {"temperature": 1.3}
+    ckpt["orm_cache"]["recipe"] = "{prompt} {response}"
+    torch.save(ckpt, bad)
+    r = run("score", "--head", bad, "--input", world["data"] / "test.jsonl", "--output", tmp_path / "o.jsonl",
+            "--cache-dir", world["cache"])
+    assert r.exit_code == 1 and "recorded 'recipe' is a str, not a mapping" in r.output
+
+
+def test_save_calibration_without_a_fit_says_so_and_saves_nothing(world, tmp_path):
+    head = tmp_path / "h.pt"
+    shutil.copy(world["head"], head)
+    before = head.read_bytes()
+    r = run("eval", "--head", head, "--data", world["data"], "--split", "test", "--cache-dir", world["cache"],
+            "--calibrate-on", "nosuchsplit", "--save-calibration")
+    assert r.exit_code == 1 and "no temperature was fitted" in r.output and head.read_bytes() == before
+
+
+def test_outputs_that_are_the_commands_inputs_are_refused_before_work(world, tmp_path):
+    head = tmp_path / "h.pt"
+    shutil.copy(world["head"], head)
+    before = head.read_bytes()
+    r = run("eval", "--head", head, "--data", world["data"], "--split", "test", "--cache-dir", world["cache"],
+            "--json", head)
+    assert r.exit_code == 1 and "is the head this command reads" in r.output and head.read_bytes() == before
+    data_file = tmp_path / "train.jsonl"
+    shutil.copy(world["data"] / "train.jsonl", data_file)
+    data_before = data_file.read_bytes()
+    r = run("fit-head", "--data", data_file, "--model", world["model"], "--cache-dir", world["cache"],
+            "--template", TEMPLATE, "--out", data_file)
+    assert r.exit_code == 1 and "is the data file this command reads" in r.output
+    assert data_file.read_bytes() == data_before
+
+
+def test_store_of_another_encoder_is_refused_for_a_head_that_records_its_own(world, tmp_path):
+    r = run("score", "--head", world["head"], "--input", world["data"] / "test.jsonl", "--output",
+            tmp_path / "o.jsonl", "--cache-dir", world["cache"], "--store", "ffff")
+    assert r.exit_code == 1 and "--store ffff is not the store of this head" in r.output
+
+
+def test_corrupt_weights_are_one_line(tiny_opt_dir, tmp_path):
+    model = tmp_path / "broken"
+    shutil.copytree(tiny_opt_dir, model)
+    w = model / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:1000])
+    data = write_jsonl(tmp_path / "d" / "train.jsonl", pointwise_rows(2))
+    r = run("embed", "--data", data, "--model", model, "--cache-dir", tmp_path / "c", "--device", "cpu")
+    assert r.exit_code == 1 and "cannot load weights" in r.output and "Traceback" not in r.output
+
+
+def test_list_stores_survives_compact_between_listing_and_stat(world, tmp_path, monkeypatch):
+    from orm_cache.store import describe
+    from orm_cache.store.check import compact_store
+
+    cache = tmp_path / "c"
+    shutil.copytree(world["cache"], cache)
+    real, fired = describe.list_shards, {"done": False}
+
+    def list_then_compact(d):
+        listed = real(d)
+        if not fired["done"] and len(listed) > 1:
+            fired["done"] = True
+            before, after = compact_store({"dir": str(d), "fingerprint": describe.describe_store(d)["fingerprint"]},
+                                          1_000_000)
+            assert before > after == 1  # the listed shards are gone before list_stores stats them
+        return listed
+
+    monkeypatch.setattr(describe, "list_shards", list_then_compact)
+    stores = describe.list_stores(cache)
+    assert fired["done"] and len(stores) == 1 and stores[0]["fingerprint"]
