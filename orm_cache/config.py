@@ -187,7 +187,8 @@ class TextRecipe:
                  override: bool = False, chat_template: str | None = None) -> "TextRecipe":
         """The recipe to score with for a head that recorded ``recorded`` (None: an old or
         reference-format head). Options not given (None) take the recorded values; a given
-        value that differs is refused, both shown, unless ``override``. A head that recorded no
+        value that differs is refused, both shown, unless ``override``. The prompt column may be
+        renamed (another file's name for the same prompts), not dropped or added. A head that recorded no
         chat template saw no conversations, so any chat template may render them; the chat
         tokens are always the recorded ones (they are the tokenizer's, not an option)."""
         if not recorded:
@@ -199,6 +200,8 @@ class TextRecipe:
                     rec.chat_template if chat_template is None else chat_template, rec.chat_tokens)
         if rec.chat_template is None and not override:  # no conversations in training: nothing to contradict
             rec = replace(rec, chat_template=given.chat_template)
+        if rec.prompt_col and given.prompt_col:  # the column's name maps the data; joining a prompt is the recipe
+            rec = replace(rec, prompt_col=given.prompt_col)
         if given != rec and not override:
             diff = "; ".join(f"{name}: head {_shown(getattr(rec, name))}, given {_shown(getattr(given, name))}"
                              for name in ("template", "prompt_col", "chat_template")
@@ -298,6 +301,9 @@ class DataSpec:
     chat_tokens: dict | None = None
     """Special tokens the chat template sees (a head's recorded ones; not an option: by default
     the encoder tokenizer's)."""
+    require_prompt: bool = False
+    """Every row must have the prompt column (set for a head whose texts joined prompts: a row
+    without it would silently become a bare response, another text)."""
     negatives: int | None = None
     """Pointwise data: negatives sampled per positive; default 8 for train, 4 otherwise."""
     pair_seed: int = 0

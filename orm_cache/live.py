@@ -57,8 +57,11 @@ class LiveScorer:
         self.head = head if isinstance(head, Head) else Head.load(head)
         self.encoder = encoder_for_head(self.head, device, model)
         self.batch_tokens, self.max_batch_size = batch_tokens, max_batch_size
+        from .stage2 import prompt_required
+
         self.recipe = TextRecipe.for_head(self.head.recipe)
-        self.builder = TextBuilder(self.recipe, self.encoder.spec.model, self.encoder.spec.revision)
+        self.builder = TextBuilder(self.recipe, self.encoder.spec.model, self.encoder.spec.revision,
+                                   require_prompt=prompt_required(self.head, self.recipe))
 
     def texts(self, responses, prompts=None) -> list[str]:
         """The texts the encoder sees: each response (a string, or a conversation: a list of
@@ -74,6 +77,10 @@ class LiveScorer:
                                 f"wrap it: [conversation]")
         responses = list(responses)
         if prompts is None:
+            if self.builder.require_prompt and any(isinstance(r, str) for r in responses):
+                raise ValueError("this head was trained on prompts joined to each response by its template "
+                                 f"({self.recipe.template!r}); pass prompts=[…] (one per text, None where a text "
+                                 "has no prompt) so the texts are the ones it was trained on")
             prompts = [None] * len(responses)
         prompts = list(prompts)
         if len(prompts) != len(responses):

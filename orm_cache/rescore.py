@@ -50,7 +50,11 @@ class TextColumns:
     def builder_for(self, head: Head) -> TextBuilder:
         """Builds texts by the head's recipe; a conversation it has no chat template for takes
         the head's encoder's tokenizer's."""
-        return TextBuilder(self.recipe_for(head), *encoder_model(head.meta.get("encoder_spec")))
+        from .stage2 import prompt_required
+
+        recipe = self.recipe_for(head)
+        return TextBuilder(recipe, *encoder_model(head.meta.get("encoder_spec")),
+                           require_prompt=prompt_required(head, recipe, self.override_recipe))
 
 
 @dataclass
@@ -77,7 +81,8 @@ def row_text(row: dict, text_col: str, recipe: TextRecipe | TextBuilder, where: 
     builder = recipe if isinstance(recipe, TextBuilder) else TextBuilder(recipe)
     value, col = response_value(row, where, text_col, messages_col)
     flag = "--text-col" if col == text_col else "--messages-col"
-    prompt = prompt_field(row, builder.recipe.prompt_col, where)
+    # a conversation carries its prompt in its messages; a plain response needs the column
+    prompt = prompt_field(row, builder.recipe.prompt_col, where, builder.require_prompt and isinstance(value, str))
     return builder.build(value, prompt, where, col, flag)[0]
 
 

@@ -79,7 +79,15 @@ def head_data_spec(head: Head, data_spec: DataSpec, override_recipe: bool = Fals
     r = TextRecipe.for_head(head.recipe, data_spec.template, data_spec.prompt_col, override_recipe,
                             data_spec.chat_template)
     return replace(data_spec, template=r.template, prompt_col=r.prompt_col or "", chat_template=r.chat_template,
-                   chat_tokens=r.chat_tokens)
+                   chat_tokens=r.chat_tokens, require_prompt=prompt_required(head, r, override_recipe))
+
+
+def prompt_required(head: Head, recipe: TextRecipe, override_recipe: bool = False) -> bool:
+    """Must every scored row carry the prompt column? Yes for a head whose training texts joined
+    prompts from it (unless the recipe is overridden on purpose); an imported reward model was
+    not trained by orm-cache, so its recipe says how to join a prompt, not that one is needed."""
+    trained_with_prompts = bool((head.recipe or {}).get("prompt_col")) and "imported" not in head.meta
+    return bool(not override_recipe and recipe.prompt_col and trained_with_prompts)
 
 
 def fit_head(data_spec: DataSpec, enc_spec: EncoderSpec, cfg: HeadConfig, cache_dir="cache",

@@ -83,7 +83,7 @@ def bad_late(tmp_path, n=60, bad_at=55):
 def test_a_bad_row_early_or_late_leaves_the_previous_output_byte_identical(world, tmp_path, ext, bad_at):
     src = bad_late(tmp_path, bad_at=bad_at)
     out = tmp_path / f"scored{ext}"
-    good = write_jsonl(tmp_path / "good.jsonl", [{"text": "Step 1: 2 + 2 = 4. Answer: 4"}])
+    good = write_jsonl(tmp_path / "good.jsonl", [{"prompt": "Add", "text": "Step 1: 2 + 2 = 4. Answer: 4"}])
     ok("score", "--head", world["head"], "--input", good, "--output", out, "--cache-dir", world["cache"], "-q")
     before = out.read_bytes()
     r = run("score", "--head", world["head"], "--input", src, "--output", out, "--cache-dir", world["cache"],
@@ -127,21 +127,22 @@ def test_skip_invalid_side_file_is_replaced_only_with_its_output(world, tmp_path
     assert [json.loads(x)["row"] for x in open(side)] == [55]
     side_before, out_before = side.read_bytes(), out.read_bytes()
     # the same input plus a row whose type changes after the first chunk: the run fails late
-    rows = [json.loads(x) for x in open(src)] + [{"text": "Step 1: 1 + 1 = 2", "prompt": "p", "extra": 1}] * 3
+    rows = [json.loads(x) for x in open(src)] + [{"prompt": "p", "text": "Step 1: 1 + 1 = 2", "extra": 1}] * 3
     rows[0]["extra"] = "a string"
     r = run("score", "--head", world["head"], "--input", write_jsonl(tmp_path / "in2.jsonl", rows), "--output", out,
             "--cache-dir", world["cache"], "--skip-invalid", "--chunk-rows", 20, "-q")
     assert r.exit_code == 1 and "do not fit the columns and types" in r.output
     assert side.read_bytes() == side_before and out.read_bytes() == out_before and leftovers(tmp_path) == []
     # a clean run rewrites the side file: it always describes the output beside it
-    good = write_jsonl(tmp_path / "good.jsonl", [{"text": "Step 1: 2 + 2 = 4. Answer: 4"}])
+    good = write_jsonl(tmp_path / "good.jsonl", [{"prompt": "Add", "text": "Step 1: 2 + 2 = 4. Answer: 4"}])
     ok("score", "--head", world["head"], "--input", good, "--output", out, "--cache-dir", world["cache"],
        "--skip-invalid", "-q")
     assert side.read_bytes() == b""
 
 
 def test_csv_column_first_seen_late_is_refused_not_dropped(world, tmp_path):
-    rows = [{"text": f"Step 1: {i} + 1 = {i + 1}"} for i in range(5)] + [{"text": "Step 1: 9", "note": "late"}]
+    rows = ([{"prompt": "Add", "text": f"Step 1: {i} + 1 = {i + 1}"} for i in range(5)]
+            + [{"prompt": "Add", "text": "Step 1: 9", "note": "late"}])
     r = run("score", "--head", world["head"], "--input", write_jsonl(tmp_path / "in.jsonl", rows), "--output",
             tmp_path / "o.csv", "--cache-dir", world["cache"], "--chunk-rows", 2, "-q")
     assert r.exit_code == 1 and "column(s) ['note']" in r.output and not (tmp_path / "o.csv").exists()
@@ -179,7 +180,7 @@ def test_full_disk_mid_output_is_one_line_and_keeps_the_old_file(world, tmp_path
     from orm_cache import rescore
 
     out = tmp_path / "o.parquet"
-    good = write_jsonl(tmp_path / "good.jsonl", [{"text": "Step 1: 2 + 2 = 4. Answer: 4"}])
+    good = write_jsonl(tmp_path / "good.jsonl", [{"prompt": "Add", "text": "Step 1: 2 + 2 = 4. Answer: 4"}])
     ok("score", "--head", world["head"], "--input", good, "--output", out, "--cache-dir", world["cache"], "-q")
     before = out.read_bytes()
     real, n = rescore.OutputWriter.write, {"calls": 0}
@@ -661,3 +662,26 @@ def test_list_stores_survives_compact_between_listing_and_stat(world, tmp_path, 
     monkeypatch.setattr(describe, "list_shards", list_then_compact)
     stores = describe.list_stores(cache)
     assert fired["done"] and len(stores) == 1 and stores[0]["fingerprint"]
+
+
+def test_rows_without_the_heads_prompt_column_are_refused_not_scored_bare(world, tmp_path):
+    from orm_cache.live import LiveScorer
+
+    rows = [json.loads(x) for x in open(world["data"] / "test.jsonl")]
+    renamed = write_jsonl(tmp_path / "q.jsonl", [{"question": r.pop("prompt"), **r} for r in rows])
+    common = ["--head", world["head"], "--input", renamed, "--output", tmp_path / "o.jsonl", "--cache-dir",
+              world["cache"]]
+    for extra in (["score"], ["rank", "--group-by", "group"]):
+        r = run(extra[0], *common, *extra[1:])
+        assert r.exit_code == 1 and "column 'prompt' is missing, but the head was trained on prompts" in r.output
+    ok("score", "--head", world["head"], "--input", renamed, "--output", tmp_path / "o.jsonl", "--cache-dir",
+       world["cache"], "--prompt-col", "question", "-q")  # the same texts: every one a cache hit
+    data = tmp_path / "d"
+    write_jsonl(data / "test.jsonl", [{k: v for k, v in r.items() if k != "question"} for r in
+                                      [json.loads(x) for x in open(renamed)]])
+    r = run("eval", "--head", world["head"], "--data", data, "--split", "test", "--cache-dir", world["cache"])
+    assert r.exit_code == 1 and "column 'prompt' is missing" in r.output
+    scorer = LiveScorer(world["head"], "cpu")
+    with pytest.raises(ValueError, match="pass prompts="):
+        scorer.score(["Step 1: 2 + 2 = 4"])
+    assert scorer.score(["Step 1: 2 + 2 = 4"], prompts=[None]).shape == (1,)  # bare on purpose

@@ -121,11 +121,15 @@ class TextBuilder:
     """Builds the texts of rows with one recipe, and remembers what it used (for the checkpoint).
 
     ``model``/``revision`` name the encoder whose tokenizer supplies the chat template and special
-    tokens when the recipe lacks them; the tokenizer is loaded only if a conversation is met."""
+    tokens when the recipe lacks them; the tokenizer is loaded only if a conversation is met.
+    ``require_prompt``: the recipe comes from a head whose texts joined prompts, so a row without
+    the prompt column is refused instead of becoming a bare response."""
 
-    def __init__(self, recipe: TextRecipe, model: str | None = None, revision: str | None = None):
+    def __init__(self, recipe: TextRecipe, model: str | None = None, revision: str | None = None,
+                 require_prompt: bool = False):
         self.recipe = recipe
         self.model, self.revision = model, revision
+        self.require_prompt = require_prompt  # rows (and LiveScorer calls) must give the prompt
         self.used_prompt = False
         self.used_chat = False
 

@@ -102,9 +102,14 @@ def text_field(row: dict, col: str, where: str, flag: str | None = None) -> str:
     return value
 
 
-def prompt_field(row: dict, col: str | None, where: str):
+def prompt_field(row: dict, col: str | None, where: str, required: bool = False):
     """The optional prompt in ``row[col]``: None when absent, a string, or a list of messages
-    (a conversational prompt); anything else is a DataError."""
+    (a conversational prompt); anything else is a DataError. ``required`` (a head whose texts
+    joined prompts from ``col``): a row without that column is a DataError, not a bare response."""
+    if required and col and col not in row:
+        raise DataError(f"{where}: column {col!r} is missing, but the head was trained on prompts from it joined "
+                        f"to each response (columns: {sorted(row)}); name the prompt column with --prompt-col, or "
+                        "score bare responses on purpose with --prompt-col '' --override-recipe")
     p = row.get(col) if col else None
     if p is not None and not isinstance(p, (str, list, tuple)):
         raise DataError(f"{where}: column {col!r} must be a string or a list of messages, got {type(p).__name__}")
@@ -182,7 +187,9 @@ def load_split(spec: DataSpec, encoder=None) -> SplitData:
                     f"columns are {sorted(row)}; map names with --chosen-col/--rejected-col/--text-col/"
                     "--messages-col/--label-col")
         n_rows += 1
-        prompt = prompt_field(row, prompt_col, where)
+        first = row.get(spec.chosen_col) if kind == "pairwise" else row.get(spec.text_col, row.get(spec.messages_col))
+        # a conversation carries its prompt in its messages; a plain response needs the column
+        prompt = prompt_field(row, prompt_col, where, spec.require_prompt and isinstance(first, str))
         group = row.get(spec.group_col)
         has_group = has_group or group is not None
         if kind == "pairwise":
