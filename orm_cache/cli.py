@@ -469,7 +469,7 @@ def rescore_options(f):
                                                      "reference-format head]."),
         cache_option,
         click.option("--skip-invalid", is_flag=True,
-                     help="Write bad rows with their reason to <output>.rejected.jsonl instead of stopping."),
+                     help="Write bad rows with their reason to <output>.rejected.jsonl (e.g. scored.parquet.rejected.jsonl) instead of stopping."),
         click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True,
                      help="Device for embedding cache misses."),
         _opt(RunSpec, "batch_tokens", type=int, default=None, show_default=False),

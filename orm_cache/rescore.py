@@ -23,7 +23,7 @@ from .data.chat import TextBuilder, response_value
 from .data.ingest import FILE_EXTS, DataError, encoder_model, parse_label, prompt_field, read_rows, trace_key
 from .data.readers import file_format
 from .head import Head
-from .outputs import AtomicOutputs
+from .outputs import AtomicOutputs, check_not_input
 from .progress import Progress
 
 log = logging.getLogger(__name__)
@@ -110,38 +110,48 @@ class OutputWriter:
                 self._f = open(self.tmp, "w", encoding="utf-8")
             for r in rows:
                 self._f.write(json.dumps(r, ensure_ascii=False, default=str) + "\n")
-        elif self.ext == ".csv":
-            self._write_csv(rows)
         else:
-            self._write_parquet(rows)
+            self._check_columns(rows)
+            if self.ext == ".csv":
+                self._write_csv(rows)
+            else:
+                self._write_parquet(rows)
         self.rows += len(rows)
+
+    def _check_columns(self, rows: list[dict]) -> None:
+        """CSV and Parquet have one column set for the whole file: every column of the first chunk
+        (a row may lack some: empty/null there); a column first seen later is refused, never dropped."""
+        if self._fields is None:
+            self._fields = list(dict.fromkeys(k for r in rows for k in r))
+            return
+        known = set(self._fields)
+        for i, r in enumerate(rows):
+            new = [k for k in r if k not in known]
+            if new:
+                raise DataError(f"{self.path}: output row {self.rows + i + 1} has column(s) {new} that the first "
+                                f"{self.rows:,} rows lack, and a {self.ext[1:].upper()} file has one set of columns; "
+                                "raise --chunk-rows, write .jsonl, or give every row the same columns")
 
     def _write_csv(self, rows: list[dict]) -> None:
         import csv
 
         if self._f is None:
             self._f = open(self.tmp, "w", newline="", encoding="utf-8")
-            self._fields = list(dict.fromkeys(k for r in rows for k in r))
             self._writer = csv.DictWriter(self._f, self._fields)
             self._writer.writeheader()
-        known = set(self._fields)
-        for i, r in enumerate(rows):
-            new = [k for k in r if k not in known]
-            if new:  # a CSV header is fixed: a column first seen late would be dropped silently
-                raise DataError(f"{self.path}: output row {self.rows + i + 1} has column(s) {new} that the "
-                                f"first {self.rows:,} rows lack, and a CSV header cannot grow; "
-                                "write .jsonl or .parquet, or give every row the same columns")
-        self._writer.writerows(rows)
+        nested = (dict, list, tuple)  # written as JSON, not as Python's repr
+        self._writer.writerows({k: json.dumps(v, ensure_ascii=False, default=str) if isinstance(v, nested) else v
+                                for k, v in r.items()} for r in rows)
 
     def _write_parquet(self, rows: list[dict]) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         try:
-            table = pa.Table.from_pylist(rows)
+            table = pa.table({k: [r.get(k) for r in rows] for k in self._fields})  # every column, null where absent
             if self._writer is None:
                 self._writer = pq.ParquetWriter(self.tmp, table.schema)
-            table = table.select(self._writer.schema.names).cast(self._writer.schema)
+            table = table.cast(self._writer.schema)
         except (pa.ArrowException, KeyError, TypeError, ValueError) as e:
             raise DataError(f"{self.path}: the rows from output row {self.rows + 1} on do not fit the columns and "
                             f"types of the rows before ({str(e).splitlines()[0]}); raise --chunk-rows so the "
@@ -266,6 +276,7 @@ class _Job:
         out = OutputWriter(output_path, outputs.path(output_path))
         if self.skip_invalid:
             side = rejected_path_for(output_path)
+            check_not_input(side, input=self.input_path)
             self.rejected = RejectWriter(side, outputs.path(side))
             self.summary.rejected_path = str(side)
         return out
@@ -330,8 +341,10 @@ def score_file(head_path, input_path, output_path, cache_dir="cache", cols: Text
 
 
 def rejected_path_for(output_path) -> Path:
-    """``scored.jsonl`` -> ``scored.rejected.jsonl``: where --skip-invalid writes bad rows."""
-    return Path(output_path).with_suffix(".rejected.jsonl")
+    """``scored.parquet`` -> ``scored.parquet.rejected.jsonl``: where --skip-invalid writes bad
+    rows (the whole output name, so two outputs never share a side file)."""
+    p = Path(output_path)
+    return p.with_name(p.name + ".rejected.jsonl")
 
 
 class RejectWriter:
@@ -380,8 +393,13 @@ def rank_file(head_path, input_path, output_path, group_by: str, top_k: int | No
 
     def parse(where, row):
         nonlocal has_labels
-        if row.get(group_by) is None:
-            raise DataError(f"{where}: group column {group_by!r} is missing (columns: {sorted(row)})")
+        g = row.get(group_by)
+        if g is None:
+            state = "missing" if group_by not in row else "null"
+            raise DataError(f"{where}: group column {group_by!r} is {state} (columns: {sorted(row)})")
+        if not isinstance(g, (str, int, float, bool)):
+            raise DataError(f"{where}: group column {group_by!r} must be a string or a number, got "
+                            f"{type(g).__name__}")
         key, text = job.text_of(where, row)
         if has_labels is None:
             has_labels = bool(label_col) and label_col in row

@@ -79,7 +79,7 @@ def test_bad_rows_stop_with_one_line_or_go_to_a_side_file(trained, tmp_path):
             "--skip-invalid")
     assert r.exit_code == 0, r.output
     assert "rejected 3 invalid rows" in r.output
-    side = read_jsonl(tmp_path / "o.rejected.jsonl")
+    side = read_jsonl(tmp_path / "o.jsonl.rejected.jsonl")
     assert [s["row"] for s in side] == [2, 3, 4]
     assert "missing" in side[1]["reason"] and "must be a string" in side[2]["reason"]
     assert len(read_jsonl(tmp_path / "o.jsonl")) == 1

@@ -123,11 +123,11 @@ def test_skip_invalid_side_file_is_replaced_only_with_its_output(world, tmp_path
     out = tmp_path / "scored.parquet"
     ok("score", "--head", world["head"], "--input", src, "--output", out, "--cache-dir", world["cache"],
        "--skip-invalid", "-q")
-    side = tmp_path / "scored.rejected.jsonl"
+    side = tmp_path / "scored.parquet.rejected.jsonl"
     assert [json.loads(x)["row"] for x in open(side)] == [55]
     side_before, out_before = side.read_bytes(), out.read_bytes()
     # the same input plus a row whose type changes after the first chunk: the run fails late
-    rows = [json.loads(x) for x in open(src)] + [{"prompt": "p", "text": "Step 1: 1 + 1 = 2", "extra": 1}] * 3
+    rows = [json.loads(x) for x in open(src)] + [{"prompt": "p", "text": "Step 1: 1 + 1 = 2", "extra": [1, 2]}] * 3
     rows[0]["extra"] = "a string"
     r = run("score", "--head", world["head"], "--input", write_jsonl(tmp_path / "in2.jsonl", rows), "--output", out,
             "--cache-dir", world["cache"], "--skip-invalid", "--chunk-rows", 20, "-q")
@@ -685,3 +685,36 @@ def test_rows_without_the_heads_prompt_column_are_refused_not_scored_bare(world,
     with pytest.raises(ValueError, match="pass prompts="):
         scorer.score(["Step 1: 2 + 2 = 4"])
     assert scorer.score(["Step 1: 2 + 2 = 4"], prompts=[None]).shape == (1,)  # bare on purpose
+
+
+def test_parquet_and_csv_keep_a_column_absent_from_the_first_row(world, tmp_path):
+    import pyarrow.parquet as pq
+
+    rows = [{"prompt": "Add", "text": f"Step 1: {i} + 1 = {i + 1}"} for i in range(6)]
+    rows[3]["note"] = {"why": [1, 2]}
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    ok("score", "--head", world["head"], "--input", src, "--output", tmp_path / "o.parquet", "--cache-dir",
+       world["cache"], "-q")
+    t = pq.read_table(tmp_path / "o.parquet").to_pylist()
+    assert [r["note"] for r in t] == [None, None, None, {"why": [1, 2]}, None, None]
+    ok("score", "--head", world["head"], "--input", src, "--output", tmp_path / "o.csv", "--cache-dir",
+       world["cache"], "-q")
+    import csv
+
+    notes = [r["note"] for r in csv.DictReader(open(tmp_path / "o.csv"))]
+    assert notes[3] == '{"why": [1, 2]}' and notes[0] == ""  # nested values as JSON, not Python repr
+
+
+def test_side_file_never_overwrites_the_input_and_outputs_do_not_share_one(world, tmp_path):
+    src = bad_late(tmp_path)
+    ok("score", "--head", world["head"], "--input", src, "--output", tmp_path / "o.jsonl", "--cache-dir",
+       world["cache"], "--skip-invalid", "-q")
+    ok("score", "--head", world["head"], "--input", src, "--output", tmp_path / "o.parquet", "--cache-dir",
+       world["cache"], "--skip-invalid", "-q")
+    assert (tmp_path / "o.jsonl.rejected.jsonl").read_bytes() == (tmp_path / "o.parquet.rejected.jsonl").read_bytes()
+    side = tmp_path / "o.jsonl.rejected.jsonl"
+    shutil.copy(src, side)  # "fix the rejected rows and run again" on the side file itself
+    before = side.read_bytes()
+    r = run("score", "--head", world["head"], "--input", side, "--output", tmp_path / "o.jsonl", "--cache-dir",
+            world["cache"], "--skip-invalid")
+    assert r.exit_code == 1 and "is the input this command reads" in r.output and side.read_bytes() == before
