@@ -301,15 +301,24 @@ def _job(head_path, input_path, output_path, cache_dir, cols, skip_invalid, devi
 
 
 def _input_rows(path: Path) -> int | None:
-    """Rows in the input when its format says so cheaply (Parquet metadata), else None."""
-    if path.suffix.lower() != ".parquet":
-        return None
-    import pyarrow.parquet as pq
-
+    """Rows in the input when that is cheap to know (progress totals): Parquet's metadata, or
+    the non-blank lines of a JSON-lines file (counted in binary blocks); else None."""
+    name = path.name.lower()
     try:
-        return pq.ParquetFile(path).metadata.num_rows
+        if name.endswith(".parquet"):
+            import pyarrow.parquet as pq
+
+            return pq.ParquetFile(path).metadata.num_rows
+        if name.endswith(".jsonl"):
+            n, last = 0, b"\n"
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 22), b""):
+                    n += block.count(b"\n") - block.count(b"\n\n")  # blank lines are skipped by the reader
+                    last = block[-1:]
+            return n + (last != b"\n")
     except Exception:  # a bad file is reported by the reader, with its name
         return None
+    return None
 
 
 def score_file(head_path, input_path, output_path, cache_dir="cache", cols: TextColumns | None = None,
