@@ -259,25 +259,30 @@ def _dedup_pairs(pairs: Pairs) -> Pairs:
     return Pairs(pick(pairs.chosen), pick(pairs.rejected), pick(pairs.group), pick(pairs.meta) if pairs.meta else [])
 
 
-def load_split(spec: DataSpec) -> SplitData:
-    """Read, validate and key one split. Raises :class:`DataError` on the first bad row."""
-    from .pairs import pairs_from_pointwise
+@dataclass
+class Row:
+    """One validated row: its texts exactly as the encoder sees them, and what pairs are built from."""
 
+    kind: str  # "pairwise" | "pointwise"
+    texts: tuple[str, ...]  # pairwise: (chosen, rejected); pointwise: (text,)
+    group: object = None
+    label: int | None = None  # pointwise
+    meta: dict | None = None  # pairwise: the row's other columns
+    has_prompt: bool = False
+
+
+def validated_rows(spec: DataSpec) -> tuple[str, Iterator[Row]]:
+    """``(source, rows)``: every row of the split, validated and rendered with the recipe, one at
+    a time (nothing is held). Raises :class:`DataError` on the first bad row, and when the split
+    has no rows."""
     source, rows = source_rows(spec)
-    texts: dict[str, str] = {}
+    return source, _validate(spec, source, rows)
+
+
+def _validate(spec: DataSpec, source: str, rows) -> Iterator[Row]:
     kind = None
-    chosen, rejected, pgroups, metas = [], [], [], []
-    pkeys, plabels, pgroups_pt = [], [], []
-    has_group = has_prompt = False
-    n_rows = 0
     recipe = spec.recipe
     reserved = {spec.chosen_col, spec.rejected_col, recipe.prompt_col, spec.group_col}
-
-    def add(text: str) -> str:
-        k = trace_key(text)
-        texts.setdefault(k, text)
-        return k
-
     for lineno, row in rows:
         where = f"{source}:{lineno}"
         if kind is None:
@@ -290,27 +295,79 @@ def load_split(spec: DataSpec) -> SplitData:
                     f"{where}: neither pairwise columns ({spec.chosen_col!r}, {spec.rejected_col!r}) nor "
                     f"pointwise columns ({spec.text_col!r}, {spec.label_col!r}) found; columns are "
                     f"{sorted(row)}; map names with --chosen-col/--rejected-col/--text-col/--label-col")
-        n_rows += 1
         prompt = prompt_field(row, recipe.prompt_col, where)
-        has_prompt = has_prompt or bool(prompt)
         group = row.get(spec.group_col)
-        has_group = has_group or group is not None
         if kind == "pairwise":
             c = recipe.render(text_field(row, spec.chosen_col, where, "--chosen-col"), prompt)
             r = recipe.render(text_field(row, spec.rejected_col, where, "--rejected-col"), prompt)
             if c == r:
                 raise DataError(f"{where}: chosen and rejected are the same text")
-            chosen.append(add(c))
-            rejected.append(add(r))
-            pgroups.append(group)
-            metas.append({k: v for k, v in row.items() if k not in reserved})
+            yield Row(kind, (c, r), group, meta={k: v for k, v in row.items() if k not in reserved},
+                      has_prompt=bool(prompt))
         else:
             t = recipe.render(text_field(row, spec.text_col, where, "--text-col"), prompt)
-            pkeys.append(add(t))
-            plabels.append(parse_label(row.get(spec.label_col), where, spec.label_col))
-            pgroups_pt.append(group)
+            yield Row(kind, (t,), group, parse_label(row.get(spec.label_col), where, spec.label_col),
+                      has_prompt=bool(prompt))
     if kind is None:
         raise DataError(f"{source}: no rows for split {spec.split!r}")
+
+
+class SplitTexts:
+    """Every text of a split as ``(key, text)``, read from its source each time it is iterated
+    (repeats included, in row order): stage 1 streams a split without holding its texts. After
+    a complete iteration, ``source``, ``kind`` and ``rows`` describe it."""
+
+    def __init__(self, spec: DataSpec):
+        self.spec = spec
+        source, rows = validated_rows(spec)  # a missing source, or a bad or missing first row, fails here
+        first = next(rows)
+        self.source, self.kind, self.rows = source, first.kind, 0
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        source, rows = validated_rows(self.spec)
+        n = 0
+        for row in rows:
+            n += 1
+            for text in row.texts:
+                yield trace_key(text), text
+            kind = row.kind
+        self.source, self.kind, self.rows = source, kind, n
+
+
+def load_split(spec: DataSpec) -> SplitData:
+    """Read, validate and key one split. Raises :class:`DataError` on the first bad row. Holds
+    the split's distinct texts (key -> text) and its pairs; stage 1 streams instead
+    (:class:`SplitTexts`)."""
+    from .pairs import pairs_from_pointwise
+
+    source, rows = validated_rows(spec)
+    texts: dict[str, str] = {}
+    kind = None
+    chosen, rejected, pgroups, metas = [], [], [], []
+    pkeys, plabels, pgroups_pt = [], [], []
+    has_group = has_prompt = False
+    n_rows = 0
+    recipe = spec.recipe
+
+    def add(text: str) -> str:
+        k = trace_key(text)
+        texts.setdefault(k, text)
+        return k
+
+    for row in rows:
+        kind = row.kind
+        n_rows += 1
+        has_prompt = has_prompt or row.has_prompt
+        has_group = has_group or row.group is not None
+        if kind == "pairwise":
+            chosen.append(add(row.texts[0]))
+            rejected.append(add(row.texts[1]))
+            pgroups.append(row.group)
+            metas.append(row.meta)
+        else:
+            pkeys.append(add(row.texts[0]))
+            plabels.append(row.label)
+            pgroups_pt.append(row.group)
 
     stats = {"rows": n_rows}
     # What a scorer must repeat: the template, and the prompt column only if prompts were joined.
