@@ -29,7 +29,7 @@ class SplitVectors:
 
     def rows(self, keys) -> np.ndarray:
         pos = {k: i for i, k in enumerate(self.keys)}
-        return np.fromiter((pos[k] for k in keys), dtype=np.int64, count=len(keys))
+        return np.fromiter(map(pos.__getitem__, keys), dtype=np.int64, count=len(keys))
 
 
 # DataSpec fields that decide which texts a split has (pair sampling does not: every text is embedded).
@@ -63,17 +63,21 @@ def embed_command(data_spec, encoder, cache_dir) -> str:
 
 
 def split_vectors(data: SplitData, store: VectorStore, feature: str | None, hint: str = "") -> SplitVectors:
-    """Gather the vectors of every trace of ``data``; a missing vector stops with the command to run."""
+    """The vectors of every trace of ``data``, as rows of the store in the order they lie on disk
+    (so that blocks of ``X`` are slices of the memory map); a missing vector stops with the
+    command to run."""
     keys = list(data.texts)
-    missing = store.missing(keys)
+    gids = store._find(keys)  # (U,) global rows, -1 where missing
+    missing = int((gids < 0).sum())
     if missing:
-        raise StoreError(f"{len(missing):,} of {len(keys):,} traces of split {data.split!r} have no cached "
+        raise StoreError(f"{missing:,} of {len(keys):,} traces of split {data.split!r} have no cached "
                          f"vector in {store.dir}; run first: {hint or 'orm-cache embed'}")
     feature = feature or store.columns[0]
-    keys = store.in_store_order(keys)  # blocks of X are then slices of the memory map
-    X = store.matrix(keys, feature)
-    sv = SplitVectors(data, keys, X, np.empty(0, np.int64), np.empty(0, np.int64), store.n_tokens(keys), feature)
+    order = np.argsort(gids, kind="stable")
+    keys, gids = [keys[i] for i in order], gids[order]
+    sv = SplitVectors(data, keys, store.matrix_at(gids, feature), np.empty(0, np.int64), np.empty(0, np.int64),
+                      store.scalars_at(gids, "n_tokens"), feature)
     pos = {k: i for i, k in enumerate(keys)}
-    sv.ci, sv.ri = (np.fromiter((pos[k] for k in side), dtype=np.int64, count=len(side))
+    sv.ci, sv.ri = (np.fromiter(map(pos.__getitem__, side), dtype=np.int64, count=len(side))
                     for side in (data.pairs.chosen, data.pairs.rejected))
     return sv

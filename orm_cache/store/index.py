@@ -7,7 +7,8 @@ the key string itself stays in its memory-mapped shard and is read back only to 
 whose hashes are equal, so a lookup is exact, never probabilistic.
 
 Rows are numbered globally across the store's shards (``gid``); the caller supplies
-``key_at(gids) -> list[str]``, which reads keys back from the shards.
+``key_at(gids) -> pyarrow.StringArray``, which reads keys back from the shards (compared with
+the keys asked for in Arrow, not one Python string at a time).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 
 def key_hashes(keys: Sequence[str]) -> np.ndarray:
@@ -26,7 +29,7 @@ class KeyIndex:
     """Distinct keys -> global row. The first row added for a key wins (shards are added in
     opening order, so a duplicate key resolves to the shard opened first)."""
 
-    def __init__(self, key_at: Callable[[np.ndarray], list[str]]):
+    def __init__(self, key_at: Callable[[np.ndarray], pa.Array]):
         self._key_at = key_at
         self._h = np.empty(0, np.int64)  # (K,) sorted hashes
         self._g = np.empty(0, np.int64)  # (K,) row of each
@@ -37,14 +40,14 @@ class KeyIndex:
     def __iter__(self) -> Iterator[str]:
         """Every indexed key (in hash order)."""
         for i in range(0, len(self._g), 65536):
-            yield from self._key_at(self._g[i:i + 65536])
+            yield from self._key_at(self._g[i:i + 65536]).to_pylist()
 
     def __contains__(self, key: str) -> bool:
         return bool(self.find([key])[0] >= 0)
 
     def find(self, keys: Sequence[str], hashes: np.ndarray | None = None) -> np.ndarray:
         """``(N,)`` global row of each key, -1 where it is not indexed."""
-        keys = list(keys)
+        keys = keys if isinstance(keys, list) else list(keys)
         h = key_hashes(keys) if hashes is None else hashes
         lo = np.searchsorted(self._h, h, "left")
         hi = np.searchsorted(self._h, h, "right")
@@ -53,15 +56,15 @@ class KeyIndex:
         if not len(cand):
             return out
         stored = self._key_at(self._g[lo[cand]])  # the first row of each equal-hash run
-        for i, s in zip(cand.tolist(), stored):
-            if s == keys[i]:
-                out[i] = self._g[lo[i]]
-            elif hi[i] - lo[i] > 1:  # a hash collision: look through the rest of the run
-                run = self._g[lo[i] + 1:hi[i]]
-                for g, s2 in zip(run.tolist(), self._key_at(run)):
-                    if s2 == keys[i]:
-                        out[i] = g
-                        break
+        asked = pa.array([keys[i] for i in cand.tolist()], pa.string())
+        same = pc.equal(stored, asked).to_numpy(zero_copy_only=False)
+        out[cand[same]] = self._g[lo[cand[same]]]
+        for i in cand[~same & (hi[cand] - lo[cand] > 1)].tolist():  # a hash collision: the rest of the run
+            run = self._g[lo[i] + 1:hi[i]]
+            for g, k in zip(run.tolist(), self._key_at(run).to_pylist()):
+                if k == keys[i]:
+                    out[i] = g
+                    break
         return out
 
     def add(self, hashes: np.ndarray, gids: np.ndarray) -> None:
@@ -81,13 +84,13 @@ class KeyIndex:
         hi = np.searchsorted(self._h, h, "right")
         check = np.flatnonzero(same_new | (hi > lo))
         if len(check):
-            keys = self._key_at(g[check])
+            keys = self._key_at(g[check]).to_pylist()
             seen: dict[int, set[str]] = {}
             for j, k in zip(check.tolist(), keys):
                 hj = int(h[j])
                 if hj not in seen:
                     run = self._g[lo[j]:hi[j]]
-                    seen[hj] = set(self._key_at(run)) if len(run) else set()
+                    seen[hj] = set(self._key_at(run).to_pylist()) if len(run) else set()
                 if k in seen[hj]:
                     keep[j] = False
                 else:

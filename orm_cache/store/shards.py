@@ -354,20 +354,22 @@ class VectorStore:
         shard = np.searchsorted(starts, gids, "right") - 1
         return shard, gids - starts[shard]
 
-    def _keys_at(self, gids: np.ndarray) -> list[str]:
-        """The keys of global rows ``gids`` (read back from the shards)."""
+    def _keys_at(self, gids: np.ndarray) -> pa.Array:
+        """The keys of global rows ``gids``, in order, read back from the shards."""
         gids = np.asarray(gids, np.int64)
-        if len(gids) == 1:  # the common case of a lookup: no grouping
-            shard, row = self._shard_rows(gids)
-            return [self._tables[int(shard[0])].column("key")[int(row[0])].as_py()]
         shard, row = self._shard_rows(gids)
-        out: list = [None] * len(gids)
-        for s in np.unique(shard):
-            sel = np.flatnonzero(shard == s)
-            keys = self._tables[int(s)].column("key").take(pa.array(row[sel])).to_pylist()
-            for i, k in zip(sel.tolist(), keys):
-                out[i] = k
-        return out
+        order = np.argsort(shard, kind="stable")
+        cuts = np.flatnonzero(np.diff(shard[order])) + 1
+        pieces = [self._tables[int(shard[idx[0]])].column("key").take(pa.array(row[idx])).combine_chunks()
+                  for idx in np.split(order, cuts) if len(idx)]
+        if not pieces:
+            return pa.array([], pa.string())
+        keys = pa.concat_arrays(pieces)  # grouped by shard
+        if len(pieces) == 1 and (order[1:] > order[:-1]).all():
+            return keys
+        back = np.empty_like(order)
+        back[order] = np.arange(len(order))
+        return keys.take(pa.array(back))
 
     # -- queries -------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -412,8 +414,9 @@ class VectorStore:
         gids = self._find(keys)
         return [keys[i] for i in np.flatnonzero(gids < 0)]
 
-    def _locate(self, keys) -> np.ndarray:
-        """Global row of each key; a missing key raises :class:`StoreError`."""
+    def locate(self, keys) -> np.ndarray:
+        """``(N,)`` global row of each key (rows are numbered in the order they lie in the
+        shards); a missing key raises :class:`StoreError`."""
         keys = list(keys)
         gids = self._find(keys)
         if (gids < 0).any():
@@ -422,11 +425,13 @@ class VectorStore:
                              f"(first: {keys[miss[0]][:16]}…)")
         return gids
 
+    _locate = locate
+
     def in_store_order(self, keys) -> list[str]:
         """``keys`` sorted as their rows lie in the shards, so that blocks of them are read as
         slices of the memory map (missing keys raise :class:`StoreError`)."""
         keys = list(keys)
-        order = np.argsort(self._locate(keys), kind="stable")
+        order = np.argsort(self.locate(keys), kind="stable")
         return [keys[i] for i in order]
 
     def _column_parts(self, column: str) -> tuple[list[np.ndarray], np.ndarray]:
@@ -453,8 +458,12 @@ class VectorStore:
     def matrix(self, keys, column: str | None = None) -> StoreRows:
         """The vectors of ``keys`` (in order) as a ``(len(keys), D)`` :class:`StoreRows`, read
         from the memory map block by block: nothing is copied here."""
+        return self.matrix_at(self.locate(keys), column)
+
+    def matrix_at(self, gids: np.ndarray, column: str | None = None) -> StoreRows:
+        """:meth:`matrix` of global rows ``gids`` (from :meth:`locate`)."""
         column = self._check_column(column)
-        gids = self._locate(keys)
+        gids = np.asarray(gids, np.int64)
         views, firsts = self._column_parts(column)
         part = np.searchsorted(firsts, gids, "right") - 1
         return StoreRows(views, part, gids - firsts[part], self.dim)
@@ -467,7 +476,11 @@ class VectorStore:
 
     def _gather(self, keys, column: str) -> np.ndarray:
         """``(N,)`` values of a scalar column for ``keys`` (in order)."""
-        shard, row = self._shard_rows(self._locate(keys))
+        return self.scalars_at(self.locate(keys), column)
+
+    def scalars_at(self, gids: np.ndarray, column: str) -> np.ndarray:
+        """``(N,)`` values of a scalar column (``n_tokens``, ``truncated``…) of global rows ``gids``."""
+        shard, row = self._shard_rows(np.asarray(gids, np.int64))
         out = None
         for s in np.unique(shard):
             arr = self._tables[int(s)].column(column).to_numpy()  # (N_shard,)
