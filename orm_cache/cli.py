@@ -124,6 +124,7 @@ def run_options(f):
         _opt(RunSpec, "device", type=click.Choice(["auto", "cuda", "cpu"]), default=r.device),
         _opt(RunSpec, "batch_tokens", type=int, default=None, show_default=False),
         _opt(RunSpec, "max_batch_size", type=int, default=r.max_batch_size),
+        _opt(RunSpec, "chunk_texts", type=int, default=r.chunk_texts),
         _opt(RunSpec, "shard_rows", type=int, default=r.shard_rows),
         _opt(RunSpec, "num_shards", type=int, default=r.num_shards),
         _opt(RunSpec, "shard_index", type=int, default=r.shard_index),
@@ -202,12 +203,10 @@ def embed(**kw):
 
     setup_logging(kw["quiet"])
     data_spec, enc_spec = build(DataSpec, kw), build(EncoderSpec, kw)
-    data, report, dist = embed_split(data_spec, enc_spec, build(RunSpec, kw))
+    split, report, dist = embed_split(data_spec, enc_spec, build(RunSpec, kw))
     if dist is not None and not dist.is_main:
         return
-    s = data.stats
-    click.echo(f"{data.source}: {s['rows']:,} rows ({data.kind}), {len(data.pairs):,} pairs "
-               f"({s['duplicate_pairs']:,} duplicates), {report.texts:,} distinct texts")
+    click.echo(f"{split.source}: {split.rows:,} rows ({split.kind}), {report.texts:,} distinct texts")
     part = f" (this part: {report.assigned:,})" if kw["num_shards"] > 1 else ""
     ranks = f" over {report.ranks} ranks" if report.ranks > 1 else ""
     click.echo(f"cached already: {report.cached:,}   to embed: {report.texts - report.cached:,}{part}{ranks}")

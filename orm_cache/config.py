@@ -346,6 +346,9 @@ class RunSpec:
     of each other there, larger budgets slower), 16384 on CUDA."""
     max_batch_size: int = 256
     """Upper bound on texts per forward pass, whatever their length."""
+    chunk_texts: int = 8192
+    """Texts tokenized, sorted by length and embedded together: stage 1 holds one chunk's token
+    ids, never the run's (larger chunks sort a little better, and use more memory)."""
     shard_rows: int = 2048
     """Rows per Arrow shard; a shard is also flushed after ``flush_seconds``."""
     flush_seconds: float = 30.0
@@ -359,7 +362,7 @@ class RunSpec:
 
     def __post_init__(self):
         _check_choice("device", self.device, DEVICES)
-        for name in ("batch_tokens", "max_batch_size", "shard_rows", "num_shards"):
+        for name in ("batch_tokens", "max_batch_size", "chunk_texts", "shard_rows", "num_shards"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
         if not 0 <= self.shard_index < self.num_shards:

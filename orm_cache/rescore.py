@@ -3,7 +3,9 @@
 Texts whose vectors the store already holds (for the head's fingerprint) are scored from the
 store alone: no model is loaded. Misses are embedded with the head's encoder and added to the
 store, so the next run over the same traces is free. Input is streamed in chunks, so memory is
-bounded by the chunk size, not the file.
+bounded by the chunk size, not the file: ``score`` reads it once; ``rank``, whose ranks need
+every score of a group, reads it twice (scores and groups first, then each row again with its
+rank), holding one score and one group value per row in between.
 """
 
 from __future__ import annotations
@@ -221,7 +223,7 @@ class Rescorer:
             embed_texts({k: texts[k] for k in missing}, self.encoder, run, desc="embed misses")
             self.store.refresh()
         keys = list(texts)
-        s = self.head.score(self.store.vectors(keys, self.head.feature))
+        s = self.head.score(self.store.matrix(keys, self.head.feature))  # (N,), read from the map in blocks
         return dict(zip(keys, s.tolist()))
 
 
@@ -252,17 +254,19 @@ class _Job:
     t0: float
     rejected: "RejectWriter | None" = None
 
-    def valid_rows(self, parse):
+    def valid_rows(self, parse, again: bool = False):
         """Yield ``(row, parse(where, row))`` for every row ``parse`` accepts; a DataError stops
-        the run, or with --skip-invalid sends the row and its reason to the side file."""
+        the run, or with --skip-invalid sends the row and its reason to the side file. ``again``:
+        a second reading of the same input, whose bad rows were sent there the first time."""
         for lineno, row in read_rows(self.input_path):
             try:
                 parsed = parse(f"{self.input_path}:{lineno}", row)
             except DataError as e:
                 if self.rejected is None:
                     raise
-                self.rejected.add(lineno, row, str(e))
-                self.summary.invalid += 1
+                if not again:
+                    self.rejected.add(lineno, row, str(e))
+                    self.summary.invalid += 1
                 continue
             yield row, parsed
 
@@ -388,14 +392,20 @@ def rank_rows(scores: np.ndarray, groups: list) -> np.ndarray:
 def rank_file(head_path, input_path, output_path, group_by: str, top_k: int | None = None, cache_dir="cache",
               cols: TextColumns | None = None, label_col: str | None = "label", skip_invalid: bool = False,
               device: str = "auto", batch_tokens: int | None = None, quiet: bool = True,
-              store: str | None = None, feature: str | None = None) -> ScoreSummary:
+              store: str | None = None, feature: str | None = None, chunk_rows: int = 50_000) -> ScoreSummary:
     """Rank candidates within each ``group_by`` group (rank 1 = best); write every row with its
     ``rank`` and ``score`` (or only ranks <= ``top_k``). With a label column, best-of-N accuracy
-    (fractional credit for ties), random, oracle and the best-of-N curve go into the summary."""
+    (fractional credit for ties), random, oracle and the best-of-N curve go into the summary.
+
+    The input is read twice, ``chunk_rows`` rows at a time: first to score every row (a chunk's
+    distinct texts at once) and keep its score, group and label; then again to write each row
+    with its rank. Rows are never all held in memory."""
     from .evaluate.metrics import best_of_n, best_of_n_curve
 
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k={top_k} must be at least 1 (leave it out to write every row)")
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows={chunk_rows} must be at least 1")
     job = _job(head_path, input_path, output_path, cache_dir, cols, skip_invalid, device, batch_tokens, quiet, store,
                feature)
     has_labels = None
@@ -417,21 +427,32 @@ def rank_file(head_path, input_path, output_path, group_by: str, top_k: int | No
 
     with AtomicOutputs() as outputs:
         out = job.outputs(output_path, outputs)
-        valid = list(job.valid_rows(parse))
-        if not valid:
+        scores, groups, labels = [], [], []  # one per valid row, in input order
+        valid = job.valid_rows(parse)
+        while chunk := list(itertools.islice(valid, chunk_rows)):
+            by_key = job.rescorer.scores({k: t for _, (k, t, _, _) in chunk}, job.summary)
+            for _, (k, _, g, y) in chunk:
+                scores.append(by_key[k])
+                groups.append(g)
+                labels.append(y)
+        if not scores:
             raise DataError(f"{job.input_path}: no valid rows to rank")
-        rows = [row for row, _ in valid]
-        keys, texts, groups, labels = zip(*(p for _, p in valid))
-        scores_by_key = job.rescorer.scores(dict(zip(keys, texts)), job.summary)
-        scores = np.array([scores_by_key[k] for k in keys])
+        scores = np.array(scores)
         ranks = rank_rows(scores, groups)
-        out.write([{**r, "score": float(s), "rank": int(k)} for r, s, k in zip(rows, scores, ranks)
-                   if top_k is None or k <= top_k])
+        again = job.valid_rows(parse, again=True)  # the same rows, in the same order
+        i = 0
+        while chunk := list(itertools.islice(again, chunk_rows)):
+            out.write([{**r, "score": float(scores[j]), "rank": int(ranks[j])}
+                       for j, (r, _) in enumerate(chunk, i) if top_k is None or ranks[j] <= top_k])
+            i += len(chunk)
+        if i != len(scores):
+            raise DataError(f"{job.input_path}: the file changed while it was being ranked ({len(scores):,} valid rows "
+                            f"read first, {i:,} the second time); nothing was written")
         out.close()
         if job.rejected is not None:
             job.rejected.close()
     summary = job.finish()
-    summary.rows = len(rows)
+    summary.rows = len(scores)
     summary.extra["groups"] = len(set(map(str, groups)))
     if has_labels:
         y = np.array(labels)

@@ -118,7 +118,7 @@ def fit_head(data_spec: DataSpec, enc_spec: EncoderSpec, cfg: HeadConfig, cache_
 
 def build_head(vs: VectorStore, sv, cfg: HeadConfig, res) -> Head:
     """A head from a training result, with everything a checkpoint records beside the weights."""
-    train_acc = float((margins_of(sv.X @ res.weight, sv.ci, sv.ri) > 0).mean())
+    train_acc = res.accuracy if res.accuracy is not None else float((margins_of(sv.X @ res.weight, sv.ci, sv.ri) > 0).mean())
     meta = {
         "fingerprint": vs.fp, "encoder_identity": vs.identity(), "encoder_spec": vs.spec(), "feature": sv.feature,
         "config": cfg.to_dict(), "data": sv.data.identity, "recipe": dict(sv.data.recipe),

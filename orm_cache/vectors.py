@@ -1,6 +1,8 @@
-"""A split's cached vectors, gathered once: distinct traces ``X`` and the pair -> row indices.
+"""A split's cached vectors: distinct traces ``X`` and the pair -> row indices.
 
-Used by every stage-2 command; it reads only the store (no model).
+``X`` is a :class:`~orm_cache.store.rows.StoreRows`: the split's rows of the memory-mapped store,
+in the order they lie on disk, read block by block by whatever uses them; nothing is copied
+when the split is loaded. Used by every stage-2 command; it reads only the store (no model).
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ import numpy as np
 
 from .data import SplitData
 from .store import StoreError, VectorStore
+from .store.rows import Rows
 
 
 @dataclass
 class SplitVectors:
     data: SplitData
-    keys: list[str]  # distinct trace keys, row order of X
-    X: np.ndarray  # (U, D) float32
+    keys: list[str]  # distinct trace keys, row order of X (the store's order)
+    X: Rows  # (U, D), read from the memory map in blocks (float32 unless asked otherwise)
     ci: np.ndarray  # (N,) row of each pair's chosen trace
     ri: np.ndarray  # (N,) row of each pair's rejected trace
     n_tokens: np.ndarray  # (U,)
@@ -26,7 +29,7 @@ class SplitVectors:
 
     def rows(self, keys) -> np.ndarray:
         pos = {k: i for i, k in enumerate(self.keys)}
-        return np.fromiter((pos[k] for k in keys), dtype=np.int64, count=len(keys))
+        return np.fromiter(map(pos.__getitem__, keys), dtype=np.int64, count=len(keys))
 
 
 # DataSpec fields that decide which texts a split has (pair sampling does not: every text is embedded).
@@ -61,14 +64,21 @@ def embed_command(data_spec, encoder, cache_dir) -> str:
 
 
 def split_vectors(data: SplitData, store: VectorStore, feature: str | None, hint: str = "") -> SplitVectors:
-    """Gather the vectors of every trace of ``data``; a missing vector stops with the command to run."""
+    """The vectors of every trace of ``data``, as rows of the store in the order they lie on disk
+    (so that blocks of ``X`` are slices of the memory map); a missing vector stops with the
+    command to run."""
     keys = list(data.texts)
-    missing = store.missing(keys)
+    gids = store._find(keys)  # (U,) global rows, -1 where missing
+    missing = int((gids < 0).sum())
     if missing:
-        raise StoreError(f"{len(missing):,} of {len(keys):,} traces of split {data.split!r} have no cached "
+        raise StoreError(f"{missing:,} of {len(keys):,} traces of split {data.split!r} have no cached "
                          f"vector in {store.dir}; run first: {hint or 'orm-cache embed'}")
     feature = feature or store.columns[0]
-    X = store.vectors(keys, feature)
-    sv = SplitVectors(data, keys, X, np.empty(0, np.int64), np.empty(0, np.int64), store.n_tokens(keys), feature)
-    sv.ci, sv.ri = sv.rows(data.pairs.chosen), sv.rows(data.pairs.rejected)
+    order = np.argsort(gids, kind="stable")
+    keys, gids = [keys[i] for i in order], gids[order]
+    sv = SplitVectors(data, keys, store.matrix_at(gids, feature), np.empty(0, np.int64), np.empty(0, np.int64),
+                      store.scalars_at(gids, "n_tokens"), feature)
+    pos = {k: i for i, k in enumerate(keys)}
+    sv.ci, sv.ri = (np.fromiter(map(pos.__getitem__, side), dtype=np.int64, count=len(side))
+                    for side in (data.pairs.chosen, data.pairs.rejected))
     return sv

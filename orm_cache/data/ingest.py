@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import numpy as np
 
@@ -148,31 +149,37 @@ def _dedup_pairs(pairs: Pairs) -> Pairs:
     return Pairs(pick(pairs.chosen), pick(pairs.rejected), pick(pairs.group), pick(pairs.meta) if pairs.meta else [])
 
 
-def load_split(spec: DataSpec, encoder=None) -> SplitData:
-    """Read, validate and key one split. Raises :class:`DataError` on the first bad row.
+@dataclass
+class Row:
+    """One validated row: its texts exactly as the encoder sees them (and where each response
+    starts in its text), and what pairs are built from."""
 
-    ``encoder`` (an EncoderSpec or a recorded spec dict) names the tokenizer whose chat template
-    and special tokens render conversation rows when ``spec`` does not carry them."""
-    from .pairs import pairs_from_pointwise
+    kind: str  # "pairwise" | "pointwise"
+    texts: tuple[str, ...]  # pairwise: (chosen, rejected); pointwise: (text,)
+    starts: tuple[int | None, ...]  # character offset of each response in its text
+    group: object = None
+    label: int | None = None  # pointwise
+    meta: dict | None = None  # pairwise: the row's other columns
 
+
+def validated_rows(spec: DataSpec, encoder=None) -> tuple[str, TextBuilder, Iterator[Row]]:
+    """``(source, builder, rows)``: every row of the split, validated and rendered with the
+    recipe, one at a time (nothing is held); ``builder`` knows, once the rows are read, which
+    recipe they used. Raises :class:`DataError` on the first bad row, and when the split has no
+    rows. ``encoder`` (an EncoderSpec or a recorded spec dict) names the tokenizer whose chat
+    template and special tokens render conversation rows when ``spec`` does not carry them."""
     source, rows = source_rows(spec.data, spec.split)
-    texts: dict[str, str] = {}
-    starts: dict[str, int | None] = {}
-    kind = None
-    chosen, rejected, pgroups, metas = [], [], [], []
-    pkeys, plabels, pgroups_pt = [], [], []
-    has_group = False
-    n_rows = 0
     builder = TextBuilder(spec.recipe, *encoder_model(encoder))
+    return source, builder, _validate(spec, source, rows, builder)
+
+
+def _validate(spec: DataSpec, source: str, rows, builder: TextBuilder) -> Iterator[Row]:
+    kind = None
     prompt_col = builder.recipe.prompt_col
     reserved = {spec.chosen_col, spec.rejected_col, prompt_col, spec.group_col}
 
-    def add(row: dict, col: str, where: str, flag: str, prompt) -> str:
-        text, start = builder.build(present(row, col, where, flag), prompt, where, col, flag)
-        k = trace_key(text)
-        if k not in texts:
-            texts[k], starts[k] = text, start
-        return k
+    def build(row: dict, col: str, where: str, flag: str, prompt) -> tuple[str, int | None]:
+        return builder.build(present(row, col, where, flag), prompt, where, col, flag)
 
     for where, row in rows:
         if kind is None:
@@ -186,28 +193,80 @@ def load_split(spec: DataSpec, encoder=None) -> SplitData:
                     f"pointwise columns ({spec.text_col!r} or {spec.messages_col!r}, {spec.label_col!r}) found; "
                     f"columns are {sorted(row)}; map names with --chosen-col/--rejected-col/--text-col/"
                     "--messages-col/--label-col")
-        n_rows += 1
         first = row.get(spec.chosen_col) if kind == "pairwise" else row.get(spec.text_col, row.get(spec.messages_col))
         # a conversation carries its prompt in its messages; a plain response needs the column
         prompt = prompt_field(row, prompt_col, where, spec.require_prompt and isinstance(first, str))
         group = row.get(spec.group_col)
-        has_group = has_group or group is not None
         if kind == "pairwise":
-            c = add(row, spec.chosen_col, where, "--chosen-col", prompt)
-            r = add(row, spec.rejected_col, where, "--rejected-col", prompt)
+            (c, cs), (r, rs) = (build(row, spec.chosen_col, where, "--chosen-col", prompt),
+                                build(row, spec.rejected_col, where, "--rejected-col", prompt))
             if c == r:
                 raise DataError(f"{where}: chosen and rejected are the same text")
-            chosen.append(c)
-            rejected.append(r)
-            pgroups.append(group)
-            metas.append({k: v for k, v in row.items() if k not in reserved})
+            yield Row(kind, (c, r), (cs, rs), group, meta={k: v for k, v in row.items() if k not in reserved})
         else:
             _, col = response_value(row, where, spec.text_col, spec.messages_col)
-            pkeys.append(add(row, col, where, "--text-col" if col == spec.text_col else "--messages-col", prompt))
-            plabels.append(parse_label(row.get(spec.label_col), where, spec.label_col))
-            pgroups_pt.append(group)
+            t, ts = build(row, col, where, "--text-col" if col == spec.text_col else "--messages-col", prompt)
+            yield Row(kind, (t,), (ts,), group, parse_label(row.get(spec.label_col), where, spec.label_col))
     if kind is None:
         raise DataError(f"{source}: no rows for split {spec.split!r}")
+
+
+class SplitTexts:
+    """Every text of a split as ``(key, text)``, read from its source each time it is iterated
+    (repeats included, in row order): stage 1 streams a split without holding its texts. After
+    a complete iteration, ``source``, ``kind`` and ``rows`` describe it."""
+
+    def __init__(self, spec: DataSpec, encoder=None):
+        self.spec, self.encoder = spec, encoder
+        source, _, rows = validated_rows(spec, encoder)  # a missing source, or a bad or missing first row, fails here
+        first = next(rows)
+        self.source, self.kind, self.rows = source, first.kind, 0
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        source, _, rows = validated_rows(self.spec, self.encoder)
+        n, kind = 0, self.kind
+        for row in rows:
+            n += 1
+            for text in row.texts:
+                yield trace_key(text), text
+            kind = row.kind
+        self.source, self.kind, self.rows = source, kind, n
+
+
+def load_split(spec: DataSpec, encoder=None) -> SplitData:
+    """Read, validate and key one split. Raises :class:`DataError` on the first bad row. Holds
+    the split's distinct texts (key -> text) and its pairs; stage 1 streams instead
+    (:class:`SplitTexts`). ``encoder``: as for :func:`validated_rows`."""
+    from .pairs import pairs_from_pointwise
+
+    source, builder, rows = validated_rows(spec, encoder)
+    texts: dict[str, str] = {}
+    starts: dict[str, int | None] = {}
+    kind = None
+    chosen, rejected, pgroups, metas = [], [], [], []
+    pkeys, plabels, pgroups_pt = [], [], []
+    has_group = False
+    n_rows = 0
+
+    def add(text: str, start: int | None) -> str:
+        k = trace_key(text)
+        if k not in texts:
+            texts[k], starts[k] = text, start
+        return k
+
+    for row in rows:
+        kind = row.kind
+        n_rows += 1
+        has_group = has_group or row.group is not None
+        if kind == "pairwise":
+            chosen.append(add(row.texts[0], row.starts[0]))
+            rejected.append(add(row.texts[1], row.starts[1]))
+            pgroups.append(row.group)
+            metas.append(row.meta)
+        else:
+            pkeys.append(add(row.texts[0], row.starts[0]))
+            plabels.append(row.label)
+            pgroups_pt.append(row.group)
 
     stats = {"rows": n_rows}
     # What a scorer must repeat: the template, the prompt column only if prompts were joined, the

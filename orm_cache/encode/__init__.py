@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from ..config import DataSpec, EncoderSpec, RunSpec
-from .embedder import EmbedReport, embed_texts, token_budget_batches
+from .embedder import EmbedReport, distinct_keys, embed_texts, token_budget_batches
 from .pooling import last_token_index, pool
 
 
@@ -15,14 +15,15 @@ def embed(data: DataSpec | Iterable[str] | dict, encoder=None, run: RunSpec | No
     ``encoder`` is an :class:`EncoderSpec` (loaded here) or an already-built encoder object.
     Only texts the store lacks are run through the model.
     """
-    from ..data import load_split, trace_key
+    from ..data import trace_key
+    from ..data.ingest import SplitTexts
     from .model import Encoder
 
     run = run or RunSpec()
     if encoder is None or isinstance(encoder, EncoderSpec):
         encoder = Encoder(encoder or EncoderSpec(), run.device)
     if isinstance(data, DataSpec):
-        texts = load_split(data, getattr(encoder, "spec", None)).texts
+        texts = SplitTexts(data, getattr(encoder, "spec", None))
     elif isinstance(data, dict):
         texts = data
     else:
@@ -31,7 +32,9 @@ def embed(data: DataSpec | Iterable[str] | dict, encoder=None, run: RunSpec | No
 
 
 def embed_split(data_spec: DataSpec, enc_spec: EncoderSpec, run: RunSpec | None = None):
-    """Stage 1 for one split, the way the CLI runs it: returns ``(data, report, dist)``.
+    """Stage 1 for one split, the way the CLI runs it: returns ``(split, report, dist)``;
+    ``split`` is the :class:`~orm_cache.data.ingest.SplitTexts` the texts streamed from (its
+    source, kind and rows). No text of the split is held beyond one chunk.
 
     Under torch.distributed (``dist`` is a :class:`~orm_cache.encode.distributed.DistInfo`),
     this rank embeds its part of the missing keys on ``cuda:<local rank>`` (or the CPU) and
@@ -39,15 +42,16 @@ def embed_split(data_spec: DataSpec, enc_spec: EncoderSpec, run: RunSpec | None 
     """
     from dataclasses import replace
 
-    from ..data import load_split
+    from ..data.ingest import SplitTexts
     from .distributed import all_sum, dist_env, process_group
     from .model import Encoder, resolve_device
 
     run = run or RunSpec()
-    data = load_split(data_spec, enc_spec)
+    data = SplitTexts(data_spec, enc_spec)
+    keys = distinct_keys(data)  # every row read and checked before the model is
     dist_info = dist_env()
     if dist_info is None:
-        return data, embed_texts(data.texts, Encoder(enc_spec, run.device), run, desc=f"embed {data_spec.split}"), None
+        return data, embed_texts(data, Encoder(enc_spec, run.device), run, f"embed {data_spec.split}", keys), None
     if run.num_shards > 1:
         raise ValueError("--num-shards/--shard-index split work without torch.distributed; "
                          "under torchrun the ranks split it already")
@@ -57,7 +61,7 @@ def embed_split(data_spec: DataSpec, enc_spec: EncoderSpec, run: RunSpec | None 
     run = replace(run, num_shards=dist_info.world, shard_index=dist_info.rank, quiet=run.quiet or not dist_info.is_main)
     with process_group(device) as dist:
         encoder = Encoder(enc_spec, device)
-        report = embed_texts(data.texts, encoder, run, desc=f"embed {data_spec.split} (rank 0 of {dist_info.world})")
+        report = embed_texts(data, encoder, run, f"embed {data_spec.split} (rank 0 of {dist_info.world})", keys)
         dist.barrier()
         counts = ("assigned", "embedded", "batches", "tokens", "padded_tokens", "truncated", "recomputed", "shards")
         summed = all_sum(dist, [getattr(report, c) for c in counts], device)

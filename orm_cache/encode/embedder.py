@@ -1,9 +1,18 @@
 """The stage-1 driver: embed every distinct text the store lacks, once, in length-sorted batches.
 
 Work is proportional to *distinct missing* texts: keys already in the store are skipped before
-the model is even loaded. Texts are tokenized once, sorted by length (longest first, so an
-out-of-memory shows at once) and cut into batches whose padded size stays under a token budget;
-only the pooled ``(B, D)`` rows travel back to the host.
+the model is even loaded. The texts stream in two passes over their source, and memory is
+bounded by a chunk, not by the run:
+
+1. keys: every text's key is looked up in the store, ``run.chunk_texts`` keys at a time; what
+   stays is the 32-byte digest of each distinct key (which are missing, and this process's);
+2. texts: the source is read again and the missing texts are taken ``run.chunk_texts`` at a
+   time: tokenized once, sorted by length (longest first, so an out-of-memory shows at once),
+   cut into batches whose padded size stays under a token budget, encoded and written. Only the
+   pooled ``(B, D)`` rows travel back to the host; a chunk's token ids are dropped when it is done.
+
+Sorting within a chunk instead of across the run costs little padding: a chunk of thousands of
+texts already holds nearly every length (``benchmarks/scale.py`` measures it).
 """
 
 from __future__ import annotations
@@ -11,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -18,7 +28,7 @@ import torch
 
 from ..config import RunSpec, batch_tokens_for
 from ..progress import Progress
-from ..store import ShardWriter, StoreError, VectorStore, short
+from ..store import ShardWriter, StoreError, VectorStore, short, store_dir
 
 log = logging.getLogger(__name__)
 
@@ -148,28 +158,73 @@ def encode_texts(encoder, texts: list[str], column: str, batch_tokens: int | Non
     return out, n_tokens
 
 
-def embed_texts(texts: dict[str, str], encoder, run: RunSpec, desc: str = "embed") -> EmbedReport:
-    """Embed the texts (key -> text) that ``run.cache_dir`` lacks for ``encoder``; return the report."""
+def _digest(key: str):
+    """What a key costs to remember: the 32 bytes of a sha256 hex key (a trace key), else itself."""
+    if len(key) == 64 and key == key.lower():
+        try:
+            return bytes.fromhex(key)
+        except ValueError:
+            pass
+    return key
+
+
+def _key(digest) -> str:
+    return digest.hex() if isinstance(digest, bytes) else digest
+
+
+def _stream(texts) -> Iterable[tuple[str, str]]:
+    """``(key, text)`` pairs of a mapping, or of a re-iterable stream of them."""
+    return texts.items() if isinstance(texts, Mapping) else texts
+
+
+def distinct_keys(texts) -> set:
+    """Pass 1: the digest of every distinct key of ``texts`` (~100 bytes a text). Reading a
+    streamed split validates every row, so a bad row stops the run before the model is loaded."""
+    return {_digest(key) for key, _ in _stream(texts)}
+
+
+def embed_texts(texts: Mapping[str, str] | Iterable[tuple[str, str]], encoder, run: RunSpec,
+                desc: str = "embed", keys: set | None = None) -> EmbedReport:
+    """Embed the texts that ``run.cache_dir`` lacks for ``encoder``; return the report.
+
+    ``texts`` is a ``{key: text}`` mapping or a re-iterable of ``(key, text)`` pairs in which a
+    key may repeat (:class:`~orm_cache.data.ingest.SplitTexts` reads a split from its file each
+    time). It is read for its keys (unless ``keys``, from :func:`distinct_keys`, is given), then
+    again for the missing texts, which are embedded in chunks of ``run.chunk_texts``."""
     t0 = time.perf_counter()
+    todo = distinct_keys(texts) if keys is None else keys  # becomes: the texts this process embeds
+    n_texts, cached = len(todo), 0
     fp = encoder.fingerprint
-    store = VectorStore.open(run.cache_dir, fp, encoder.identity, create=True, spec=encoder.spec_record)
-    missing = store.missing(texts)
-    cached = len(texts) - len(missing)
-    if run.num_shards > 1:
-        missing = [k for k in missing if shard_of(k, run.num_shards) == run.shard_index]
-    report = EmbedReport(fp, str(store.dir), len(texts), cached, len(missing), 0, 0, 0, 0, 0, 0.0)
-    if not missing:
+    store = VectorStore(store_dir(run.cache_dir, fp), fp)
+    every = list(todo)
+    for a in range(0, len(every), run.chunk_texts):  # which are missing, and this process's
+        part = every[a:a + run.chunk_texts]
+        names = [_key(d) for d in part]
+        missing = set(store.missing(names))
+        for d, k in zip(part, names):
+            if k not in missing:
+                todo.discard(d)
+                cached += 1
+            elif run.num_shards > 1 and shard_of(k, run.num_shards) != run.shard_index:
+                todo.discard(d)
+    del every
+    VectorStore.open(run.cache_dir, fp, encoder.identity, create=True, spec=encoder.spec_record)
+    report = EmbedReport(fp, str(store.dir), n_texts, cached, len(todo), 0, 0, 0, 0, 0, 0.0)
+    if not todo:
         report.seconds = time.perf_counter() - t0
         return report
     t_load = time.perf_counter()
     encoder.load()
     report.load_seconds = time.perf_counter() - t_load
 
-    ids, n_tokens, truncated = encoder.tokenize([texts[k] for k in missing])
+    # Pass 2: the missing texts, a chunk at a time (the first time each key is met).
     writer = None
-    bar = Progress(len(missing), desc, "text", run.quiet)
-    try:
-        budget = batch_tokens_for(encoder.device, run.batch_tokens)
+    bar = Progress(len(todo), desc, "text", run.quiet)
+    budget = batch_tokens_for(encoder.device, run.batch_tokens)
+
+    def embed_chunk(chunk: list[tuple[str, str]]):
+        nonlocal writer
+        ids, n_tokens, truncated = encoder.tokenize([t for _, t in chunk])  # this chunk's token ids only
         for b, vectors, padded, recomputed in encode_batches(encoder, ids, n_tokens, budget, run.max_batch_size):
             if writer is None:
                 dims = {v.shape[1] for v in vectors.values()}
@@ -178,7 +233,7 @@ def embed_texts(texts: dict[str, str], encoder, run: RunSpec, desc: str = "embed
                 writer = ShardWriter(store.dir, fp, encoder.identity, tuple(vectors), dims.pop(),
                                      encoder.vector_dtype, run.shard_rows, run.flush_seconds,
                                      spec=encoder.spec_record)
-            writer.add([missing[i] for i in b], n_tokens[b], truncated[b], vectors, recomputed)
+            writer.add([chunk[i][0] for i in b], n_tokens[b], truncated[b], vectors, recomputed)
             report.recomputed += int(recomputed.sum())
             report.embedded += len(b)
             report.batches += 1
@@ -188,6 +243,19 @@ def embed_texts(texts: dict[str, str], encoder, run: RunSpec, desc: str = "embed
             bar.update(len(b))
             elapsed = time.perf_counter() - t0 - report.load_seconds
             bar.set_postfix_str(f"{report.tokens / max(elapsed, 1e-9):,.0f} tok/s")
+
+    try:
+        chunk: list[tuple[str, str]] = []
+        for key, text in _stream(texts):
+            d = _digest(key)
+            if d in todo:
+                todo.discard(d)
+                chunk.append((key, text))
+                if len(chunk) >= run.chunk_texts:
+                    embed_chunk(chunk)
+                    chunk = []
+        if chunk:
+            embed_chunk(chunk)
     finally:
         bar.close()
         if writer is not None:

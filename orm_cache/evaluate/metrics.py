@@ -21,21 +21,31 @@ def margin_stats(margins: np.ndarray) -> dict:
             "incorrect_or_tied": float((m <= 0).mean()), "tie_rate": float((m == 0).mean())}
 
 
+BOOTSTRAP_DRAWS = 1 << 22  # indices drawn at once (32 MB): resamples are drawn in chunks of this size
+
+
 def bootstrap_ci(correct: np.ndarray, groups=None, n_boot: int = 1000, ci: float = 0.9, seed: int = 0) -> dict:
     """Percentile bootstrap CI of the mean of ``correct``; resamples whole groups when given
-    (pairs of one problem are not independent), otherwise single pairs."""
+    (pairs of one problem are not independent), otherwise single pairs. Resamples are drawn a
+    chunk at a time (the same numbers as drawing them at once), so memory stays bounded when
+    ``n_boot`` times the number of pairs or groups is large."""
     correct = np.asarray(correct, dtype=np.float64)
     rng = np.random.default_rng(seed)
     if groups is None:
-        idx = rng.integers(0, len(correct), size=(n_boot, len(correct)))
-        stats = correct[idx].mean(axis=1)
+        n, values, weights = len(correct), correct, None
     else:
-        _, g = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
-        n_g = g.max() + 1
-        sums = np.bincount(g, correct, n_g)
-        counts = np.bincount(g, minlength=n_g).astype(np.float64)
-        draw = rng.integers(0, n_g, size=(n_boot, n_g))  # (n_boot, G)
-        stats = sums[draw].sum(axis=1) / counts[draw].sum(axis=1)
+        g = group_codes(groups)
+        n = g.max() + 1
+        values = np.bincount(g, correct, n)  # per group: sum of correct
+        weights = np.bincount(g, minlength=n).astype(np.float64)  # per group: pairs
+    stats = np.empty(n_boot)
+    step = max(1, BOOTSTRAP_DRAWS // max(n, 1))
+    for a in range(0, n_boot, step):
+        draw = rng.integers(0, n, size=(min(step, n_boot - a), n))  # (chunk, n)
+        if weights is None:
+            stats[a:a + len(draw)] = values[draw].mean(axis=1)
+        else:
+            stats[a:a + len(draw)] = values[draw].sum(axis=1) / weights[draw].sum(axis=1)
     lo, hi = np.quantile(stats, [(1 - ci) / 2, 1 - (1 - ci) / 2])
     return {"low": float(lo), "high": float(hi), "level": ci, "resamples": n_boot,
             "unit": "group" if groups is not None else "pair"}
@@ -125,9 +135,20 @@ def pointwise(scores: np.ndarray, labels: np.ndarray) -> dict:
     return {"auroc": float(roc_auc_score(labels, scores)), "spearman": float(spearmanr(scores, labels).statistic)}
 
 
+def group_codes(groups) -> np.ndarray:
+    """``(N,)`` code of each row's group: the rank of ``str(group)`` among the distinct ones, as
+    ``np.unique(np.asarray(groups, dtype=str), return_inverse=True)`` gives, but sorting only the
+    distinct names (a few per million rows) instead of every row's."""
+    first: dict[str, int] = {}
+    code = np.fromiter((first.setdefault(x, len(first)) for x in map(str, groups)), dtype=np.int64, count=len(groups))
+    rank = np.empty(len(first), dtype=np.int64)
+    rank[np.argsort(np.array(list(first), dtype=str), kind="stable")] = np.arange(len(first))
+    return rank[code]
+
+
 def group_indices(groups) -> list[np.ndarray]:
     """Row indices of each group (groups in sorted order, rows in input order), by one sort."""
-    _, g = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
+    g = group_codes(groups)
     order = np.argsort(g, kind="stable")
     return np.split(order, np.flatnonzero(np.diff(g[order])) + 1)
 

@@ -62,8 +62,8 @@ class Head:
     def score_std(self) -> float | None:
         return (self.meta.get("train") or {}).get("score_std")
 
-    def score(self, X: np.ndarray) -> np.ndarray:
-        """``(N, D)`` vectors -> ``(N,)`` scores."""
+    def score(self, X) -> np.ndarray:
+        """``(N, D)`` vectors (an array, or a store's rows read in blocks) -> ``(N,)`` scores."""
         assert X.ndim == 2 and X.shape[1] == self.dim, (X.shape, self.dim)
         return X @ self.weight + np.float32(self.bias)
 

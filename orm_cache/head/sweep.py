@@ -30,9 +30,10 @@ import numpy as np
 import torch
 
 from ..config import HEAD_FIELDS, HeadConfig
+from ..store.rows import as_rows
 from .losses import pairwise_loss
-from .threads import single_blas_thread
-from .train import TrainResult, _finish, batch_order, train_lbfgs_path, warmup_factor
+from .threads import single_blas_thread, single_torch_thread
+from .train import TrainResult, batch_order, finish_heads, train_lbfgs_path, warmup_factor
 
 SHARED_KEYS = ("feature", "batch_size", "steps", "seed", "warmup_steps", "init", "betas")
 EPS = 1e-8  # torch.optim.AdamW's default
@@ -148,13 +149,15 @@ def grid_fields(grids: Grid | list[Grid]) -> list[str]:
 
 # --------------------------------------------------------------------------------- training
 
-def train_adamw_batched(X: np.ndarray, ci: np.ndarray, ri: np.ndarray, cfgs: list[HeadConfig]) -> list[TrainResult]:
+def train_adamw_batched(X, ci: np.ndarray, ri: np.ndarray, cfgs: list[HeadConfig]) -> list[TrainResult]:
     """Train K AdamW heads that share the batch stream and init; per-head lr, weight decay,
-    margin, center_coef and grad clip. ``X`` (U, D); returns one result per config."""
+    margin, center_coef and grad clip. ``X`` (U, D): each step gathers its rows once for all K
+    heads, and one pass over ``X`` scores the K final heads. Returns one result per config."""
     c0 = cfgs[0]
     for c in cfgs:
         assert all(getattr(c, k) == getattr(c0, k) for k in SHARED_KEYS), "configs must share " + ", ".join(SHARED_KEYS)
     t0 = time.perf_counter()
+    X = as_rows(X)
     K, D = len(cfgs), X.shape[1]
     gen = torch.Generator().manual_seed(c0.seed)
     torch.manual_seed(c0.seed)
@@ -172,40 +175,44 @@ def train_adamw_batched(X: np.ndarray, ci: np.ndarray, ri: np.ndarray, cfgs: lis
     beta1, beta2 = c0.betas
     m_W, v_W = torch.zeros_like(W), torch.zeros_like(W)
     m_b, v_b = torch.zeros_like(b), torch.zeros_like(b)
-    Xt = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
-    cit, rit = torch.from_numpy(np.asarray(ci)), torch.from_numpy(np.asarray(ri))
+    ci, ri = np.asarray(ci), np.asarray(ri)
     hist = [[] for _ in range(K)]
     window = torch.zeros(K)
     n_win = 0
-    for step, idx in enumerate(batch_order(len(ci), c0.batch_size, c0.steps, gen)):
-        r_c = (Xt[cit[idx]] @ W.T + b).T  # (K, B)
-        r_r = (Xt[rit[idx]] @ W.T + b).T  # (K, B)
-        loss = pairwise_loss(r_c, r_r, margin[:, None], center[:, None])  # (K,)
-        gW, gb = torch.autograd.grad(loss.sum(), (W, b))
-        with torch.no_grad():
-            # per-head global-norm clipping, as clip_grad_norm_ over (weight, bias)
-            norm = torch.sqrt((gW ** 2).sum(1) + gb ** 2)  # (K,)
-            coef = torch.where(clip > 0, torch.clamp(clip / (norm + 1e-6), max=1.0), torch.ones_like(clip))
-            gW, gb = gW * coef[:, None], gb * coef
-            lr_t = lr * warmup_factor(step, c0.warmup_steps)  # (K,)
-            t = step + 1
-            bc1, bc2_sqrt = 1 - beta1 ** t, (1 - beta2 ** t) ** 0.5
-            for p, g, m, v, lr_p, wd_p in ((W, gW, m_W, v_W, lr_t[:, None], wd[:, None]), (b, gb, m_b, v_b, lr_t, wd)):
-                p.mul_(1 - lr_p * wd_p)
-                m.lerp_(g, 1 - beta1)
-                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                denom = (v.sqrt() / bc2_sqrt).add_(EPS)
-                p.sub_((lr_p / bc1) * m / denom)
-        window += loss.detach()
-        n_win += 1
-        if n_win == 50 or step == c0.steps - 1:
-            for k in range(K):
-                hist[k].append((step + 1, float(window[k] / n_win)))
-            window.zero_()
-            n_win = 0
+    with single_torch_thread():  # (8, D) @ (D, K) a step: one thread's work
+        for step, idx in enumerate(batch_order(len(ci), c0.batch_size, c0.steps, gen)):
+            idx = idx.numpy()
+            r_c = (torch.from_numpy(X.take(ci[idx])) @ W.T + b).T  # (K, B) from the (B, D) rows gathered
+            r_r = (torch.from_numpy(X.take(ri[idx])) @ W.T + b).T  # (K, B)
+            loss = pairwise_loss(r_c, r_r, margin[:, None], center[:, None])  # (K,)
+            gW, gb = torch.autograd.grad(loss.sum(), (W, b))
+            with torch.no_grad():
+                # per-head global-norm clipping, as clip_grad_norm_ over (weight, bias)
+                norm = torch.sqrt((gW ** 2).sum(1) + gb ** 2)  # (K,)
+                coef = torch.where(clip > 0, torch.clamp(clip / (norm + 1e-6), max=1.0), torch.ones_like(clip))
+                gW, gb = gW * coef[:, None], gb * coef
+                lr_t = lr * warmup_factor(step, c0.warmup_steps)  # (K,)
+                t = step + 1
+                bc1, bc2_sqrt = 1 - beta1 ** t, (1 - beta2 ** t) ** 0.5
+                for p, g, m, v, lr_p, wd_p in ((W, gW, m_W, v_W, lr_t[:, None], wd[:, None]), (b, gb, m_b, v_b, lr_t, wd)):
+                    p.mul_(1 - lr_p * wd_p)
+                    m.lerp_(g, 1 - beta1)
+                    v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                    denom = (v.sqrt() / bc2_sqrt).add_(EPS)
+                    p.sub_((lr_p / bc1) * m / denom)
+            window += loss.detach()
+            n_win += 1
+            if n_win == 50 or step == c0.steps - 1:
+                for k in range(K):
+                    hist[k].append((step + 1, float(window[k] / n_win)))
+                window.zero_()
+                n_win = 0
     secs = (time.perf_counter() - t0) / K
-    Wn = W.detach().numpy()
-    return [_finish(Wn[k].copy(), X, ci, ri, cfgs[k], secs, c0.steps, hist[k]) for k in range(K)]
+    out = finish_heads(W.detach().numpy(), X, ci, ri, cfgs, [secs] * K, [c0.steps] * K, hist)
+    extra = (time.perf_counter() - t0) / K - secs  # the scoring pass, shared
+    for r in out:
+        r.seconds += extra
+    return out
 
 
 def group_configs(cfgs: list[HeadConfig]) -> list[list[int]]:
@@ -227,8 +234,10 @@ class SweepRow:
 
 def run_sweep(features: dict[str, tuple], select: dict[str, tuple], cfgs: list[HeadConfig], progress=None) -> list[SweepRow]:
     """Train every config on ``features[feature] = (X, ci, ri)`` and score it on
-    ``select[feature] = (X, ci, ri)``. Returns rows in config order. NumPy's BLAS (training
-    scores, selection scores, L-BFGS) runs on one thread; torch's AdamW keeps its threads."""
+    ``select[feature] = (X, ci, ri)`` (``X`` a store's :class:`Rows` or an array; each group's
+    heads are scored in one pass over it). Returns rows in config order. NumPy's BLAS (training
+    scores, selection scores, L-BFGS) runs on one thread, and so does torch's pool during the
+    mini-batch steps (:func:`single_torch_thread`)."""
     rows: list[SweepRow | None] = [None] * len(cfgs)
     with single_blas_thread():
         for idx in group_configs(cfgs):

@@ -15,7 +15,12 @@ opened in name order, and shards that appear later are opened after them).
 
 Every shard is checked when opened: its bytes against the CRC32 in its name, then Arrow's own
 validation and the fingerprint in its metadata. A shard that fails is named in a warning and left
-out, so its rows count as missing and the next ``embed`` writes them again. A shard that is gone
+out, so its rows count as missing and the next ``embed`` writes them again. Reading every byte at
+every open would cost a 40 GB store a full read per command, so a shard whose bytes matched its
+checksum is remembered in ``verified.json`` by name, size and modification time, and not read
+again while those stay the same (a changed file is checked again; ``cache check`` always reads
+every byte). A shard is remembered only once its modification time is a few seconds old, so a
+change within the file system's timestamp resolution cannot hide behind an unchanged mtime. A shard that is gone
 by the time it is opened is not bad: ``cache compact`` deleted it after writing the shard that
 holds its rows, so the reader lists the directory again (see :meth:`VectorStore.refresh`).
 
@@ -26,6 +31,7 @@ or does not describe its directory, ``describe.describe_store`` takes the descri
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -38,6 +44,8 @@ import numpy as np
 import pyarrow as pa
 
 from .fingerprint import SCHEMA_VERSION, canonical_json, short
+from .index import KeyIndex, key_hashes
+from .rows import StoreRows
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +56,8 @@ META_SPEC = b"orm_cache.encoder_spec"  # optional: shards written before it was 
 SHARD_SUFFIX = ".arrow"
 TMP_PREFIX = ".tmp-"
 RELIST_LIMIT = 100  # listings one refresh may take while compactions delete shards under it
+VERIFIED = "verified.json"  # shards whose checksum matched: name -> [size, mtime_ns]
+RACY_SECONDS = 3.0  # a shard modified more recently than this is checked, never remembered
 
 
 class StoreError(RuntimeError):
@@ -182,19 +192,21 @@ def list_shards(directory: Path) -> list[Path]:
     return sorted(p for p in Path(directory).glob(f"*{SHARD_SUFFIX}") if not p.name.startswith(TMP_PREFIX))
 
 
-def open_shard(path: Path, fp: str) -> tuple[pa.Table | None, str | None]:
-    """Memory-map one shard and check it: checksum, Arrow validation, fingerprint.
-    Returns ``(table, None)``, or ``(None, reason)`` when it must not be read. A shard that no
-    longer exists raises FileNotFoundError: it is gone, not bad (``compact`` replaced it)."""
+def open_shard(path: Path, fp: str, checksum: bool = True) -> tuple[pa.Table | None, str | None]:
+    """Memory-map one shard and check it: checksum (unless ``checksum=False``: a shard
+    remembered as verified), Arrow validation, fingerprint. Returns ``(table, None)``, or
+    ``(None, reason)`` when it must not be read. A shard that no longer exists raises
+    FileNotFoundError: it is gone, not bad (``compact`` replaced it)."""
     try:
         mm = pa.memory_map(str(path), "r")
         want = shard_checksum(path)
         if want is None:
             return None, "no checksum in its name (not written by orm-cache)"
-        got = f"{zlib.crc32(mm.read_buffer()):08x}"
-        if got != want:
-            return None, f"checksum mismatch (file {got}, name {want}): truncated or corrupted"
-        mm.seek(0)
+        if checksum:
+            got = f"{zlib.crc32(mm.read_buffer()):08x}"
+            if got != want:
+                return None, f"checksum mismatch (file {got}, name {want}): truncated or corrupted"
+            mm.seek(0)
         table = pa.ipc.open_file(mm).read_all()
         table.validate()
     except FileNotFoundError:
@@ -207,15 +219,56 @@ def open_shard(path: Path, fp: str) -> tuple[pa.Table | None, str | None]:
     return table, None
 
 
+def _stat_key(path: Path) -> list[int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def read_verified(directory: Path) -> dict[str, list[int]]:
+    """The shards of ``directory`` remembered as verified: name -> [size, mtime_ns] ({} when none)."""
+    try:
+        memo = json.loads((Path(directory) / VERIFIED).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in memo.items() if isinstance(v, list)} if isinstance(memo, dict) else {}
+
+
+def remember_verified(directory: Path, checked: dict[str, list[int] | None]) -> None:
+    """Update ``verified.json`` (atomically) with ``checked``: name -> [size, mtime_ns] to
+    remember, or None to forget (a shard that failed, or changed too recently to be trusted);
+    entries of shards that are gone are dropped. Two processes doing this at once may lose each
+    other's additions: those shards are checked again next time, nothing worse. A read-only
+    cache is not an error."""
+    directory = Path(directory)
+    memo = read_verified(directory)
+    memo.update(checked)
+    names = {p.name for p in list_shards(directory)}
+    memo = {k: v for k, v in memo.items() if k in names and v is not None}
+    try:
+        _atomic_write_bytes(directory / VERIFIED, json.dumps(memo, sort_keys=True).encode())
+    except OSError as e:
+        log.debug("could not remember verified shards in %s: %s", directory, e)
+
+
 class VectorStore:
-    """Read side of one encoder's store: key -> row index over memory-mapped shards."""
+    """Read side of one encoder's store: key -> row index over memory-mapped shards.
+
+    Rows are numbered across shards in opening order (a shard's rows follow the previous
+    shard's); the index maps each distinct key to its row in 16 bytes (:class:`KeyIndex`), and
+    the vectors stay in the shards' pages, read through :class:`~orm_cache.store.rows.StoreRows`.
+    """
 
     def __init__(self, directory: Path, fp: str):
         self.dir = Path(directory)
         self.fp = fp
         self._tables: list[pa.Table] = []
         self._paths: list[Path] = []
-        self._index: dict[str, tuple[int, int]] = {}
+        self._starts: list[int] = [0]  # first row of each shard, and the total at the end
+        self._index = KeyIndex(self._keys_at)
+        self._parts: dict[str, tuple[list[np.ndarray], np.ndarray]] = {}  # column -> (views, first rows)
         self.skipped: list[tuple[Path, str]] = []
         self.refresh()
 
@@ -257,28 +310,66 @@ class VectorStore:
         if not self.dir.is_dir():
             return False
         known = set(self._paths) | {p for p, _ in self.skipped}
+        new = [p for p in list_shards(self.dir) if p not in known]
+        if not new:
+            return False
+        memo, now = read_verified(self.dir), time.time_ns()
+        checked: dict[str, list[int] | None] = {}
         gone = False
-        for path in list_shards(self.dir):
-            if path in known:
-                continue
+        hashes, first = [], self._starts[-1]
+        for path in new:
+            stat = _stat_key(path)
             try:
-                table, problem = open_shard(path, self.fp)
+                if stat is not None and memo.get(path.name) == stat:
+                    table, problem = open_shard(path, self.fp, checksum=False)
+                else:
+                    table, problem = open_shard(path, self.fp)
+                    trusted = not problem and stat is not None and now - stat[1] > RACY_SECONDS * 1e9
+                    if trusted or path.name in memo:
+                        checked[path.name] = stat if trusted else None
             except FileNotFoundError:
                 gone = True
                 continue
             if problem:
                 self._skip(path, problem)
                 continue
-            idx = len(self._tables)
             self._tables.append(table)
             self._paths.append(path)
-            for row, key in enumerate(table.column("key").to_pylist()):
-                self._index.setdefault(key, (idx, row))
+            self._starts.append(self._starts[-1] + table.num_rows)
+            hashes.append(key_hashes(table.column("key").to_pylist()))
+        if hashes:
+            self._index.add(np.concatenate(hashes), np.arange(first, self._starts[-1]))
+            self._parts.clear()
+        if checked:
+            remember_verified(self.dir, checked)
         return gone
 
     def _skip(self, path: Path, why: str) -> None:
         self.skipped.append((path, why))
         warnings.warn(f"skipping shard {path}: {why}; its rows will be embedded again", stacklevel=4)
+
+    def _shard_rows(self, gids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Global rows -> (shard, row within the shard)."""
+        starts = np.asarray(self._starts)
+        shard = np.searchsorted(starts, gids, "right") - 1
+        return shard, gids - starts[shard]
+
+    def _keys_at(self, gids: np.ndarray) -> pa.Array:
+        """The keys of global rows ``gids``, in order, read back from the shards."""
+        gids = np.asarray(gids, np.int64)
+        shard, row = self._shard_rows(gids)
+        order = np.argsort(shard, kind="stable")
+        cuts = np.flatnonzero(np.diff(shard[order])) + 1
+        pieces = [self._tables[int(shard[idx[0]])].column("key").take(pa.array(row[idx])).combine_chunks()
+                  for idx in np.split(order, cuts) if len(idx)]
+        if not pieces:
+            return pa.array([], pa.string())
+        keys = pa.concat_arrays(pieces)  # grouped by shard
+        if len(pieces) == 1 and (order[1:] > order[:-1]).all():
+            return keys
+        back = np.empty_like(order)
+        back[order] = np.arange(len(order))
+        return keys.take(pa.array(back))
 
     # -- queries -------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -286,6 +377,10 @@ class VectorStore:
 
     def __contains__(self, key: str) -> bool:
         return key in self._index
+
+    def keys(self):
+        """Every key the store holds (each once), in no particular order."""
+        return iter(self._index)
 
     @property
     def shards(self) -> list[Path]:
@@ -303,46 +398,97 @@ class VectorStore:
             return None
         return self._tables[0].schema.field(self.columns[0]).type.list_size
 
+    def _find(self, keys: list[str]) -> np.ndarray:
+        """Global row of each key (-1 where none); shards added since the last refresh are
+        opened before a key is called missing."""
+        gids = self._index.find(keys)
+        if (gids < 0).any():
+            self.refresh()
+            miss = np.flatnonzero(gids < 0)
+            gids[miss] = self._index.find([keys[i] for i in miss])
+        return gids
+
     def missing(self, keys) -> list[str]:
         """Keys without a vector; shards added since the last refresh are opened before saying so."""
-        out = [k for k in keys if k not in self._index]
-        if out:
-            self.refresh()
-            out = [k for k in out if k not in self._index]
-        return out
+        keys = list(keys)
+        gids = self._find(keys)
+        return [keys[i] for i in np.flatnonzero(gids < 0)]
 
-    def _locate(self, keys) -> tuple[np.ndarray, np.ndarray]:
-        missing = self.missing(keys)
-        if missing:
-            raise StoreError(f"{len(missing)} of {len(keys)} keys have no vector in {self.dir} "
-                             f"(first: {missing[0][:16]}…)")
-        loc = np.array([self._index[k] for k in keys], dtype=np.int64).reshape(-1, 2)
-        return loc[:, 0], loc[:, 1]
+    def locate(self, keys) -> np.ndarray:
+        """``(N,)`` global row of each key (rows are numbered in the order they lie in the
+        shards); a missing key raises :class:`StoreError`."""
+        keys = list(keys)
+        gids = self._find(keys)
+        if (gids < 0).any():
+            miss = np.flatnonzero(gids < 0)
+            raise StoreError(f"{len(miss)} of {len(keys)} keys have no vector in {self.dir} "
+                             f"(first: {keys[miss[0]][:16]}…)")
+        return gids
 
-    def _gather(self, keys, column: str, dtype=None) -> np.ndarray:
-        """Rows of ``keys`` (in order) from ``column`` across shards: ``(N,)`` for a scalar column,
-        ``(N, D)`` for a vector column (read zero-copy from the memory map, cast to ``dtype``)."""
-        shard, row = self._locate(list(keys))
-        out = None
-        for s in np.unique(shard):
-            col = self._tables[int(s)].column(column).combine_chunks()
-            if pa.types.is_fixed_size_list(col.type):
-                arr = col.values.to_numpy(zero_copy_only=False).reshape(-1, col.type.list_size)  # (N_shard, D)
-            else:
-                arr = col.to_numpy(zero_copy_only=False)  # (N_shard,)
-            if out is None:
-                out = np.empty((len(row),) + arr.shape[1:], dtype=dtype or arr.dtype)
-            sel = shard == s
-            out[sel] = arr[row[sel]]
-        return out if out is not None else np.empty(0, dtype=dtype or np.float32)
+    _locate = locate
 
-    def vectors(self, keys, column: str | None = None, dtype=np.float32) -> np.ndarray:
-        """Vectors of ``keys`` (in order) from ``column`` as a ``(len(keys), D)`` array."""
+    def in_store_order(self, keys) -> list[str]:
+        """``keys`` sorted as their rows lie in the shards, so that blocks of them are read as
+        slices of the memory map (missing keys raise :class:`StoreError`)."""
+        keys = list(keys)
+        order = np.argsort(self.locate(keys), kind="stable")
+        return [keys[i] for i in order]
+
+    def _column_parts(self, column: str) -> tuple[list[np.ndarray], np.ndarray]:
+        """Zero-copy ``(n, D)`` views of ``column`` in every record batch of every shard, and
+        the global row of each view's first row."""
+        if column not in self._parts:
+            views, firsts = [], []
+            for table, start in zip(self._tables, self._starts):
+                offset = start
+                for chunk in table.column(column).chunks:
+                    flat = chunk.flatten().to_numpy(zero_copy_only=True)  # (n*D,) view of the map
+                    views.append(flat.reshape(len(chunk), chunk.type.list_size))
+                    firsts.append(offset)
+                    offset += len(chunk)
+            self._parts[column] = (views, np.asarray(firsts, dtype=np.int64))
+        return self._parts[column]
+
+    def _check_column(self, column: str | None) -> str:
         column = column or self.columns[0]
         if column not in self.columns:
             raise StoreError(f"column {column!r} is not in this store; it has {', '.join(self.columns)}")
-        out = self._gather(keys, column, dtype)
-        return out.reshape(-1, self.dim)  # (N, D), also when keys is empty
+        return column
+
+    def matrix(self, keys, column: str | None = None) -> StoreRows:
+        """The vectors of ``keys`` (in order) as a ``(len(keys), D)`` :class:`StoreRows`, read
+        from the memory map block by block: nothing is copied here."""
+        return self.matrix_at(self.locate(keys), column)
+
+    def matrix_at(self, gids: np.ndarray, column: str | None = None) -> StoreRows:
+        """:meth:`matrix` of global rows ``gids`` (from :meth:`locate`)."""
+        column = self._check_column(column)
+        gids = np.asarray(gids, np.int64)
+        views, firsts = self._column_parts(column)
+        part = np.searchsorted(firsts, gids, "right") - 1
+        return StoreRows(views, part, gids - firsts[part], self.dim)
+
+    def vectors(self, keys, column: str | None = None, dtype=np.float32) -> np.ndarray:
+        """Vectors of ``keys`` (in order) from ``column`` as a ``(len(keys), D)`` array in memory
+        (for a few keys; :meth:`matrix` reads many without copying them)."""
+        X = self.matrix(keys, column)
+        return X.take(np.arange(len(X)), dtype=dtype)  # (N, D), also when keys is empty
+
+    def _gather(self, keys, column: str) -> np.ndarray:
+        """``(N,)`` values of a scalar column for ``keys`` (in order)."""
+        return self.scalars_at(self.locate(keys), column)
+
+    def scalars_at(self, gids: np.ndarray, column: str) -> np.ndarray:
+        """``(N,)`` values of a scalar column (``n_tokens``, ``truncated``…) of global rows ``gids``."""
+        shard, row = self._shard_rows(np.asarray(gids, np.int64))
+        out = None
+        for s in np.unique(shard):
+            arr = self._tables[int(s)].column(column).to_numpy()  # (N_shard,)
+            if out is None:
+                out = np.empty(len(row), dtype=arr.dtype)
+            sel = shard == s
+            out[sel] = arr[row[sel]]
+        return out if out is not None else np.empty(0, dtype=np.int32)
 
     def n_tokens(self, keys) -> np.ndarray:
         return self._gather(keys, "n_tokens")
