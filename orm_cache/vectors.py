@@ -14,6 +14,7 @@ import numpy as np
 
 from .data import SplitData
 from .store import StoreError, VectorStore
+from .store.index import key_hashes
 from .store.rows import Rows
 
 
@@ -28,8 +29,8 @@ class SplitVectors:
     feature: str
 
     def rows(self, keys) -> np.ndarray:
-        pos = {k: i for i, k in enumerate(self.keys)}
-        return np.fromiter(map(pos.__getitem__, keys), dtype=np.int64, count=len(keys))
+        """``(N,)`` row of ``X`` of each key (keys of this split)."""
+        return rows_of(self.keys, list(keys))[0]
 
 
 # DataSpec fields that decide which texts a split has (pair sampling does not: every text is embedded).
@@ -78,7 +79,25 @@ def split_vectors(data: SplitData, store: VectorStore, feature: str | None, hint
     keys, gids = [keys[i] for i in order], gids[order]
     sv = SplitVectors(data, keys, store.matrix_at(gids, feature), np.empty(0, np.int64), np.empty(0, np.int64),
                       store.scalars_at(gids, "n_tokens"), feature)
-    pos = {k: i for i, k in enumerate(keys)}
-    sv.ci, sv.ri = (np.fromiter(map(pos.__getitem__, side), dtype=np.int64, count=len(side))
-                    for side in (data.pairs.chosen, data.pairs.rejected))
+    sv.ci, sv.ri = rows_of(keys, data.pairs.chosen, data.pairs.rejected)
     return sv
+
+
+def rows_of(keys: list[str], *sides: list[str]) -> list[np.ndarray]:
+    """For each list in ``sides`` (keys that are all among ``keys``), the position in ``keys`` of
+    each of its keys. When no two of ``keys`` share a 64-bit hash (as good as always), a key's
+    hash names its position: one vectorised search instead of millions of dict lookups."""
+    h = key_hashes(keys)  # (U,)
+    order = np.argsort(h, kind="stable")
+    sorted_h = h[order]
+    if len(keys) < 2 or (np.diff(sorted_h) != 0).all():
+        out = []
+        for side in sides:
+            q = key_hashes(side)  # (N,)
+            by = np.argsort(q)  # searching sorted needles walks the table once (3x faster at 4M in 1M)
+            pos = np.empty(len(q), np.int64)
+            pos[by] = order[np.searchsorted(sorted_h, q[by])]
+            out.append(pos)
+        return out
+    pos = {k: i for i, k in enumerate(keys)}
+    return [np.fromiter(map(pos.__getitem__, side), dtype=np.int64, count=len(side)) for side in sides]

@@ -33,7 +33,7 @@ from ..config import HEAD_FIELDS, HeadConfig
 from ..store.rows import as_rows
 from .losses import pairwise_loss
 from .threads import single_blas_thread, single_torch_thread
-from .train import TrainResult, batch_order, finish_heads, train_lbfgs_path, warmup_factor
+from .train import TrainResult, batch_order, finish_heads, pair_stats, train_lbfgs_path, warmup_factor
 
 SHARED_KEYS = ("feature", "batch_size", "steps", "seed", "warmup_steps", "init", "betas")
 EPS = 1e-8  # torch.optim.AdamW's default
@@ -246,11 +246,14 @@ def run_sweep(features: dict[str, tuple], select: dict[str, tuple], cfgs: list[H
             trainer = train_adamw_batched if group[0].solver == "adamw" else train_lbfgs_path
             results = trainer(X, ci, ri, group)
             Xs, cs, rs = select[group[0].feature]
-            S = Xs @ np.stack([r.weight for r in results]).T  # (U_sel, K)
-            delta = (S[cs] - S[rs]).astype(np.float64)  # (N_sel, K)
+            if Xs is X and all(r.scores is not None for r in results):  # selected on other pairs of the same traces
+                S = np.stack([r.scores for r in results], axis=1)  # (U, K), from the training pass
+            else:
+                S = Xs @ np.stack([r.weight for r in results]).T  # (U_sel, K)
+            loss, accuracy = pair_stats(S, cs, rs, 0.0)
             for j, (i, r) in enumerate(zip(idx, results)):
-                d = delta[:, j]
-                rows[i] = SweepRow(cfgs[i], r, float((d > 0).mean()), float(np.logaddexp(0.0, -d).mean()))
+                r.scores = None  # (U,) each: not kept for the whole sweep
+                rows[i] = SweepRow(cfgs[i], r, float(accuracy[j]), float(loss[j]))
             if progress is not None:
                 progress(len(idx))
     return rows

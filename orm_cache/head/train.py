@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..config import HeadConfig
 from ..store.rows import Rows, as_rows
@@ -43,6 +44,25 @@ class TrainResult:
     steps: int
     history: list = field(default_factory=list)  # (step, mean loss over the last window)
     accuracy: float | None = None  # training pairwise accuracy (strict >) of the final head
+    scores: np.ndarray | None = field(default=None, repr=False)  # (U,) training scores without bias (a view)
+
+
+PAIR_CHUNK = 1 << 18  # pairs whose margins are held at once, for every head
+
+
+def pair_stats(S: np.ndarray, ci, ri, margin) -> tuple[np.ndarray, np.ndarray]:
+    """For K heads' scores ``S`` ``(U, K)``: each head's mean ``softplus(margin - Δ)`` and
+    fraction of pairs with ``Δ > 0``, ``Δ = S[ci] - S[ri]`` in float64, a chunk of pairs at a
+    time. ``margin``: a number or ``(K,)``. Returns two ``(K,)`` arrays."""
+    N, K = len(ci), S.shape[1]
+    loss, right = np.zeros(K), np.zeros(K)
+    margin = torch.as_tensor(margin, dtype=torch.float64)
+    with single_torch_thread():
+        for a in range(0, N, PAIR_CHUNK):
+            d = S[ci[a:a + PAIR_CHUNK]].astype(np.float64) - S[ri[a:a + PAIR_CHUNK]]  # (n, K)
+            right += (d > 0).sum(axis=0)
+            loss += -F.logsigmoid(torch.from_numpy(d) - margin).sum(dim=0).numpy()  # -log σ(Δ - margin)
+    return loss / max(N, 1), right / max(N, 1)
 
 
 def finish_heads(W: np.ndarray, X, ci, ri, cfgs: list[HeadConfig], seconds: list[float], steps: list[int],
@@ -51,15 +71,10 @@ def finish_heads(W: np.ndarray, X, ci, ri, cfgs: list[HeadConfig], seconds: list
     pass over ``X``; each bias makes its scores' mean 0."""
     W = np.asarray(W, dtype=np.float32)
     S = as_rows(X) @ W.T  # (U, K) raw scores without bias
-    out = []
-    for k, cfg in enumerate(cfgs):
-        s = S[:, k]  # (U,)
-        bias = -float(s.mean())
-        delta = torch.from_numpy((s[ci] - s[ri]).astype(np.float64))  # (N,)
-        final = float(pairwise_loss(delta, torch.zeros_like(delta), cfg.margin))
-        out.append(TrainResult(W[k].copy(), bias, float(s.std()), final, seconds[k], steps[k], histories[k],
-                               float((delta > 0).double().mean())))
-    return out
+    mean, std = S.mean(axis=0, dtype=np.float64), S.std(axis=0, dtype=np.float64)  # (K,)
+    loss, accuracy = pair_stats(S, ci, ri, np.array([c.margin for c in cfgs]))
+    return [TrainResult(W[k].copy(), -float(mean[k]), float(std[k]), float(loss[k]), seconds[k], steps[k],
+                        histories[k], float(accuracy[k]), S[:, k]) for k in range(len(cfgs))]
 
 
 def _finish(weight: np.ndarray, X, ci, ri, cfg: HeadConfig, seconds, steps, history) -> TrainResult:
@@ -202,5 +217,5 @@ def train(X, ci, ri, cfg: HeadConfig) -> TrainResult:
     return fn(X, np.asarray(ci, dtype=np.int64), np.asarray(ri, dtype=np.int64), cfg)
 
 
-__all__ = ["TrainResult", "finish_heads", "train", "train_adamw", "train_lbfgs", "train_lbfgs_path", "warmup_factor",
+__all__ = ["TrainResult", "finish_heads", "pair_stats", "train", "train_adamw", "train_lbfgs", "train_lbfgs_path", "warmup_factor",
            "batch_order", "lbfgs_objective", "standardizer"]

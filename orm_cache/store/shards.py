@@ -482,11 +482,13 @@ class VectorStore:
         """``(N,)`` values of a scalar column (``n_tokens``, ``truncated``…) of global rows ``gids``."""
         shard, row = self._shard_rows(np.asarray(gids, np.int64))
         out = None
-        for s in np.unique(shard):
-            arr = self._tables[int(s)].column(column).to_numpy()  # (N_shard,)
+        order = np.argsort(shard, kind="stable")
+        for sel in np.split(order, np.flatnonzero(np.diff(shard[order])) + 1):
+            if not len(sel):
+                continue
+            arr = self._tables[int(shard[sel[0]])].column(column).to_numpy()  # (N_shard,)
             if out is None:
                 out = np.empty(len(row), dtype=arr.dtype)
-            sel = shard == s
             out[sel] = arr[row[sel]]
         return out if out is not None else np.empty(0, dtype=np.int32)
 
