@@ -208,7 +208,6 @@ def embed_texts(texts: Mapping[str, str] | Iterable[tuple[str, str]], encoder, r
             elif run.num_shards > 1 and shard_of(k, run.num_shards) != run.shard_index:
                 todo.discard(d)
     del every
-    VectorStore.open(run.cache_dir, fp, encoder.identity, create=True, spec=encoder.spec_record)
     report = EmbedReport(fp, str(store.dir), n_texts, cached, len(todo), 0, 0, 0, 0, 0, 0.0)
     if not todo:
         report.seconds = time.perf_counter() - t0
@@ -230,6 +229,9 @@ def embed_texts(texts: Mapping[str, str] | Iterable[tuple[str, str]], encoder, r
                 dims = {v.shape[1] for v in vectors.values()}
                 if len(dims) != 1:
                     raise StoreError(f"columns have different widths {sorted(dims)}; store them separately")
+                # the store (and its encoder.json) is made only now: a model that fails to load or
+                # run leaves no empty store behind for later hints to advertise
+                VectorStore.open(run.cache_dir, fp, encoder.identity, create=True, spec=encoder.spec_record)
                 writer = ShardWriter(store.dir, fp, encoder.identity, tuple(vectors), dims.pop(),
                                      encoder.vector_dtype, run.shard_rows, run.flush_seconds,
                                      spec=encoder.spec_record)
@@ -244,6 +246,7 @@ def embed_texts(texts: Mapping[str, str] | Iterable[tuple[str, str]], encoder, r
             elapsed = time.perf_counter() - t0 - report.load_seconds
             bar.set_postfix_str(f"{report.tokens / max(elapsed, 1e-9):,.0f} tok/s")
 
+    finished = False
     try:
         chunk: list[tuple[str, str]] = []
         for key, text in _stream(texts):
@@ -256,8 +259,9 @@ def embed_texts(texts: Mapping[str, str] | Iterable[tuple[str, str]], encoder, r
                     chunk = []
         if chunk:
             embed_chunk(chunk)
+        finished = True
     finally:
-        bar.close()
+        bar.close(stopped=not finished)
         if writer is not None:
             writer.flush()  # whatever completed before an error is kept
             report.shards_written = [os.fspath(p) for p in writer.shards_written]
