@@ -200,7 +200,9 @@ class TextRecipe:
                     rec.chat_template if chat_template is None else chat_template, rec.chat_tokens)
         if rec.chat_template is None and not override:  # no conversations in training: nothing to contradict
             rec = replace(rec, chat_template=given.chat_template)
-        if rec.prompt_col and given.prompt_col:  # the column's name maps the data; joining a prompt is the recipe
+        if given.prompt_col and (rec.prompt_col or rec.chat_template):
+            # the column's name maps the data; joining a prompt is the recipe (and a conversation's
+            # prompt messages are part of it in either TRL shape)
             rec = replace(rec, prompt_col=given.prompt_col)
         if given != rec and not override:
             diff = "; ".join(f"{name}: head {_shown(getattr(rec, name))}, given {_shown(getattr(given, name))}"

@@ -84,7 +84,7 @@ def row_text(row: dict, text_col: str, recipe: TextRecipe | TextBuilder, where: 
     value, col = response_value(row, where, text_col, messages_col)
     flag = "--text-col" if col == text_col else "--messages-col"
     # a conversation carries its prompt in its messages; a plain response needs the column
-    prompt = prompt_field(row, builder.recipe.prompt_col, where, builder.require_prompt and isinstance(value, str))
+    prompt = prompt_field(row, builder.prompt_col_for(value), where, builder.require_prompt and isinstance(value, str))
     return builder.build(value, prompt, where, col, flag)[0]
 
 

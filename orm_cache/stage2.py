@@ -110,7 +110,11 @@ def fit_head(data_spec: DataSpec, enc_spec: EncoderSpec, cfg: HeadConfig, cache_
         except (DataError, StoreError) as e:
             log.info("not evaluating on %s: %s", eval_split, e)
         else:
-            report = calibrate_and_evaluate(head, ev)
+            if ev.data.identity["pairs_sha256"] == sv.data.identity["pairs_sha256"]:
+                log.warning("not evaluating on %s: its pairs are the training pairs (a single file or Dataset "
+                            "without a split column is used whole for every --split)", eval_split)
+            else:
+                report = calibrate_and_evaluate(head, ev)
     path = Path(out) if out else default_head_path(cache_dir, vs.fp, feature, cfg)
     head.save(path)
     return FitResult(head, path, res, report)

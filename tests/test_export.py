@@ -261,3 +261,18 @@ def test_import_refuses_what_is_not_a_one_output_reward_model(reward_model, tiny
     one_line_error(run("import-head", "--model", tmp_path / "nothing", "--out", tmp_path / "c.pt"), "no such directory")
     assert not any((tmp_path / n).exists() for n in ("a.pt", "b.pt", "c.pt"))
     assert not [p for p in os.listdir(tmp_path) if p.startswith(TMP_MARK)]
+
+
+def test_export_replaces_only_its_own_output_and_keeps_the_truncation_side(world, tmp_path):
+    victim = tmp_path / "victim"
+    shutil.copytree(world["model"], victim)  # a model folder: it has a config.json, but is no export
+    (victim / "NOTES.txt").write_text("mine")
+    r = run("export", "--head", world["heads"]["last@-1"], "--out", victim)
+    assert r.exit_code == 1 and (victim / "NOTES.txt").read_text() == "mine"
+    out = tmp_path / "rm"
+    ok("export", "--head", world["heads"]["last@-1"], "--out", out)
+    ok("export", "--head", world["heads"]["last@-1"], "--out", out)  # a previous export is replaced
+    (out / "extra.txt").write_text("added by hand")
+    assert run("export", "--head", world["heads"]["last@-1"], "--out", out).exit_code == 1
+    cfg = json.loads((out / "tokenizer_config.json").read_text())
+    assert cfg["truncation_side"] == "right" and cfg["model_max_length"] == MAX_LENGTH

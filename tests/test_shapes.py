@@ -306,3 +306,58 @@ def test_embed_reads_a_dataset_dict_a_hub_folder_and_jsonl_gz(tiny_opt_dir, tmp_
     for data in (tmp_path / "hub", tmp_path / "train.jsonl.gz"):
         r = ok("embed", "--data", data, "--model", tiny_opt_dir, "--cache-dir", cache, "-q")
         assert "16 rows" in r.output and "cached already: 16   to embed: 0" in r.output, r.output
+
+
+# ------------------------------------------------------------------ found by a hostile review
+
+def test_a_head_trained_on_implicit_conversations_scores_explicit_rows_as_the_same_texts(chat_model, tmp_path):
+    files = shapes(tmp_path, chat_model)
+    data, cache, head = tmp_path / "d", tmp_path / "c", tmp_path / "h.pt"
+    data.mkdir()
+    shutil.copy(files["implicit"], data / "train.jsonl")
+    ok("embed", "--data", data, "--model", chat_model, "--cache-dir", cache, "-q")
+    ok("fit-head", "--data", data, "--model", chat_model, "--cache-dir", cache, "--solver", "lbfgs", "--out", head, "-q")
+    # explicit rows: the prompt messages in 'prompt', the assistant turn in 'text'
+    rows = [{"prompt": p, "text": [g]} for p, g, _ in problems(6)]
+    r = ok("score", "--head", head, "--input", write_jsonl(tmp_path / "exp.jsonl", rows), "--output",
+           tmp_path / "o.jsonl", "--cache-dir", cache)
+    assert "6 distinct texts from the cache, 0 embedded now" in r.output  # the training texts, not bare turns
+
+
+def test_chat_template_errors_and_corrupt_files_part_way_are_one_line(chat_model, tmp_path):
+    import gzip
+
+    files = shapes(tmp_path, chat_model)
+    (tmp_path / "t.jinja").write_text("{% for m in messages %}{{ m.content + 1 }}{% endfor %}")
+    r = run("embed", "--data", files["implicit"], "--model", chat_model, "--cache-dir", tmp_path / "c",
+            "--chat-template", tmp_path / "t.jinja")
+    assert r.exit_code == 1 and "does not render this conversation" in r.output and "Traceback" not in r.output
+    rows = b"".join(json.dumps({"chosen": f"a{i}", "rejected": f"b{i}"}).encode() + b"\n" for i in range(20000))
+    blob = bytearray(gzip.compress(rows))
+    blob[len(blob) // 2: len(blob) // 2 + 64] = b"\xff" * 64  # corrupt deflate data, found only part-way
+    (tmp_path / "bad.jsonl.gz").write_bytes(bytes(blob))
+    r = run("embed", "--data", tmp_path / "bad.jsonl.gz", "--model", chat_model, "--cache-dir", tmp_path / "c")
+    assert r.exit_code == 1 and "bad.jsonl.gz" in r.output and "Traceback" not in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1
+
+
+def test_columnar_pointwise_rows_mixing_text_and_messages(chat_model, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ps = problems(3)
+    rows = [{"text": "Step 1: 2 + 2 = 4.", "messages": None, "label": 1, "group": "a"},
+            {"text": None, "messages": ps[0][0] + [ps[0][1]], "label": 0, "group": "a"}]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "train.parquet")
+    d = load_split(DataSpec(data=str(tmp_path / "train.parquet")), EncoderSpec(model=str(chat_model)))
+    assert len(d.keys) == 2 and d.texts[d.keys[1]].startswith("</s><|system|>")
+
+
+def test_fit_head_does_not_evaluate_on_its_own_training_rows(tiny_opt_dir, tmp_path):
+    rows = [{"chosen": f"Step 1: {i} + 1 = {i + 1}.", "rejected": f"Step 1: {i} + 1 = {i + 2}."} for i in range(12)]
+    single = write_jsonl(tmp_path / "all.jsonl", rows)  # one file, no split column: every --split is all of it
+    ok("embed", "--data", single, "--model", tiny_opt_dir, "--cache-dir", tmp_path / "c", "-q")
+    r = run("fit-head", "--data", single, "--model", tiny_opt_dir, "--cache-dir", tmp_path / "c", "--solver", "lbfgs",
+            "--out", tmp_path / "h.pt")
+    assert r.exit_code == 0 and "its pairs are the training pairs" in r.output and "split validation" not in r.output
+    assert "calibration" not in Head.load(tmp_path / "h.pt").meta

@@ -97,7 +97,7 @@ def render_conversation(chat_template: str, tokens: dict, messages: list[dict], 
 
     try:
         rendered, _ = render_jinja_template(conversations=[messages], chat_template=chat_template, **tokens)
-    except jinja2.TemplateError as e:
+    except (jinja2.TemplateError, TypeError, ValueError, ArithmeticError, KeyError, IndexError, AttributeError) as e:
         raise DataError(f"{where}: the chat template does not render this conversation "
                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     return rendered[0]
@@ -147,6 +147,14 @@ class TextBuilder:
         self.recipe = replace(r, chat_template=r.chat_template or template,
                               chat_tokens=r.chat_tokens if r.chat_tokens is not None else tokens)
         return self.recipe
+
+    def prompt_col_for(self, response) -> str | None:
+        """The column holding a row's prompt: the recipe's; for a conversation also 'prompt' when
+        the recipe names none, since a conversation's prompt messages belong to it whichever TRL
+        shape carries them (implicit: inside the conversation; explicit: in the prompt column)."""
+        if self.recipe.prompt_col or not isinstance(response, (list, tuple)):
+            return self.recipe.prompt_col
+        return TextRecipe().prompt_col
 
     def build(self, response, prompt, where: str, col: str, flag: str | None = None) -> tuple[str, int | None]:
         """The text of one response (a string or a conversation) with its row's prompt (None, a
@@ -198,6 +206,8 @@ class TextBuilder:
 def response_value(row: dict, where: str, text_col: str, messages_col: str | None = None, flag: str = "--text-col"):
     """A pointwise row's response: ``row[text_col]``, else (when the row has no such column)
     ``row[messages_col]``; a DataError naming both when neither is there."""
+    if messages_col and row.get(text_col) is None and row.get(messages_col) is not None:
+        return row[messages_col], messages_col  # columnar files give every row both columns
     if text_col in row or not messages_col or messages_col not in row:
         if text_col not in row:
             alt = f" or {messages_col!r}" if messages_col else ""

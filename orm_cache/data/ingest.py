@@ -195,7 +195,7 @@ def _validate(spec: DataSpec, source: str, rows, builder: TextBuilder) -> Iterat
                     "--messages-col/--label-col")
         first = row.get(spec.chosen_col) if kind == "pairwise" else row.get(spec.text_col, row.get(spec.messages_col))
         # a conversation carries its prompt in its messages; a plain response needs the column
-        prompt = prompt_field(row, prompt_col, where, spec.require_prompt and isinstance(first, str))
+        prompt = prompt_field(row, builder.prompt_col_for(first), where, spec.require_prompt and isinstance(first, str))
         group = row.get(spec.group_col)
         if kind == "pairwise":
             (c, cs), (r, rs) = (build(row, spec.chosen_col, where, "--chosen-col", prompt),

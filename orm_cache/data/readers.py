@@ -174,7 +174,25 @@ def read_rows(path: Path) -> Iterator[tuple[int, dict]]:
     if reader is None:
         raise DataError(f"{path}: unknown format {path.suffix or path.name!r}; "
                         f"use one of {', '.join(FILE_EXTS)}")
-    return reader(path)
+    return _named_errors(path, reader(path))
+
+
+def _named_errors(path: Path, rows: Iterator[tuple[int, dict]]) -> Iterator[tuple[int, dict]]:
+    """``rows``, with a file found corrupt part-way (a bad gzip block, a truncated Arrow body, a
+    corrupt Parquet page) reported in one line naming it and the last good row."""
+    import zlib
+
+    import pyarrow as pa
+
+    last = 0
+    try:
+        for last, row in rows:
+            yield last, row
+    except (OSError, EOFError, zlib.error, pa.ArrowException) as e:
+        if isinstance(e, FileNotFoundError):
+            raise DataError(f"{path}: no such file") from None
+        raise DataError(f"{path}: unreadable after row {last} ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else 'corrupt data'})") from None
 
 
 # ------------------------------------------------------------------------------- directories

@@ -172,9 +172,10 @@ def export_head(head_path, out) -> ExportResult:
     tok.truncation_side = spec.truncation_side
     if recipe.chat_template:
         tok.chat_template = recipe.chat_template
-    with atomic_dir(out) as tmp, _quiet_transformers():
+    with atomic_dir(out, replaceable=is_export) as tmp, _quiet_transformers():
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
+        _record_in_tokenizer_config(tmp, truncation_side=spec.truncation_side, model_max_length=spec.max_length)
         (tmp / "README.md").write_text(_card(model_type, type(model).__name__, dropped, spec, recipe), encoding="utf-8")
     return ExportResult(Path(out), model_type, dropped, int(tok.pad_token_id), added_pad,
                         str(encoder.torch_dtype).removeprefix("torch."), spec.max_length)
@@ -238,6 +239,31 @@ def _score_layer(directory: Path) -> tuple[np.ndarray, float | None, str]:
                           "(num_labels=1)")
     b = tensors.get("score.bias")
     return w.reshape(-1).numpy(), None if b is None else float(b.float().reshape(-1)[0]), str(files[0].name)
+
+
+def is_export(directory: Path) -> bool:
+    """Is ``directory`` a previous ``orm-cache export`` (its config.json records orm_cache's head),
+    and nothing else beside it? Only such a directory is replaced; a model folder, the head's own
+    encoder or a folder holding other files is refused."""
+    try:
+        cfg = json.loads((Path(directory) / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    known = {"config.json", "README.md", "model.safetensors", "model.safetensors.index.json", "generation_config.json",
+             "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+             "chat_template.jinja", "added_tokens.json", "tokenizer.model"}
+    others = [p.name for p in Path(directory).iterdir() if p.name not in known
+              and not (p.name.startswith("model-") and p.name.endswith(".safetensors"))]
+    return isinstance(cfg, dict) and isinstance(cfg.get("orm_cache"), dict) and not others
+
+
+def _record_in_tokenizer_config(directory: Path, **fields) -> None:
+    """Write ``fields`` into the saved tokenizer_config.json (save_pretrained does not keep
+    truncation_side, and AutoTokenizer.from_pretrained reads it from there)."""
+    path = Path(directory) / "tokenizer_config.json"
+    cfg = json.loads(path.read_text()) if path.exists() else {}
+    cfg.update(fields)
+    path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def import_head(model_dir, out=None, cache_dir="cache", dtype: str = "auto", max_length: int = 512,
