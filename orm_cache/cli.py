@@ -578,8 +578,10 @@ def export_cmd(head_path, out, quiet):
               help="Checkpoint path [default: cache/heads/imported-<name>-<fingerprint>.pt].")
 @cache_option
 @_opt(EncoderSpec, "dtype", type=click.Choice(["auto", "float16", "bfloat16", "float32"]), default="auto")
-@_opt(EncoderSpec, "max_length", type=int, default=EncoderSpec().max_length)
-@_opt(EncoderSpec, "truncation_side", type=click.Choice(["right", "left"]), default="right")
+@_opt(EncoderSpec, "max_length", type=int, default=None, show_default=False,
+      help="Tokens kept per text [default: the reward model tokenizer's model_max_length, capped by its positions].")
+@_opt(EncoderSpec, "truncation_side", type=click.Choice(["right", "left"]), default=None, show_default=False,
+      help="Which end a too-long text loses [default: the reward model tokenizer's, else right].")
 @quiet_option
 def import_head_cmd(model_dir, out, cache_dir, dtype, max_length, truncation_side, quiet):
     """Make an existing reward model's score layer an orm-cache head over its own backbone.

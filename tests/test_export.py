@@ -276,3 +276,11 @@ def test_export_replaces_only_its_own_output_and_keeps_the_truncation_side(world
     assert run("export", "--head", world["heads"]["last@-1"], "--out", out).exit_code == 1
     cfg = json.loads((out / "tokenizer_config.json").read_text())
     assert cfg["truncation_side"] == "right" and cfg["model_max_length"] == MAX_LENGTH
+
+
+def test_import_takes_the_reward_models_own_truncation(world, tmp_path):
+    out = tmp_path / "rm"
+    ok("export", "--head", world["heads"]["last@-1"], "--out", out)  # its tokenizer keeps MAX_LENGTH tokens
+    r = ok("import-head", "--model", out, "--out", tmp_path / "back.pt", "--cache-dir", tmp_path / "c")
+    spec = Head.load(tmp_path / "back.pt").meta["encoder_spec"]
+    assert spec["max_length"] == MAX_LENGTH and spec["truncation_side"] == "right", r.output

@@ -241,6 +241,22 @@ def _score_layer(directory: Path) -> tuple[np.ndarray, float | None, str]:
     return w.reshape(-1).numpy(), None if b is None else float(b.float().reshape(-1)[0]), str(files[0].name)
 
 
+def _tokenizer_limits(directory: Path, cfg: dict, max_length: int | None, truncation_side: str | None):
+    """The reward model's own truncation, where not given: its tokenizer's model_max_length (when
+    a real number) capped by its positions, else 512; its tokenizer's truncation side, else right."""
+    try:
+        tcfg = json.loads((directory / "tokenizer_config.json").read_text())
+    except (OSError, ValueError):
+        tcfg = {}
+    if max_length is None:
+        limits = [n for n in (tcfg.get("model_max_length"), cfg.get("max_position_embeddings"))
+                  if isinstance(n, int) and 1 < n < 1_000_000]
+        max_length = min(limits) if limits else 512
+    if truncation_side is None:
+        truncation_side = tcfg.get("truncation_side") if tcfg.get("truncation_side") in ("left", "right") else "right"
+    return max_length, truncation_side
+
+
 def is_export(directory: Path) -> bool:
     """Is ``directory`` a previous ``orm-cache export`` (its config.json records orm_cache's head),
     and nothing else beside it? Only such a directory is replaced; a model folder, the head's own
@@ -266,8 +282,8 @@ def _record_in_tokenizer_config(directory: Path, **fields) -> None:
     path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def import_head(model_dir, out=None, cache_dir="cache", dtype: str = "auto", max_length: int = 512,
-                truncation_side: str = "right") -> ImportResult:
+def import_head(model_dir, out=None, cache_dir="cache", dtype: str = "auto", max_length: int | None = None,
+                truncation_side: str | None = None) -> ImportResult:
     """An orm-cache head from the ``score`` layer of the sequence-classification reward model in
     ``model_dir``, over that model's backbone (``last@-1``); saved to ``out`` (default
     ``cache/heads/imported-<name>.pt``). Loads the config, tokenizer and score layer only."""
@@ -294,8 +310,12 @@ def import_head(model_dir, out=None, cache_dir="cache", dtype: str = "auto", max
         raise ExportError(f"{directory}: num_labels={n_labels}; a reward model scores with one output (num_labels=1)")
     check_architecture(cfg.get("model_type", "?"), "import")
     weight, bias, _ = _score_layer(directory)
+    max_length, truncation_side = _tokenizer_limits(directory, cfg, max_length, truncation_side)
     encoder = Encoder(EncoderSpec(model=str(directory), dtype=dtype, max_length=max_length,
                                   truncation_side=truncation_side, pooling=("last",), layers=(-1,)), "auto")
+    if encoder.tokenizer.pad_token_id is not None and encoder.tokenizer.pad_token_id == encoder.tokenizer.eos_token_id:
+        log.warning("%s pads with its eos token: the model itself scores a text that ends in eos one token early "
+                    "(at the last non-pad token), orm-cache at the eos; scores of such texts differ", directory)
     template, tokens = tokenizer_chat(str(directory))
     recipe = TextRecipe(chat_template=template, chat_tokens=tokens if template else None)
     meta = {
