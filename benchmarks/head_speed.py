@@ -4,7 +4,8 @@ Builds a synthetic float16 store of that shape on disk (OPT-1.3b's width; a plan
 direction so the heads learn something), then times, in-process (interpreter start and imports
 excluded), medians of --repeats runs:
 
-  load        open the store (memory-mapped shards) and gather the split's vectors as float32
+  load        open the store (memory-mapped shards) and locate the split's rows (``split_vectors``;
+              since issue 15 the vectors stay in the memory map and are read in blocks)
   fit adamw   the reference recipe, 800 steps of 8 pairs
   fit lbfgs   the exact minimiser (l2 1.0)
   eval        the full metric table with 1000 bootstrap resamples

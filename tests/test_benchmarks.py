@@ -67,3 +67,14 @@ def test_threads_script_small():
 
     med = threads.main(["--shape", "300x16x900", "--l2", "10,1", "--repeats", "1"])
     assert set(med["300x16x900"]) == {(False, False), (True, False), (False, True), (True, True)}
+
+
+def test_scale_script_tiny(tmp_path):
+    import scale
+
+    out = scale.main(["--sizes", "400", "--texts", "60", "--dim", "16", "--steps", "20", "--grid", "lr=1e-4 seed=0,1",
+                      "--chunk-texts", "16", "--work-dir", str(tmp_path)])
+    s2 = out["stage2"][400]
+    assert set(scale.STEPS) <= set(s2) and all(s2[k]["rss"] > 0 and s2[k]["seconds"] >= 0 for k in scale.STEPS)
+    assert s2["sweep"]["configurations"] == 2 and s2["score"]["rows"] == 400 and not s2["score"]["model_loaded"]
+    assert out["stage1"][60]["rss"] > 0

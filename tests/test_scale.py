@@ -302,3 +302,15 @@ def test_group_codes_equal_numpy_unique_inverse():
     for groups in (["b", "a", "b", "c"], [3, 1, "x", None, 1.5, 3, "x"], [f"g{i % 7}" for i in range(50)],
                    ["é", "e", "z", "Z"]):
         np.testing.assert_array_equal(group_codes(groups), np.unique(np.asarray(groups, dtype=str), return_inverse=True)[1])
+
+
+@pytest.mark.parametrize("collide", [False, True])
+def test_rows_of_finds_each_key_with_and_without_hash_collisions(collide, monkeypatch):
+    import orm_cache.vectors as V
+
+    if collide:
+        monkeypatch.setattr(V, "key_hashes", lambda keys: np.array([len(k) for k in keys], dtype=np.int64))
+    keys = [f"k{i}" * (1 + i % 3) for i in range(50)]
+    side = [keys[i] for i in np.random.default_rng(0).integers(0, 50, 200)]
+    (got,) = V.rows_of(keys, side)
+    assert [keys[i] for i in got] == side
