@@ -63,7 +63,7 @@ class SplitData:
     labels: np.ndarray | None = None  # pointwise: (N,) int8 in {0, 1}
     groups: list | None = None  # pointwise: one group per row (None when no group column)
     stats: dict = field(default_factory=dict)
-    recipe: dict = field(default_factory=lambda: TextRecipe().to_dict())  # how rows became texts
+    recipe: dict = field(default_factory=lambda: TextRecipe(prompt_col=None).to_dict())  # how rows became texts (default: as given)
     # key -> character offset where the response (a conversation's final assistant content) starts
     # in the text; None where a chat template changed that content beyond recognition
     response_starts: dict[str, int | None] = field(default_factory=dict)
