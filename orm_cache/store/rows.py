@@ -132,7 +132,7 @@ class Rows:
         hit = [r for r in self._patches if a <= r < b]
         if not hit:
             return block
-        if block is not buf[: b - a]:  # a view of the store: copy before editing
+        if not np.shares_memory(block, buf):  # a view of the source: copy before editing
             block = np.array(block, dtype=buf.dtype)
         for r in hit:
             block[r - a] = self._patches[r]
