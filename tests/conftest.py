@@ -29,6 +29,22 @@ def minilm_dir() -> Path:
     return Path(pkg.get_model_path())
 
 
+def run(*args, **kw):
+    """``orm-cache ARGS`` in-process (arguments as strings); the click Result."""
+    from click.testing import CliRunner
+
+    from orm_cache.cli import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args], **kw)
+
+
+def ok(*args):
+    """``run`` that must succeed; the Result."""
+    r = run(*args)
+    assert r.exit_code == 0, r.output
+    return r
+
+
 def write_jsonl(path: Path, rows) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:

@@ -9,13 +9,11 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
-from orm_cache.cli import cli
 from orm_cache.head import Head
 from orm_cache.outputs import TMP_MARK, OutputError
 
-from conftest import write_jsonl
+from conftest import ok, run, write_jsonl
 
 TEXTS = [
     "Step 1: Tom has 3 apples and buys 4 more, so he has 3 + 4 = 7 apples.",
@@ -26,16 +24,6 @@ TEXTS = [
     "the quick brown fox",
 ]
 MAX_LENGTH = 24
-
-
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def ok(*args):
-    r = run(*args)
-    assert r.exit_code == 0, r.output
-    return r
 
 
 def one_line_error(r, *needles):

@@ -14,26 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
-from orm_cache.cli import Terminated, cli
+from orm_cache.cli import Terminated
 from orm_cache.head import Head
 from orm_cache.outputs import TMP_MARK, atomic_open, json_safe, write_json
 from orm_cache.progress import Progress
 
-from conftest import pointwise_rows, write_jsonl
+from conftest import ok, pointwise_rows, run, write_jsonl
 
 TEMPLATE = "Question: {prompt}\nWorked answer: {response}"
-
-
-def run(*args, **kw):
-    return CliRunner().invoke(cli, [str(a) for a in args], **kw)
-
-
-def ok(*args):
-    r = run(*args)
-    assert r.exit_code == 0, r.output
-    return r
 
 
 def prompted(rows):

@@ -7,14 +7,12 @@ import shutil
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from orm_cache.cli import cli
 from orm_cache.config import DataSpec, EncoderSpec
 from orm_cache.data import DataError, load_split, trace_key
 from orm_cache.head import Head
 
-from conftest import pointwise_rows, write_jsonl
+from conftest import ok, pointwise_rows, run, write_jsonl
 
 # A small chat template that uses the tokenizer's special tokens, as real ones do.
 CHAT = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}"
@@ -22,16 +20,6 @@ CHAT = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['conten
 NAMED_CHAT = ("{% for m in messages %}<|{{ m['role'] }}|>{% if m.name is defined %}({{ m.name }}){% endif %}"
               "{{ m['content'] }}\n{% endfor %}")
 OTHER_CHAT = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
-
-
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def ok(*args):
-    r = run(*args)
-    assert r.exit_code == 0, r.output
-    return r
 
 
 @pytest.fixture(scope="module")
