@@ -106,7 +106,7 @@ def time_sweep(sv, sequential: int) -> tuple[float, float, int]:
 def run(args) -> tuple[str, dict]:
     from orm_cache.config import HeadConfig
     from orm_cache.evaluate import evaluate
-    from orm_cache.head import Head, train
+    from orm_cache.head import LinearHead, train
     from orm_cache.store import VectorStore, store_dir
     from orm_cache.vectors import split_vectors
 
@@ -122,7 +122,7 @@ def run(args) -> tuple[str, dict]:
         t_load, sv = median_time(load, args.repeats, warmup=1)
         t_adamw, r_adamw = median_time(lambda: train(sv.X, sv.ci, sv.ri, HeadConfig()), args.repeats, warmup=1)
         t_lbfgs, r_lbfgs = median_time(lambda: train(sv.X, sv.ci, sv.ri, HeadConfig(solver="lbfgs")), args.repeats)
-        head = Head(r_lbfgs.weight, r_lbfgs.bias, {"train": {"score_std": r_lbfgs.score_std}})
+        head = LinearHead(r_lbfgs.weight, r_lbfgs.bias, {"train": {"score_std": r_lbfgs.score_std}})
         t_eval, rep = median_time(lambda: evaluate(head, sv, bootstrap=1000), args.repeats, warmup=1)
         t_sweep, t_seq, n_cfg = time_sweep(sv, args.sequential)
     times = {"load": t_load, "fit-head adamw (800 steps)": t_adamw, "fit-head lbfgs": t_lbfgs,

@@ -12,7 +12,7 @@ import warnings
 
 import click
 
-from .config import DataSpec, EncoderSpec, HeadConfig, RunSpec, field_docs
+from .config import HEAD_KINDS, OBJECTIVES, DataSpec, EncoderSpec, HeadConfig, RunSpec, field_docs
 
 ENV = "ORM_CACHE"
 
@@ -235,7 +235,13 @@ def head_options(f):
         _opt(HeadConfig, "l2", type=float, default=h.l2),
         _opt(HeadConfig, "margin", type=float, default=h.margin),
         _opt(HeadConfig, "center_coef", type=float, default=h.center_coef),
-        _opt(HeadConfig, "feature", default=None, show_default=False),
+        _opt(HeadConfig, "feature", default=None, show_default=False,
+             help=field_docs(HeadConfig)["feature"] + " Concatenate stored columns with '+': mean@-4+mean@-1."),
+        _opt(HeadConfig, "objective", type=click.Choice(list(OBJECTIVES)), default=h.objective),
+        _opt(HeadConfig, "head", type=click.Choice(list(HEAD_KINDS)), default=h.head),
+        _opt(HeadConfig, "hidden", type=click.IntRange(min=1), default=h.hidden),
+        _opt(HeadConfig, "ensemble", type=click.IntRange(min=1), default=h.ensemble),
+        _opt(HeadConfig, "ensemble_by", type=click.Choice(["auto", "seed", "bootstrap"]), default=h.ensemble_by),
     )(f)
 
 
@@ -248,7 +254,7 @@ override_recipe_option = click.option(
          "with another recipe (refused otherwise: other texts get meaningless scores).")
 
 
-@cli.command("fit-head", short_help="Stage 2: train the linear head on cached vectors.")
+@cli.command("fit-head", short_help="Stage 2: train a head (linear, MLP, ensemble) on cached vectors.")
 @data_options
 @encoder_options
 @cache_option
@@ -261,13 +267,19 @@ override_recipe_option = click.option(
                    "'' to skip.")
 @quiet_option
 def fit_head_cmd(out, eval_split, store, **kw):
-    """Stage 2: train the linear head on cached vectors (no model is loaded).
+    """Stage 2: train a head on cached vectors (no model is loaded).
 
     --solver adamw reproduces the reference recipe (AdamW lr 2e-5, betas 0.9,0.999, weight decay
     0.01, 50 warm-up steps then constant, 8 pairs per step, clip 1.0, 800 steps); --solver lbfgs
     finds the exact minimiser of the same loss + L2 on standardised features. The pairwise loss
     ignores the bias: it is set afterwards so training traces score 0 on average, and their score
     std is saved for normalised scores.
+
+    --objective pointwise trains a classification reward model on pointwise data (logistic loss
+    on each trace's label, learned bias); --head mlp --hidden 256 adds a hidden ReLU layer
+    (adamw; orm-cache's own checkpoint type); --ensemble K averages K members trained with seeds
+    seed..seed+K-1 or on bootstrap resamples (--ensemble-by). --feature mean@-4+mean@-1 trains
+    on concatenated columns.
     """
     from .evaluate import format_report
     from .stage2 import fit_head
@@ -276,9 +288,9 @@ def fit_head_cmd(out, eval_split, store, **kw):
     cfg = build(HeadConfig, kw)
     r = fit_head(build(DataSpec, kw), build(EncoderSpec, kw), cfg, kw["cache_dir"], out, eval_split or None, store)
     t = r.head.meta["train"]
-    click.echo(f"trained {cfg.solver} head on {r.head.meta['data']['n_pairs']:,} pairs "
-               f"({r.head.dim}-dim {r.head.feature}) in {t['seconds']:.2f}s: train loss {t['final_loss']:.4f}, "
-               f"train accuracy {100 * t['accuracy']:.1f}%")
+    acc = "" if t["accuracy"] is None else f", train pairwise accuracy {100 * t['accuracy']:.1f}%"
+    click.echo(f"trained {cfg.solver} head ({cfg.describe()}, {cfg.objective}) on {r.head.meta['data']['n_pairs']:,} "
+               f"pairs ({r.head.dim}-dim {r.head.feature}) in {t['seconds']:.2f}s: train loss {t['final_loss']:.4f}{acc}")
     if r.eval_report:
         click.echo(format_report(r.eval_report))
     click.echo(f"checkpoint: {r.path}")
@@ -305,9 +317,15 @@ def fit_head_cmd(out, eval_split, store, **kw):
               help="Write every configuration's row to RESULTS.csv and RESULTS.json (give the path without extension).")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Checkpoint of the best head [default: cache/heads/sweep-best-<fingerprint>.pt].")
+@click.option("--select-by", type=click.Choice(["accuracy", "loss"]), default="accuracy", show_default=True,
+              help="Rank on --select-on's pairwise accuracy (ties: lower loss) or its pairwise log-loss "
+                   "-log σ(Δ) (ties: higher accuracy); loss is less noisy on a small selection split.")
+@click.option("--refit", is_flag=True,
+              help="Retrain the selected configuration on --split + --select-on together and save that head "
+                   "(the checkpoint records it; its --select-on metrics are then not held out).")
 @click.option("--top", type=click.IntRange(min=0), default=10, show_default=True, help="Leaderboard rows printed.")
 @quiet_option
-def sweep(grid, grid_file, select_on, report_on, results, out, top, store, quiet, **kw):
+def sweep(grid, grid_file, select_on, report_on, results, out, top, store, quiet, select_by, refit, **kw):
     """Train a grid of head configurations on cached vectors and pick the best on validation.
 
     AdamW configurations sharing batch size, steps and seed train together as one (K, D) weight
@@ -330,19 +348,23 @@ def sweep(grid, grid_file, select_on, report_on, results, out, top, store, quiet
         early_output_checks(f"{results}{ext}")
     base = build(HeadConfig, kw)
     r = sweep_heads(build(DataSpec, kw), build(EncoderSpec, kw), base, g, kw["cache_dir"], select_on, report_on,
-                    out, store, quiet)
+                    out, store, quiet, select_by, refit)
     rows = sweep_table(r.rows, select_on)
     varied = grid_fields(g)
-    click.echo(f"{len(rows)} configurations in {r.seconds:.1f}s, ranked on {select_on}:")
+    click.echo(f"{len(rows)} configurations in {r.seconds:.1f}s, ranked on {select_on} by {select_by}:")
     head = ["rank", *varied, f"{select_on} acc", "loss"]
     click.echo("  " + "  ".join(f"{h:>12}" for h in head))
     for row in rows[:top]:
         vals = [row["rank"], *("" if row[k] is None else row[k] for k in varied),
                 f"{100 * row[f'{select_on}_accuracy']:.2f}%", f"{row[f'{select_on}_loss']:.4f}"]
         click.echo("  " + "  ".join(f"{str(v):>12}" for v in vals))
-    m = r.best.meta["metrics"][select_on]
+    refit_meta = r.best.meta["sweep"].get("refit")
+    m = (refit_meta["selected_metrics_before_refit"] if refit_meta else r.best.meta["metrics"])[select_on]
     click.echo(f"best: {select_on} accuracy {100 * m['accuracy']:.2f}% "
                f"(90% CI [{100 * m['ci']['low']:.1f}%, {100 * m['ci']['high']:.1f}%]) -> {r.path}")
+    if refit:
+        click.echo(f"refit: the selected configuration retrained on {kw['split']} + {select_on} "
+                   f"({r.best.meta['sweep']['refit']['pairs']:,} pairs); that head is the checkpoint")
     if results:
         click.echo("all rows: " + ", ".join(map(str, write_sweep_results(rows, results))))
     if r.report:

@@ -18,6 +18,8 @@ BUNDLED_MINILM = "bundled-minilm"
 DTYPES = ("auto", "float16", "bfloat16", "float32")
 DEVICES = ("auto", "cuda", "cpu")
 POOLINGS = ("last", "mean")
+OBJECTIVES = ("pairwise", "pointwise")
+HEAD_KINDS = ("linear", "mlp")
 TRUNCATION_SIDES = ("right", "left")
 
 
@@ -97,6 +99,25 @@ def field_docs(cls) -> dict[str, str]:
 
 def feature_column(pooling: str, layer: int) -> str:
     return f"{pooling}@{layer}"
+
+
+def feature_parts(feature: str) -> tuple[str, ...]:
+    """The stored columns a feature concatenates: ``"mean@-4+mean@-1"`` -> ``("mean@-4",
+    "mean@-1")``; each must look like ``<pooling>@<layer>``. ValueError says what is wrong
+    (whether the columns exist is the store's to say)."""
+    parts = tuple(p.strip() for p in str(feature).split("+"))
+    for p in parts:
+        pooling, at, layer = p.partition("@")
+        try:
+            ok = bool(at and pooling and int(layer) is not None)
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(f"feature {feature!r}: {p!r} is not a column name like mean@-1 (concatenate columns "
+                             "with '+', e.g. mean@-4+mean@-1)")
+    if len(set(parts)) != len(parts):
+        raise ValueError(f"feature {feature!r} names a column twice")
+    return parts
 
 
 def check_template(template: str) -> str:
@@ -379,6 +400,11 @@ def batch_tokens_for(device: str, batch_tokens: int | None) -> int:
     return batch_tokens or DEFAULT_BATCH_TOKENS["cpu" if device == "cpu" else "cuda"]
 
 
+class ConfigConflict(ValueError):
+    """Field values each valid that cannot train together (head=mlp with solver=lbfgs); a sweep
+    grid skips such combinations."""
+
+
 @dataclass(frozen=True)
 class HeadConfig:
     """Training recipe of the linear head (defaults: the reference model card)."""
@@ -415,9 +441,33 @@ class HeadConfig:
     or zeros."""
     lbfgs_max_iter: int = 1000
     """lbfgs: iteration limit (it usually converges long before)."""
+    objective: str = "pairwise"
+    """pairwise: Bradley-Terry on (chosen, rejected) pairs (the reference); pointwise: logistic
+    loss on each trace's 0/1 label (a classification reward model; pointwise data only)."""
+    head: str = "linear"
+    """linear (the reference checkpoint format) or mlp (one hidden ReLU layer on standardised
+    features; orm-cache's own checkpoint type; adamw only)."""
+    hidden: int = 256
+    """mlp: hidden units."""
+    ensemble: int = 1
+    """Members trained and averaged (the score is their mean; eval reports their disagreement)."""
+    ensemble_by: str = "auto"
+    """What varies between members: seed (adamw: init and batch order), bootstrap (each member
+    trains on a resample, with replacement, of the training pairs or traces), or auto (seed for
+    adamw, bootstrap for lbfgs, which is deterministic)."""
 
     def __post_init__(self):
         _check_choice("solver", self.solver, ("adamw", "lbfgs"))
+        _check_choice("objective", self.objective, OBJECTIVES)
+        _check_choice("head", self.head, HEAD_KINDS)
+        _check_choice("ensemble_by", self.ensemble_by, ("auto", "seed", "bootstrap"))
+        if self.hidden < 1 or self.ensemble < 1:
+            raise ValueError(f"hidden={self.hidden} and ensemble={self.ensemble} must be at least 1")
+        if self.head == "mlp" and self.solver != "adamw":
+            raise ConfigConflict("head=mlp trains with solver=adamw (lbfgs solves the convex linear head exactly)")
+        if self.ensemble > 1 and self.solver == "lbfgs" and self.ensemble_by == "seed":
+            raise ConfigConflict("ensemble_by=seed with solver=lbfgs gives identical members (lbfgs is "
+                                 "deterministic); use ensemble_by=bootstrap")
         object.__setattr__(self, "betas", tuple(float(b) for b in parse_csv(self.betas, float)))
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"betas={self.betas} must be two numbers in [0, 1)")
@@ -433,15 +483,31 @@ class HeadConfig:
                 raise ValueError(f"{name}={getattr(self, name)} must be a finite number")
         if self.lbfgs_max_iter < 1:
             raise ValueError(f"lbfgs_max_iter={self.lbfgs_max_iter} must be at least 1")
+        if self.feature is not None:
+            feature_parts(self.feature)
 
     def uses(self, name: str) -> bool:
-        """Whether this configuration's solver reads the field ``name`` (see SOLVER_ONLY)."""
-        return SOLVER_ONLY.get(name, self.solver) == self.solver
+        """Whether training this configuration reads the field ``name`` (see FIELD_USED_BY)."""
+        rule = FIELD_USED_BY.get(name)
+        return rule is None or rule(self)
 
     def effective(self) -> HeadConfig:
-        """The same training run with every field the solver ignores at its default, so two
+        """The same training run with every field it ignores at its default, so two
         configurations that train the same head compare equal (a sweep trains it once)."""
-        return replace(self, **{k: getattr(_DEFAULT_HEAD, k) for k in SOLVER_ONLY if not self.uses(k)})
+        return replace(self, **{k: getattr(_DEFAULT_HEAD, k) for k in FIELD_USED_BY if not self.uses(k)})
+
+    @property
+    def resample(self) -> str:
+        """What varies between ensemble members: "seed" or "bootstrap" (``ensemble_by`` resolved)."""
+        if self.ensemble_by != "auto":
+            return self.ensemble_by
+        return "seed" if self.solver == "adamw" else "bootstrap"
+
+    def describe(self) -> str:
+        """A short name of the head this trains, e.g. "linear", "mlp(256) x5 (seed)"."""
+        kind = f"mlp({self.hidden})" if self.head == "mlp" else "linear"
+        members = f" x{self.ensemble} ({self.resample})" if self.ensemble > 1 else ""
+        return kind + members
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -450,12 +516,28 @@ class HeadConfig:
 
 
 # The one solver that reads each solver-specific field; every other field (solver, feature,
-# margin, center_coef) is read by both. lbfgs starts from zeros, needs no seed and runs to
-# convergence on all pairs, so the mini-batch/optimiser fields mean nothing to it.
+# objective, head…) is read by both. lbfgs starts from zeros and runs to convergence on all
+# pairs, so the mini-batch/optimiser fields mean nothing to it.
 SOLVER_ONLY: dict[str, str] = {
     **dict.fromkeys(("lr", "betas", "weight_decay", "warmup_steps", "batch_size", "grad_clip", "steps", "init",
                      "seed"), "adamw"),
     **dict.fromkeys(("l2", "lbfgs_max_iter"), "lbfgs"),
+}
+
+
+def _solver_rule(solver: str):
+    return lambda c: c.solver == solver
+
+
+# When training reads a field; a field not named here is always read. A field that is not read
+# multiplies nothing in a sweep grid and is left empty in its leaderboard.
+FIELD_USED_BY = {
+    **{name: _solver_rule(solver) for name, solver in SOLVER_ONLY.items()},
+    "seed": lambda c: c.solver == "adamw" or c.ensemble > 1,  # lbfgs draws its bootstrap resamples with it
+    "margin": lambda c: c.objective == "pairwise",
+    "center_coef": lambda c: c.objective == "pairwise",
+    "hidden": lambda c: c.head == "mlp",
+    "ensemble_by": lambda c: c.ensemble > 1,
 }
 _DEFAULT_HEAD = HeadConfig()
 
@@ -471,9 +553,12 @@ __all__ = [
     "HEAD_FIELDS",
     "TextRecipe",
     "RecipeError",
+    "ConfigConflict",
     "check_template",
     "read_chat_template",
     "SOLVER_ONLY",
+    "FIELD_USED_BY",
+    "feature_parts",
     "feature_column",
     "field_docs",
     "parse_csv",

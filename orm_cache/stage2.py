@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 import math
+
+import numpy as np
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -101,7 +103,7 @@ def fit_head(data_spec: DataSpec, enc_spec: EncoderSpec, cfg: HeadConfig, cache_
     feature = sv.feature
     if cfg.feature is None:
         cfg = replace(cfg, feature=feature)
-    res = train(sv.X, sv.ci, sv.ri, cfg)
+    res = train(sv.X, sv.ci, sv.ri, cfg, training_points(sv, cfg))
     head = build_head(vs, sv, cfg, res)
     report = None
     if eval_split:
@@ -120,18 +122,38 @@ def fit_head(data_spec: DataSpec, enc_spec: EncoderSpec, cfg: HeadConfig, cache_
     return FitResult(head, path, res, report)
 
 
+def training_points(sv, cfg: HeadConfig):
+    """The labelled traces a pointwise head trains on (None for a pairwise one); one line when
+    the split has none."""
+    from .head.train import Points
+
+    if cfg.objective != "pointwise":
+        return None
+    if sv.data.labels is None:
+        raise DataError(f"--objective pointwise trains on labelled traces, but split {sv.data.split!r} of "
+                        f"{sv.data.source} is pairwise (chosen/rejected rows); use pointwise data (text or "
+                        "messages + label) or the pairwise objective")
+    return Points(sv.rows(sv.data.keys), sv.data.labels.astype(np.float64))
+
+
 def build_head(vs: VectorStore, sv, cfg: HeadConfig, res) -> Head:
     """A head from a training result, with everything a checkpoint records beside the weights."""
-    train_acc = res.accuracy if res.accuracy is not None else float((margins_of(sv.X @ res.weight, sv.ci, sv.ri) > 0).mean())
+    train_acc = res.accuracy if res.accuracy is not None else float((margins_of(res.head.score(sv.X), sv.ci, sv.ri) > 0).mean())
     meta = {
         "fingerprint": vs.fp, "encoder_identity": vs.identity(), "encoder_spec": vs.spec(), "feature": sv.feature,
         "config": cfg.to_dict(), "data": sv.data.identity, "recipe": dict(sv.data.recipe),
         "train": {"score_mean": 0.0, "score_std": res.score_std, "final_loss": res.final_loss,
                   "accuracy": train_acc, "seconds": res.seconds, "steps": res.steps,
                   "history": [list(h) for h in res.history],
-                  "bias_rule": "bias set after training so that training traces score 0 on average"},
+                  "bias_rule": "bias set after training so that training traces score 0 on average"
+                  if cfg.objective == "pairwise" else "bias learned: the score is the log-odds of a correct trace"},
+        "head": {"kind": cfg.head, "members": cfg.ensemble, "objective": cfg.objective,
+                 **({"hidden": cfg.hidden} if cfg.head == "mlp" else {}),
+                 **({"ensemble_by": cfg.resample} if cfg.ensemble > 1 else {})},
     }
-    return Head(res.weight, res.bias, meta)
+    if cfg.objective == "pointwise":
+        meta["train"]["score_mean"] = float(res.head.score(sv.X).mean(dtype=np.float64))
+    return res.head.with_meta(meta)
 
 
 def calibrate(head: Head, sv) -> float:
@@ -230,9 +252,8 @@ def with_store_defaults(head: Head, vs: VectorStore, feature: str | None = None)
     if not meta.get("fingerprint"):
         meta["fingerprint"] = vs.fp
         meta.setdefault("encoder_spec", vs.spec())
-    if meta["feature"] not in vs.columns:
-        raise StoreError(f"column {meta['feature']!r} is not in store {short(vs.fp)}; it has {', '.join(vs.columns)}")
-    return Head(head.weight, head.bias, meta, head.source)
+    vs.feature_columns(meta["feature"])  # a column the store lacks is one line listing those it has
+    return head.with_meta(meta)
 
 
 @dataclass
@@ -246,17 +267,24 @@ class SweepResult:
 
 def sweep_heads(data_spec: DataSpec, enc_spec: EncoderSpec, base: HeadConfig, grid: dict | list[dict],
                 cache_dir="cache", select_on: str = "validation", report_on: str | None = None, out=None,
-                store: str | None = None, quiet: bool = True) -> SweepResult:
+                store: str | None = None, quiet: bool = True, select_by: str = "accuracy",
+                refit: bool = False) -> SweepResult:
     """Train every distinct configuration of ``grid`` (one field -> values mapping, or a list of
-    sub-grids; on top of ``base``) on ``data_spec``'s split, rank them on ``select_on``, save the
-    best; evaluate only that one on ``report_on`` (never selecting on it)."""
+    sub-grids; on top of ``base``) on ``data_spec``'s split, rank them on ``select_on`` by
+    ``select_by`` (accuracy or loss), save the best; evaluate only that one on ``report_on``
+    (never selecting on it). ``refit``: the selected configuration is trained again on the
+    training and selection splits together, and that head is saved (its checkpoint says so)."""
     import time
 
-    from .head.sweep import expand, run_sweep
+    from .data import merge_splits
+    from .head.sweep import expand, run_sweep, selection_key
     from .progress import Progress
 
     if report_on and report_on == select_on:
         raise ValueError("--report-on must differ from --select-on: a split used for selection is not a report")
+    if report_on and report_on == data_spec.split:
+        raise ValueError("--report-on must differ from the training --split")
+    selection_key(select_by)  # a bad value is one line before any work
     check_outputs(data_spec, out)
     t0 = time.perf_counter()
     vs = find_store(cache_dir, enc_spec, base.feature, store, embed_hint=embed_command(data_spec, enc_spec, cache_dir))
@@ -268,21 +296,34 @@ def sweep_heads(data_spec: DataSpec, enc_spec: EncoderSpec, base: HeadConfig, gr
     for f in sorted({c.feature for c in cfgs}):
         tr = split_vectors(train_data, vs, f, embed_command(data_spec, vs.spec() or {}, cache_dir))
         se = split_vectors(select_data, vs, f, embed_command(select_spec, vs.spec() or {}, cache_dir))
-        features[f], select[f], train_sv[f] = (tr.X, tr.ci, tr.ri), (se.X, se.ci, se.ri), (tr, se)
+        points = training_points(tr, HeadConfig(objective="pointwise")) if tr.data.labels is not None else None
+        features[f], select[f], train_sv[f] = (tr.X, tr.ci, tr.ri, points), (se.X, se.ci, se.ri), (tr, se)
     with Progress(len(cfgs), "sweep", "config", quiet) as bar:
         rows = run_sweep(features, select, cfgs, progress=bar.update)
-    rows.sort(key=lambda r: (-r.select_accuracy, r.select_loss))
+    rows.sort(key=selection_key(select_by))
     top = rows[0]
     tr, se = train_sv[top.config.feature]
     best = build_head(vs, tr, top.config, top.result)
     calibrate_and_evaluate(best, se)
-    best.meta["sweep"] = {"configurations": len(rows), "selected_on": select_on,
-                          "grid": [{k: [str(x) for x in v] for k, v in g.items()} for g in grids]}
+    sweep_meta = {"configurations": len(rows), "selected_on": select_on, "selected_by": select_by,
+                  "grid": [{k: [str(x) for x in v] for k, v in g.items()} for g in grids]}
+    if refit:
+        both = split_vectors(merge_splits(tr.data, se.data), vs, top.config.feature)
+        selected_metrics = best.meta["metrics"]
+        best = build_head(vs, both, top.config, train(both.X, both.ci, both.ri, top.config,
+                                                      training_points(both, top.config)))
+        sweep_meta["refit"] = {"splits": [data_spec.split, select_on], "pairs": len(both.ci),
+                               "selected_metrics_before_refit": selected_metrics,
+                               "note": f"retrained on {data_spec.split} + {select_on}: its {select_on} metrics "
+                                       "are no longer held out, and it carries no calibration (fit one with "
+                                       "eval --calibrate-on <another split> --save-calibration)"}
+    best.meta["sweep"] = sweep_meta
     path = Path(out) if out else Path(cache_dir) / "heads" / f"sweep-best-{short(vs.fp)[:8]}.pt"
     best.save(path)
     report = None
     if report_on:
-        report = evaluate_split(path, replace(data_spec, split=report_on), cache_dir, calibrate_on=select_on)
+        report = evaluate_split(path, replace(data_spec, split=report_on), cache_dir,
+                                calibrate_on=None if refit else select_on)
     return SweepResult(rows, best, path, time.perf_counter() - t0, report)
 
 
@@ -295,7 +336,7 @@ def sweep_table(rows, select_on: str) -> list[dict]:
         fields = c.to_dict() | {"betas": "/".join(map(str, c.betas))}
         d = {"rank": rank, **{k: v if c.uses(k) else None for k, v in fields.items()},
              f"{select_on}_accuracy": r.select_accuracy, f"{select_on}_loss": r.select_loss,
-             "train_loss": r.result.final_loss, "seconds": r.result.seconds}
+             "train_loss": r.result.final_loss, "train_accuracy": r.result.accuracy, "seconds": r.result.seconds}
         out.append(d)
     return out
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from orm_cache.head import Head
+from orm_cache.head import Head, LinearHead, MLPHead
 from orm_cache.outputs import TMP_MARK, OutputError
 
 from conftest import ok, run, write_jsonl
@@ -138,14 +138,19 @@ def test_export_refuses_what_a_sequence_classification_model_cannot_hold(world, 
     one_line_error(run("export", "--head", heads["last@-2"], "--out", tmp_path / "b"),
                    "trained on last@-2", "final layer")
     base = Head.load(heads["last@-1"])
+    D = base.dim
+    mlp = MLPHead(np.ones((1, 4, D)), np.zeros((1, 4)), np.ones((1, 4)), np.zeros(1), base.meta).save(tmp_path / "m.pt")
+    one_line_error(run("export", "--head", mlp, "--out", tmp_path / "mlp"), "cannot export a 'mlp' head")
+    combined = LinearHead(np.tile(base.weight, 2), base.bias, {**base.meta, "feature": "last@-1+mean@-1"})
+    one_line_error(run("export", "--head", combined.save(tmp_path / "c.pt"), "--out", tmp_path / "comb"),
+                   "not several concatenated")
     cases = {
-        "mlp": ({**base.meta, "kind": "mlp"}, "cannot export a 'mlp' head"),
         "reference": ({}, "reference-format head"),
         "bert": ({**base.meta, "encoder_identity": {"model": {"model_type": "bert"}}}, "BERT-style encoder"),
         "gpt2": ({**base.meta, "encoder_identity": {"model": {"model_type": "gpt2"}}}, "left-padded text"),
     }
     for name, (meta, needle) in cases.items():
-        p = Head(base.weight, base.bias, meta).save(tmp_path / f"{name}.pt")
+        p = LinearHead(base.weight, base.bias, meta).save(tmp_path / f"{name}.pt")
         one_line_error(run("export", "--head", p, "--out", tmp_path / name), needle)
         assert not (tmp_path / name).exists()
 
@@ -189,7 +194,7 @@ def test_other_supported_architectures_export_exactly(model_type, tmp_path):
     rng = np.random.default_rng(0)
     meta = {"fingerprint": enc.fingerprint, "encoder_identity": enc.identity, "encoder_spec": enc.spec_record,
             "feature": "last@-1"}
-    head = Head(rng.standard_normal(enc.config.hidden_size).astype(np.float32), 0.75, meta).save(tmp_path / "h.pt")
+    head = LinearHead(rng.standard_normal(enc.config.hidden_size).astype(np.float32), 0.75, meta).save(tmp_path / "h.pt")
     texts = TEXTS + ["Final answer: 72</s>"]  # ends in the eos token
     expected = LiveScorer(head, "cpu").score(texts).astype(np.float64) - 0.75
     r = export_head(head, tmp_path / "rm")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from orm_cache.config import HeadConfig
-from orm_cache.head import CheckpointError, Head, pairwise_loss, train
+from orm_cache.head import CheckpointError, Head, LinearHead, pairwise_loss, train
 from orm_cache.head.train import batch_order, standardizer, warmup_factor
 
 
@@ -103,7 +103,7 @@ class ReferenceModel(torch.nn.Module):
 
 
 def test_checkpoint_loads_through_the_reference_snippet(tmp_path):
-    head = Head(np.arange(8, dtype=np.float32), 0.5, {"fingerprint": "f" * 64, "feature": "last@-1"})
+    head = LinearHead(np.arange(8, dtype=np.float32), 0.5, {"fingerprint": "f" * 64, "feature": "last@-1"})
     path = head.save(tmp_path / "h.pt")
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     assert ckpt["model_state"]["score.weight"].shape == (1, 8)

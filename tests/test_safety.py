@@ -341,7 +341,7 @@ def test_head_of_another_width_is_refused(world, tmp_path):
     fp = json.loads(next((world["cache"] / "vectors").glob("*/encoder.json")).read_text())["fingerprint"]
     r = run("eval", "--head", bad, "--data", world["data"], "--split", "test", "--cache-dir", world["cache"],
             "--store", fp[:8])
-    assert r.exit_code == 1 and "65 columns" in r.output and "64-dim" in r.output
+    assert r.exit_code == 1 and "takes 65-dim vectors" in r.output and "64-dim" in r.output, r.output
 
 
 def test_reference_format_head_works_with_score_rank_and_verify_through_store(world, tmp_path):

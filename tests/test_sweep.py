@@ -39,7 +39,7 @@ def test_each_field_belongs_to_a_solver():
 
 
 def test_ignored_grid_fields_multiply_nothing():
-    cfgs = expand(HeadConfig(feature="f"), parse_grid("solver=lbfgs,adamw l2=0.1,1,10 lr=1e-5,1e-4"))
+    cfgs = expand(HeadConfig(feature="last@-1"), parse_grid("solver=lbfgs,adamw l2=0.1,1,10 lr=1e-5,1e-4"))
     assert len(cfgs) == 5 and len(set(cfgs)) == 5  # 3 lbfgs (l2) + 2 adamw (lr), not 2 x 3 x 2 = 12
     assert [(c.solver, c.l2, c.lr) for c in cfgs] == [  # first-seen order; ignored fields at their default
         ("lbfgs", 0.1, 2e-5), ("lbfgs", 1.0, 2e-5), ("lbfgs", 10.0, 2e-5), ("adamw", 1.0, 1e-5), ("adamw", 1.0, 1e-4)]
@@ -100,20 +100,20 @@ def test_table_rows_show_only_the_fields_their_solver_uses():
     from orm_cache.stage2 import sweep_table
 
     X, ci, ri = planted(U=200, D=16, N=600, seed=6, strength=5.0)
-    cfgs = expand(HeadConfig(feature="f", steps=20), parse_grid("solver=lbfgs,adamw l2=0.1,10 lr=1e-4,1e-3"))
-    rows = sweep_table(run_sweep({"f": (X, ci, ri)}, {"f": (X, ci, ri)}, cfgs), "validation")
+    cfgs = expand(HeadConfig(feature="last@-1", steps=20), parse_grid("solver=lbfgs,adamw l2=0.1,10 lr=1e-4,1e-3"))
+    rows = sweep_table(run_sweep({"last@-1": (X, ci, ri)}, {"last@-1": (X, ci, ri)}, cfgs), "validation")
     assert len(rows) == 4 and len({tuple(r) for r in rows}) == 1  # the same columns in every row
     for r in rows:
         if r["solver"] == "lbfgs":
             assert r["l2"] in (0.1, 10.0) and r["lr"] is None and r["steps"] is None and r["betas"] is None
         else:
             assert r["lr"] in (1e-4, 1e-3) and r["l2"] is None and r["steps"] == 20 and r["betas"] == "0.9/0.999"
-        assert r["feature"] == "f" and r["margin"] == 0.0
+        assert r["feature"] == "last@-1" and r["margin"] == 0.0
 
 
 def test_grouping_shares_batch_stream_only():
-    cfgs = expand(HeadConfig(feature="f"), parse_grid("lr=1e-5,1e-4 seed=0,1 batch_size=8"))
-    cfgs += expand(HeadConfig(feature="f", solver="lbfgs"), parse_grid("l2=0.1,1"))
+    cfgs = expand(HeadConfig(feature="last@-1"), parse_grid("lr=1e-5,1e-4 seed=0,1 batch_size=8"))
+    cfgs += expand(HeadConfig(feature="last@-1", solver="lbfgs"), parse_grid("l2=0.1,1"))
     groups = group_configs(cfgs)
     assert sorted(map(len, groups)) == [2, 2, 2]
 
@@ -121,7 +121,7 @@ def test_grouping_shares_batch_stream_only():
 def test_config_alone_equals_config_inside_the_batch():
     X, ci, ri = planted(U=300, D=48, N=900, seed=1, strength=5.0)
     grid = parse_grid("lr=1e-4,2e-3 weight_decay=0,0.1 margin=0,0.5 grad_clip=0,1 center_coef=0,0.01")
-    cfgs = expand(HeadConfig(steps=120, batch_size=8, warmup_steps=10, feature="f"), grid)
+    cfgs = expand(HeadConfig(steps=120, batch_size=8, warmup_steps=10, feature="last@-1"), grid)
     batched = train_adamw_batched(X, ci, ri, cfgs)
     for c, b in zip(cfgs, batched):
         alone = train_adamw(X, ci, ri, c)
@@ -132,14 +132,14 @@ def test_config_alone_equals_config_inside_the_batch():
 def test_batched_step_matches_torch_adamw_exactly_enough():
     """One K=1 step against torch.optim.AdamW on the same gradient stream (lr > 0 from step 0)."""
     X, ci, ri = planted(U=100, D=16, N=200, seed=2, strength=3.0)
-    c = HeadConfig(steps=5, warmup_steps=0, lr=1e-2, weight_decay=0.05, feature="f")
+    c = HeadConfig(steps=5, warmup_steps=0, lr=1e-2, weight_decay=0.05, feature="last@-1")
     np.testing.assert_allclose(train_adamw_batched(X, ci, ri, [c])[0].weight, train_adamw(X, ci, ri, c).weight,
                                rtol=1e-5, atol=1e-7)
 
 
 def test_lbfgs_path_equals_independent_solves():
     X, ci, ri = planted(U=300, D=20, N=800, seed=4, strength=2.0)
-    cfgs = [HeadConfig(solver="lbfgs", l2=l2, feature="f") for l2 in (10.0, 1.0, 0.1)]
+    cfgs = [HeadConfig(solver="lbfgs", l2=l2, feature="last@-1") for l2 in (10.0, 1.0, 0.1)]
     for c, r in zip(cfgs, train_lbfgs_path(X, ci, ri, cfgs)):
         np.testing.assert_allclose(r.weight, train_lbfgs(X, ci, ri, c).weight, rtol=1e-3, atol=1e-5)
 
@@ -148,9 +148,9 @@ def test_run_sweep_is_reproducible_and_ranks_on_selection_data():
     X, ci, ri = planted(U=400, D=32, N=1200, seed=5, strength=8.0)
     tr = (ci < 300) & (ri < 300)
     se = ~tr & (ci >= 300) & (ri >= 300)
-    feats = {"f": (X, ci[tr], ri[tr])}
-    sel = {"f": (X, ci[se], ri[se])}
-    cfgs = expand(HeadConfig(steps=60, feature="f"), parse_grid("lr=1e-5,1e-3 seed=0,1"))
+    feats = {"last@-1": (X, ci[tr], ri[tr])}
+    sel = {"last@-1": (X, ci[se], ri[se])}
+    cfgs = expand(HeadConfig(steps=60, feature="last@-1"), parse_grid("lr=1e-5,1e-3 seed=0,1"))
     a, b = run_sweep(feats, sel, cfgs), run_sweep(feats, sel, cfgs)
     assert [r.select_accuracy for r in a] == [r.select_accuracy for r in b]
     for r in a:
@@ -173,7 +173,7 @@ def test_sweep_scores_on_one_blas_thread(monkeypatch):
     monkeypatch.setattr(S, "train_adamw_batched", spying_trainer)
     X, ci, ri = planted(U=100, D=8, N=300, seed=8)
     with threadpool_limits(limits=2, user_api="blas"):
-        run_sweep({"f": (X, ci, ri)}, {"f": (X, ci, ri)}, expand(HeadConfig(feature="f", steps=5), {"seed": [0, 1]}))
+        run_sweep({"last@-1": (X, ci, ri)}, {"last@-1": (X, ci, ri)}, expand(HeadConfig(feature="last@-1", steps=5), {"seed": [0, 1]}))
     assert seen == [{1}, {1}]
 
 

@@ -79,6 +79,25 @@ class SplitData:
                 "pairs_sha256": h.hexdigest()}
 
 
+def merge_splits(a: SplitData, b: SplitData) -> SplitData:
+    """One split holding both splits' texts and pairs (and labelled traces), e.g. train +
+    validation for a refit; named ``"<a>+<b>"``. Pairwise with pointwise is refused."""
+    if a.kind != b.kind:
+        raise DataError(f"cannot merge split {a.split!r} ({a.kind}) with {b.split!r} ({b.kind})")
+    join = lambda x, y, n, m: None if x is None and y is None else (x or [None] * n) + (y or [None] * m)  # noqa: E731
+    pairs = Pairs(a.pairs.chosen + b.pairs.chosen, a.pairs.rejected + b.pairs.rejected,
+                  join(a.pairs.group, b.pairs.group, len(a.pairs), len(b.pairs)),
+                  (a.pairs.meta or [{}] * len(a.pairs)) + (b.pairs.meta or [{}] * len(b.pairs)))
+    merged = SplitData(a.source if a.source == b.source else f"{a.source} + {b.source}", f"{a.split}+{b.split}",
+                       a.kind, {**a.texts, **b.texts}, pairs, stats={"pairs": len(pairs)}, recipe=a.recipe,
+                       response_starts={**a.response_starts, **b.response_starts})
+    if a.kind == "pointwise":
+        merged.keys = a.keys + b.keys
+        merged.labels = np.concatenate([a.labels, b.labels])
+        merged.groups = join(a.groups, b.groups, len(a.keys), len(b.keys))
+    return merged
+
+
 # ----------------------------------------------------------------------------------- validation
 
 def present(row: dict, col: str, where: str, flag: str | None = None):

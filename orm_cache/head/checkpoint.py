@@ -1,10 +1,13 @@
-"""The trained head and its checkpoint.
+"""The head interface and its checkpoint file.
 
-``torch.load(path, weights_only=True)["model_state"]`` holds ``score.weight`` ``[1, D]`` and
-``score.bias`` ``[1]``, the keys the reference model card's snippet loads; everything else
-(encoder fingerprint and spec, feature column, training config, data identity, metrics,
-calibration) sits beside it under ``"orm_cache"`` as plain data. A reference-format file holding
-only ``model_state`` loads too: that is how a published head is imported.
+``torch.load(path, weights_only=True)`` gives ``{"model_state": tensors, "orm_cache": plain
+data}``. For a linear head ``model_state`` holds ``score.weight`` ``[1, D]`` and ``score.bias``
+``[1]``, the keys the reference model card's snippet loads (an ensemble of linear heads stores
+their mean there, which is exactly the ensemble's score, and its members beside it); an MLP head
+is orm-cache's own type (:mod:`orm_cache.head.kinds`). Everything else (head kind, encoder
+fingerprint and spec, feature column, training config, data identity, metrics, calibration)
+sits under ``"orm_cache"``. A reference-format file holding only ``model_state`` loads too:
+that is how a published head is imported.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ from __future__ import annotations
 import math
 import os
 import pickle
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,18 +29,57 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded or does not fit the vectors it is used with."""
 
 
-@dataclass
 class Head:
-    """``score(x) = weight · x + bias`` over vectors of one encoder fingerprint and feature column."""
+    """A scorer of cached vectors of one encoder fingerprint and feature column: the interface
+    every command goes through. Each kind (:mod:`orm_cache.head.kinds`: ``linear``, ``mlp``)
+    holds ``K >= 1`` members; a text's score is the mean of its members' scores.
 
-    weight: np.ndarray  # (D,) float32
-    bias: float
-    meta: dict = field(default_factory=dict)
-    source: str | None = None  # the file it was loaded from, for messages
+    A kind gives :meth:`member_scores` (vectors -> ``(N, K)``), :meth:`state` (its tensors for
+    ``model_state``) and :meth:`from_state` (those tensors, validated, back into a head); the
+    rest — checkpoint files, recorded metadata, store checks — is shared here."""
 
+    kind = "?"
+
+    def __init__(self, meta: dict | None = None, source: str | None = None):
+        self.meta = dict(meta or {})
+        self.source = source  # the file it was loaded from, for messages
+
+    # -- what a kind gives -------------------------------------------------------------------
     @property
     def dim(self) -> int:
-        return int(self.weight.shape[0])
+        raise NotImplementedError
+
+    @property
+    def members(self) -> int:
+        raise NotImplementedError
+
+    def member_scores(self, X) -> np.ndarray:
+        """``(N, D)`` vectors (an array, or a store's rows read in blocks) -> ``(N, K)`` float32."""
+        raise NotImplementedError
+
+    def state(self) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_state(cls, path, state: dict, meta: dict) -> "Head":
+        raise NotImplementedError
+
+    def with_meta(self, meta: dict) -> "Head":
+        """The same weights with other metadata."""
+        raise NotImplementedError
+
+    def shifted(self, delta) -> "Head":
+        """The same head with ``delta`` (``(K,)``) added to each member's output bias."""
+        raise NotImplementedError
+
+    # -- shared --------------------------------------------------------------------------------
+    def score(self, X) -> np.ndarray:
+        """``(N, D)`` vectors -> ``(N,)`` scores: the members' mean."""
+        return self.member_scores(X).mean(axis=1, dtype=np.float64).astype(np.float32)
+
+    def describe(self) -> str:
+        """e.g. "linear", "mlp(256) x5"."""
+        return self.kind + (f" x{self.members}" if self.members > 1 else "")
 
     @property
     def fingerprint(self) -> str | None:
@@ -62,33 +103,34 @@ class Head:
     def score_std(self) -> float | None:
         return (self.meta.get("train") or {}).get("score_std")
 
-    def score(self, X) -> np.ndarray:
-        """``(N, D)`` vectors (an array, or a store's rows read in blocks) -> ``(N,)`` scores."""
-        assert X.ndim == 2 and X.shape[1] == self.dim, (X.shape, self.dim)
-        return X @ self.weight + np.float32(self.bias)
-
     def check_store(self, store) -> None:
         """Refuse vectors of another encoder (naming both fingerprints) or of another width."""
         if self.fingerprint is not None and store.fp != self.fingerprint:
             raise StoreError(f"the head was trained on encoder {short(self.fingerprint)} but these vectors are "
                              f"from encoder {short(store.fp)}; embed with the head's encoder or use a head "
                              "trained on this one")
-        if store.dim is not None and store.dim != self.dim:
-            raise CheckpointError(f"{self.source or 'head'}: score.weight has {self.dim} columns but the vectors "
-                                  f"of store {short(store.fp)} are {store.dim}-dim; this head is for another encoder")
+        width = store.feature_dim(self.feature) if self.feature and store.dim is not None else store.dim
+        if width is not None and width != self.dim:
+            raise CheckpointError(f"{self.source or 'head'}: it takes {self.dim}-dim vectors but "
+                                  f"{self.feature or 'the vectors'} of store {short(store.fp)} are {width}-dim; "
+                                  "this head is for another encoder or feature")
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the checkpoint atomically: a complete new file replaces the old one, or nothing does."""
         from ..outputs import atomic_path
 
-        state = {"score.weight": torch.from_numpy(self.weight.astype(np.float32)).reshape(1, -1),
-                 "score.bias": torch.tensor([self.bias], dtype=torch.float32)}
+        meta = {"format_version": FORMAT_VERSION, **self.meta,
+                "head": {**(self.meta.get("head") or {}), "kind": self.kind, "members": self.members}}
         with atomic_path(path) as tmp:
-            torch.save({"model_state": state, "orm_cache": {"format_version": FORMAT_VERSION, **self.meta}}, tmp)
+            torch.save({"model_state": self.state(), "orm_cache": meta}, tmp)
         return Path(path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Head":
+        """A checkpoint of any kind (the kind its metadata records; a reference-format file
+        holding only ``model_state`` is a linear head), its tensors and metadata validated."""
+        from .kinds import KINDS
+
         path = Path(path)
         if not path.is_file():
             raise CheckpointError(f"{path}: no such checkpoint")
@@ -100,21 +142,40 @@ class Head:
         except Exception as e:
             raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
         state = ckpt.get("model_state") if isinstance(ckpt, dict) else None
-        if not isinstance(state, dict) or "score.weight" not in state or "score.bias" not in state:
-            raise CheckpointError(f"{path}: no model_state with score.weight and score.bias")
-        w, b = state["score.weight"], state["score.bias"]
-        check_weights(path, w, b)
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{path}: no model_state (expected score.weight and score.bias)")
         meta = ckpt.get("orm_cache", {})
         if not isinstance(meta, dict):
             raise CheckpointError(f"{path}: its 'orm_cache' entry is a {type(meta).__name__}, not a mapping")
         check_meta(path, meta)
-        return cls(w.float().reshape(-1).numpy(), float(b.float().reshape(-1)[0]), dict(meta), str(path))
+        kind = (meta.get("head") or {}).get("kind", "linear")
+        if kind not in KINDS:
+            raise CheckpointError(f"{path}: head kind {kind!r} is not one of {', '.join(KINDS)} "
+                                  "(written by a newer orm-cache?)")
+        head = KINDS[kind].from_state(path, state, dict(meta))
+        head.source = str(path)
+        return head
+
+
+def check_tensor(path, name: str, t, shape: tuple) -> torch.Tensor:
+    """``t`` must be a finite floating-point tensor of ``shape`` (None: any size there)."""
+    if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+        got = type(t).__name__ + ("" if not isinstance(t, torch.Tensor) else " " + str(t.dtype))
+        raise CheckpointError(f"{path}: {name} must be a floating-point tensor, got {got}")
+    want = "[" + ", ".join("n" if s is None else str(s) for s in shape) + "]"
+    if t.ndim != len(shape) or any(s is not None and s != n for s, n in zip(shape, t.shape)) or 0 in t.shape:
+        raise CheckpointError(f"{path}: {name} has shape {list(t.shape)}, expected {want}")
+    bad = int((~torch.isfinite(t.float())).sum())
+    if bad:
+        raise CheckpointError(f"{path}: {name} has {bad} non-finite value(s) (NaN or Inf); "
+                              "the head would write NaN scores")
+    return t.float()
 
 
 def check_meta(path, meta: dict) -> None:
     """The recorded entries every command relies on must have their types: mappings where a
     mapping is read, strings where a name is, a calibration temperature finite and positive."""
-    for key in ("recipe", "calibration", "encoder_spec", "train", "config"):
+    for key in ("recipe", "calibration", "encoder_spec", "train", "config", "head"):
         if meta.get(key) is not None and not isinstance(meta[key], dict):
             raise CheckpointError(f"{path}: its recorded {key!r} is a {type(meta[key]).__name__}, not a mapping")
     for key in ("fingerprint", "feature"):
@@ -128,16 +189,11 @@ def check_meta(path, meta: dict) -> None:
 
 def check_weights(path, w, b) -> None:
     """score.weight must be a finite ``[1, D]`` tensor and score.bias a finite ``[1]`` tensor."""
-    for name, t, shape in (("score.weight", w, "[1, D]"), ("score.bias", b, "[1]")):
+    for name, t in (("score.weight", w), ("score.bias", b)):
         if not isinstance(t, torch.Tensor) or not t.is_floating_point():
-            raise CheckpointError(f"{path}: {name} must be a floating-point tensor, got "
-                                  f"{type(t).__name__}{'' if not isinstance(t, torch.Tensor) else ' ' + str(t.dtype)}")
+            got = type(t).__name__ + ("" if not isinstance(t, torch.Tensor) else " " + str(t.dtype))
+            raise CheckpointError(f"{path}: {name} must be a floating-point tensor, got {got}")
     if w.ndim != 2 or w.shape[0] != 1 or w.shape[1] < 1:
         raise CheckpointError(f"{path}: score.weight has shape {list(w.shape)}, expected [1, D] (one score per text)")
-    if tuple(b.shape) != (1,):
-        raise CheckpointError(f"{path}: score.bias has shape {list(b.shape)}, expected [1]")
-    for name, t in (("score.weight", w), ("score.bias", b)):
-        bad = int((~torch.isfinite(t.float())).sum())
-        if bad:
-            raise CheckpointError(f"{path}: {name} has {bad} non-finite value(s) (NaN or Inf); "
-                                  "the head would write NaN scores")
+    check_tensor(path, "score.bias", b, (1,))
+    check_tensor(path, "score.weight", w, (1, None))

@@ -32,6 +32,7 @@ import numpy as np
 
 from ..config import EncoderSpec, TextRecipe
 from .checkpoint import Head
+from .kinds import LinearHead
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,9 @@ def check_exportable(head: Head) -> None:
         raise ExportError(f"cannot export a {kind!r} head: a sequence-classification model's score layer is one "
                           "linear map (train a linear head to export)")
     feature = head.feature or "last@-1"
+    if "+" in feature:
+        raise ExportError(f"cannot export a head trained on {feature}: a sequence-classification model's score "
+                          "layer reads one hidden state (last@-1), not several concatenated")
     pooling, _, layer = feature.partition("@")
     if pooling != "last":
         raise ExportError(f"cannot export a head trained on {feature}: {pooling} pooling is not what a "
@@ -325,7 +329,7 @@ def import_head(model_dir, out=None, cache_dir="cache", dtype: str = "auto", max
                      "score_bias_in_model": bias is not None,
                      "note": "score = the reward model's logit (its score layer over last@-1 of its backbone)"},
     }
-    head = Head(weight.astype(np.float32), float(bias or 0.0), meta)
+    head = LinearHead(weight.astype(np.float32), float(bias or 0.0), meta)
     path = Path(out) if out else Path(cache_dir) / "heads" / f"imported-{directory.name}-{short(encoder.fingerprint)[:8]}.pt"
     head.save(path)
     head.source = str(path)

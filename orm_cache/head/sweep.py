@@ -8,12 +8,13 @@ centring coefficient and gradient clipping. The update is PyTorch's AdamW writte
 :func:`orm_cache.head.train.train_adamw` (up to float round-off; tested).
 
 L-BFGS configurations share one standardisation and are solved along the L2 path from strong to
-weak, each warm-started from the previous solution.
+weak, each warm-started from the previous solution. MLP heads, ensembles and pointwise AdamW
+heads train one at a time (:func:`orm_cache.head.train.train`).
 
 A grid is one or more sub-grids (``"solver=lbfgs l2=0.1,10; solver=adamw lr=1e-3"``); the sweep
 trains the union of their combinations, each distinct *effective* configuration once: a field the
-configuration's solver ignores (``l2`` for AdamW, ``lr`` for L-BFGS; ``config.SOLVER_ONLY``)
-multiplies nothing.
+configuration ignores (``l2`` for AdamW, ``lr`` for L-BFGS, ``hidden`` for a linear head;
+``config.FIELD_USED_BY``) multiplies nothing.
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import HEAD_FIELDS, HeadConfig
+from ..config import HEAD_FIELDS, ConfigConflict, HeadConfig
 from ..store.rows import as_rows
 from .losses import pairwise_loss
+from .kinds import LinearHead
 from .threads import single_blas_thread, single_torch_thread
 from .train import TrainResult, batch_order, finish_heads, pair_stats, train_lbfgs_path, warmup_factor
 
@@ -133,11 +135,23 @@ def expand(base: HeadConfig, grids: Grid | list[Grid]) -> list[HeadConfig]:
     out: dict[HeadConfig, None] = {}
     for grid in [grids] if isinstance(grids, dict) else grids:
         keys = list(grid)
-        cfgs = [replace(base, **dict(zip(keys, combo))) for combo in itertools.product(*(grid[k] for k in keys))]
+        cfgs, conflicts = [], []
+        for combo in itertools.product(*(grid[k] for k in keys)):
+            try:
+                cfgs.append(replace(base, **dict(zip(keys, combo))))
+            except ConfigConflict as e:  # e.g. head=mlp x solver=lbfgs: not a configuration
+                conflicts.append(str(e))
+        if conflicts:
+            if not cfgs:
+                raise ValueError(f"no combination of the grid can train: {conflicts[0]}")
+            warnings.warn(f"skipped {len(conflicts)} grid combination(s) that cannot train ({conflicts[0]})",
+                          stacklevel=2)
         for k in keys:
             if not any(c.uses(k) for c in cfgs):
                 solvers = "/".join(sorted({c.solver for c in cfgs}))
-                warnings.warn(f"grid field {k!r} does not apply to solver {solvers}; ignored", stacklevel=2)
+                heads = "/".join(sorted({c.describe() for c in cfgs}))
+                warnings.warn(f"grid field {k!r} does not apply to solver {solvers} with head {heads}; ignored",
+                              stacklevel=2)
         out.update(dict.fromkeys(c.effective() for c in cfgs))
     return list(out)
 
@@ -216,10 +230,17 @@ def train_adamw_batched(X, ci: np.ndarray, ri: np.ndarray, cfgs: list[HeadConfig
 
 
 def group_configs(cfgs: list[HeadConfig]) -> list[list[int]]:
-    """Indices of configs that train together: adamw by SHARED_KEYS; lbfgs by feature."""
+    """Indices of configs that train together: single linear pairwise adamw heads by
+    SHARED_KEYS (one batched run); single linear lbfgs heads by feature and objective (one L2
+    path); every other head (an mlp, an ensemble, a pointwise adamw head) alone."""
     groups: dict = {}
     for i, c in enumerate(cfgs):
-        key = ("adamw",) + tuple(getattr(c, k) for k in SHARED_KEYS) if c.solver == "adamw" else ("lbfgs", c.feature)
+        if c.head != "linear" or c.ensemble > 1:
+            key = ("alone", i)
+        elif c.solver == "adamw":
+            key = ("adamw",) + tuple(getattr(c, k) for k in SHARED_KEYS) if c.objective == "pairwise" else ("alone", i)
+        else:
+            key = ("lbfgs", c.feature, c.objective)
         groups.setdefault(key, []).append(i)
     return list(groups.values())
 
@@ -232,24 +253,56 @@ class SweepRow:
     select_loss: float
 
 
+SELECT_BY = ("accuracy", "loss")
+
+
+def selection_key(select_by: str = "accuracy"):
+    """Sort key of sweep rows, best first: by selection accuracy (ties: lower loss), or by
+    selection loss (ties: higher accuracy). Loss varies smoothly where accuracy moves in steps
+    of one pair, so it is the less noisy choice on a small selection split."""
+    if select_by not in SELECT_BY:
+        raise ValueError(f"select_by={select_by!r} is not one of {', '.join(SELECT_BY)}")
+    if select_by == "loss":
+        return lambda r: (r.select_loss, -r.select_accuracy)
+    return lambda r: (-r.select_accuracy, r.select_loss)
+
+
+def train_group(X, ci, ri, group: list[HeadConfig], points=None) -> list[TrainResult]:
+    """Train one group of :func:`group_configs`; ``points`` (labelled traces, or None) is used
+    by the pointwise configurations."""
+    from .train import train
+
+    c0 = group[0]
+    pts = points if c0.objective == "pointwise" else None
+    if c0.objective == "pointwise" and points is None:
+        raise ValueError("objective=pointwise trains on labelled traces, but the training split is pairwise "
+                         "(chosen/rejected rows); use pointwise data (text or messages + label)")
+    if len(group) > 1 or (c0.head == "linear" and c0.ensemble == 1 and c0.objective == "pairwise"):
+        trainer = train_adamw_batched if c0.solver == "adamw" else train_lbfgs_path
+        return trainer(X, ci, ri, group, pts) if trainer is train_lbfgs_path else trainer(X, ci, ri, group)
+    return [train(X, ci, ri, c0, pts)]
+
+
 def run_sweep(features: dict[str, tuple], select: dict[str, tuple], cfgs: list[HeadConfig], progress=None) -> list[SweepRow]:
-    """Train every config on ``features[feature] = (X, ci, ri)`` and score it on
-    ``select[feature] = (X, ci, ri)`` (``X`` a store's :class:`Rows` or an array; each group's
-    heads are scored in one pass over it). Returns rows in config order. NumPy's BLAS (training
-    scores, selection scores, L-BFGS) runs on one thread, and so does torch's pool during the
+    """Train every config on ``features[feature] = (X, ci, ri[, points])`` and score it on
+    ``select[feature] = (X, ci, ri[, ...])`` (``X`` a store's :class:`Rows` or an array; a group
+    of linear heads is scored in one pass over it). ``points``: the labelled traces pointwise
+    configurations train on. Returns rows in config order. NumPy's BLAS (training scores,
+    selection scores, L-BFGS) runs on one thread, and so does torch's pool during the
     mini-batch steps (:func:`single_torch_thread`)."""
     rows: list[SweepRow | None] = [None] * len(cfgs)
     with single_blas_thread():
         for idx in group_configs(cfgs):
             group = [cfgs[i] for i in idx]
-            X, ci, ri = features[group[0].feature]
-            trainer = train_adamw_batched if group[0].solver == "adamw" else train_lbfgs_path
-            results = trainer(X, ci, ri, group)
-            Xs, cs, rs = select[group[0].feature]
+            X, ci, ri, *rest = features[group[0].feature]
+            results = train_group(X, ci, ri, group, rest[0] if rest else None)
+            Xs, cs, rs = select[group[0].feature][:3]
             if Xs is X and all(r.scores is not None for r in results):  # selected on other pairs of the same traces
                 S = np.stack([r.scores for r in results], axis=1)  # (U, K), from the training pass
+            elif all(isinstance(r.head, LinearHead) and r.head.members == 1 for r in results):
+                S = Xs @ np.stack([r.head.weight for r in results]).T  # (U_sel, K): one pass for the group
             else:
-                S = Xs @ np.stack([r.weight for r in results]).T  # (U_sel, K)
+                S = np.stack([r.head.score(Xs) for r in results], axis=1)
             loss, accuracy = pair_stats(S, cs, rs, 0.0)
             for j, (i, r) in enumerate(zip(idx, results)):
                 r.scores = None  # (U,) each: not kept for the whole sweep

@@ -7,7 +7,7 @@ digest, or the hub id), dtype (unless auto), max_length, truncation side, and th
 
 from __future__ import annotations
 
-from ..config import EncoderSpec
+from ..config import EncoderSpec, feature_parts
 from .describe import list_stores
 from .fingerprint import short
 from .shards import StoreError, VectorStore
@@ -51,6 +51,7 @@ def find_store(cache_dir, spec: EncoderSpec, feature: str | None = None, store: 
 
     if store:
         return store_by_prefix(cache_dir, store)
+    parts = feature_parts(feature) if feature else ()  # a malformed feature is one line
     stores = [s for s in list_stores(cache_dir) if s["fingerprint"]]
     hint = model_identity_hint(spec.model, spec.revision)
     chosen = []
@@ -63,7 +64,7 @@ def find_store(cache_dir, spec: EncoderSpec, feature: str | None = None, store: 
         if ident.get("max_length") != spec.max_length or ident.get("truncation_side") != spec.truncation_side:
             continue
         cols = [f"{p}@{l}" for l in ident.get("layers", []) for p in ident.get("pooling", [])]
-        if feature and feature not in cols:
+        if feature and not set(parts) <= set(cols):
             continue
         chosen.append(s)
     if not chosen:

@@ -8,7 +8,8 @@ objective), into a buffer that is reused for every block, and builds everything 
 * ``X.rmatmul(G)``       ``G @ X`` with float64 accumulation, ``(D,)`` or ``(K, D)``;
 * ``X.mean_std()``       per-feature mean and std in float64, one pass (blocks merged exactly as
                          Chan et al.'s parallel variance);
-* ``X.take(rows)``       the few rows of one mini-batch, gathered.
+* ``X.take(rows)``       the few rows of one mini-batch, gathered;
+* ``X.apply(fn, k)``     any row-wise function (an MLP's scores), ``(U, k)``, block by block.
 
 :class:`StoreRows` reads its rows from the memory-mapped shards (the store's own pages: a
 command's memory is the map plus one block, and a store larger than RAM is paged by the kernel);
@@ -91,15 +92,16 @@ class Rows:
         raise NotImplementedError
 
     # -- reading ----------------------------------------------------------------------------------
-    def blocks(self, dtype=np.float32, block_rows: int | None = None) -> Iterator[tuple[slice, np.ndarray]]:
-        """``(rows, block)`` over consecutive row blocks; ``block`` is ``(b, D)`` in ``dtype`` and
-        only valid until the next block (its buffer is reused)."""
+    def blocks(self, dtype=np.float32, block_rows: int | None = None,
+               start: int = 0) -> Iterator[tuple[slice, np.ndarray]]:
+        """``(rows, block)`` over consecutive row blocks from row ``start``; ``block`` is
+        ``(b, D)`` in ``dtype`` and only valid until the next block (its buffer is reused)."""
         U, D = self.shape
         n = block_rows or self._block_rows()
-        buf = np.empty((min(n, U), D), dtype)
+        buf = np.empty((max(min(n, U - start), 0), D), dtype)
         tbuf = torch.from_numpy(buf)
         with single_torch_thread():
-            for a in range(0, U, n):
+            for a in range(start, U, n):
                 b = min(a + n, U)
                 block = self._read(a, b, buf[: b - a], tbuf[: b - a])  # (b - a, D)
                 if self._patches:
@@ -159,6 +161,13 @@ class Rows:
         out = np.empty((self.shape[0],) + W.shape[1:], dtype)  # (U,) or (U, K)
         for rows, block in self.blocks(dtype):
             np.matmul(block, W, out=out[rows])
+        return out
+
+    def apply(self, fn, width: int, dtype=np.float32) -> np.ndarray:
+        """``(U, width)``: ``fn(block)`` (a ``(b, width)`` array) of every block, in row order."""
+        out = np.empty((self.shape[0], width), dtype)
+        for rows, block in self.blocks(dtype):
+            out[rows] = fn(block)
         return out
 
     def rmatmul(self, G) -> np.ndarray:
@@ -249,9 +258,28 @@ class StoreRows(Rows):
         return out
 
 
+class ConcatRows(Rows):
+    """Several ``(U, D_i)`` :class:`Rows` of the same traces side by side: ``(U, ΣD_i)`` (a
+    combined feature such as ``mean@-4+mean@-1``), each block read from every part."""
+
+    def __init__(self, parts: list[Rows]):
+        assert parts and len({p.shape[0] for p in parts}) == 1, [p.shape for p in parts]
+        super().__init__(parts[0].shape[0], sum(p.shape[1] for p in parts))
+        self.parts = parts
+        self._edges = np.cumsum([0] + [p.shape[1] for p in parts])
+
+    def _read(self, a, b, out, tout):
+        for p, lo, hi in zip(self.parts, self._edges, self._edges[1:]):
+            out[:, lo:hi] = next(p.blocks(out.dtype, block_rows=b - a, start=a))[1]
+        return out
+
+    def _gather(self, rows, dtype):
+        return np.concatenate([p.take(rows, dtype) for p in self.parts], axis=1)
+
+
 def as_rows(X) -> Rows:
     """``X`` itself when it is :class:`Rows`, else an in-memory array wrapped as one."""
     return X if isinstance(X, Rows) else ArrayRows(X)
 
 
-__all__ = ["ArrayRows", "BLOCK_BYTES", "Rows", "StoreRows", "as_rows", "single_torch_thread"]
+__all__ = ["ArrayRows", "BLOCK_BYTES", "ConcatRows", "Rows", "StoreRows", "as_rows", "single_torch_thread"]

@@ -45,7 +45,7 @@ import pyarrow as pa
 
 from .fingerprint import SCHEMA_VERSION, canonical_json, short
 from .index import KeyIndex, key_hashes
-from .rows import StoreRows
+from .rows import ConcatRows, Rows, StoreRows
 
 log = logging.getLogger(__name__)
 
@@ -451,22 +451,44 @@ class VectorStore:
 
     def _check_column(self, column: str | None) -> str:
         column = column or self.columns[0]
-        if column not in self.columns:
-            raise StoreError(f"column {column!r} is not in this store; it has {', '.join(self.columns)}")
+        self.feature_columns(column)
         return column
 
-    def matrix(self, keys, column: str | None = None) -> StoreRows:
+    def feature_columns(self, feature: str) -> tuple[str, ...]:
+        """The stored columns ``feature`` concatenates (``mean@-4+mean@-1``); a malformed
+        feature or a column the store lacks is a one-line StoreError listing the stored ones."""
+        from ..config import feature_parts
+
+        try:
+            parts = feature_parts(feature)
+        except ValueError as e:
+            raise StoreError(f"{e}; this store has {', '.join(self.columns)}") from None
+        lacking = [p for p in parts if p not in self.columns]
+        if lacking:
+            raise StoreError(f"column {lacking[0]!r} is not in this store; it has {', '.join(self.columns)} "
+                             "(concatenate several with '+', e.g. --feature mean@-4+mean@-1)")
+        return parts
+
+    def feature_dim(self, feature: str | None) -> int | None:
+        """Width of ``feature``'s vectors: the stored width times the columns it concatenates."""
+        return None if self.dim is None else self.dim * len(self.feature_columns(self._check_column(feature)))
+
+    def matrix(self, keys, column: str | None = None) -> Rows:
         """The vectors of ``keys`` (in order) as a ``(len(keys), D)`` :class:`StoreRows`, read
-        from the memory map block by block: nothing is copied here."""
+        from the memory map block by block: nothing is copied here. ``column`` may concatenate
+        stored columns (``mean@-4+mean@-1``: a :class:`ConcatRows` of them)."""
         return self.matrix_at(self.locate(keys), column)
 
-    def matrix_at(self, gids: np.ndarray, column: str | None = None) -> StoreRows:
+    def matrix_at(self, gids: np.ndarray, column: str | None = None) -> Rows:
         """:meth:`matrix` of global rows ``gids`` (from :meth:`locate`)."""
         column = self._check_column(column)
         gids = np.asarray(gids, np.int64)
-        views, firsts = self._column_parts(column)
-        part = np.searchsorted(firsts, gids, "right") - 1
-        return StoreRows(views, part, gids - firsts[part], self.dim)
+        parts = []
+        for col in self.feature_columns(column):
+            views, firsts = self._column_parts(col)
+            part = np.searchsorted(firsts, gids, "right") - 1
+            parts.append(StoreRows(views, part, gids - firsts[part], self.dim))
+        return parts[0] if len(parts) == 1 else ConcatRows(parts)
 
     def vectors(self, keys, column: str | None = None, dtype=np.float32) -> np.ndarray:
         """Vectors of ``keys`` (in order) from ``column`` as a ``(len(keys), D)`` array in memory
