@@ -91,7 +91,12 @@ def by_column(data, column: str, margins: np.ndarray, row_scores: np.ndarray | N
     return out
 
 
+def _one_line(label: str) -> str:
+    return label.replace("\n", "\\n").replace("\t", "\\t")
+
+
 def _cell(label: str, width: int) -> str:
+    label = _one_line(label)
     return label if len(label) <= width else label[:width - 1] + "…"
 
 
@@ -101,7 +106,7 @@ def format_by(b: dict, max_groups: int = 50) -> list[str]:
     pct = lambda x: "     -" if x is None else f"{100 * x:5.1f}%"  # noqa: E731
     rows = b["pairs"]
     shown = rows[:max_groups]
-    w = min(48, max([len("value")] + [len(g["value"]) for g in shown]))
+    w = min(48, max([len("value")] + [len(_one_line(g["value"])) for g in shown]))
     level = next((g["ci"]["level"] for g in rows if g["ci"]), None)
     ci_head = f"{int(round(100 * level))}% CI" if level else "CI"
     lines = [f"  by {b['column']} (pairs; value: {b['pair_value']}):",
@@ -117,7 +122,7 @@ def format_by(b: dict, max_groups: int = 50) -> list[str]:
     if "traces" in b:
         traces = b["traces"]
         shown = traces[:max_groups]
-        w = min(48, max([len("value")] + [len(g["value"]) for g in shown]))
+        w = min(48, max([len("value")] + [len(_one_line(g["value"])) for g in shown]))
         lines.append(f"  by {b['column']} (traces):")
         lines.append(f"    {'value':<{w}}  {'traces':>7}  {'correct':>7}  {'AUROC':>6}")
         for g in shown:
