@@ -88,13 +88,17 @@ def publish(name: str, body: str, write: bool) -> None:
 
 
 def gsm8k_pointwise(path: Path = GSM8K / "model_solutions_dev.jsonl") -> list[dict]:
-    """One row per candidate: the ground truth and the four model solutions of each problem."""
+    """One row per candidate: the ground truth and the four model solutions of each problem.
+    ``source`` says who wrote it (``ground_truth`` or the solver, e.g. ``6b_finetuning``), so
+    ``eval --by source`` separates pairs against the reference solution from model-vs-model ones."""
     rows = []
     for i, line in enumerate(open(path)):
         d = json.loads(line)
-        cands = [(d["ground_truth"], 1)] + [(d[s]["solution"], int(d[s]["is_correct"])) for s in SOLVERS if s in d]
-        for text, label in cands:
-            rows.append({"group": f"q{i:04d}", "prompt": d["question"], "text": text, "label": label})
+        cands = [(d["ground_truth"], 1, "ground_truth")] + [
+            (d[s]["solution"], int(d[s]["is_correct"]), s) for s in SOLVERS if s in d]
+        for text, label, source in cands:
+            rows.append({"group": f"q{i:04d}", "prompt": d["question"], "text": text, "label": label,
+                         "source": source})
     return rows
 
 

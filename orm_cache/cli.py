@@ -388,18 +388,24 @@ def sweep(grid, grid_file, select_on, report_on, results, out, top, store, quiet
 @click.option("--bootstrap", type=int, default=1000, show_default=True, help="Bootstrap resamples.")
 @click.option("--bootstrap-seed", type=int, default=0, show_default=True)
 @click.option("--length-edges", default="128,256", show_default=True, help="Token-length bucket edges.")
+@click.option("--by", "by", multiple=True, metavar="COLUMN",
+              help="Also report the headline per value of this metadata column (repeat for several): a "
+                   "pairwise row's column, or for pointwise data the pair of its traces' values "
+                   "(chosen=<v> / rejected=<v>) plus AUROC per trace value. Missing values are '(missing)'; "
+                   "the 50 largest values are printed, --json has all.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write every metric here.")
 @click.option("--plot-dir", type=click.Path(file_okay=False), default=None,
               help="Write PNG plots here (reliability, accuracy by length, margins; needs matplotlib).")
 @quiet_option
 def eval_cmd(head_path, store, feature, calibrate_on, save_calibration, override_recipe, ci_level, bootstrap,
-             bootstrap_seed, length_edges, json_path, plot_dir, quiet, **kw):
+             bootstrap_seed, length_edges, by, json_path, plot_dir, quiet, **kw):
     """The reference model card's metric table for a head on a split, from cached vectors.
 
     Pairwise accuracy (strict >, ties wrong) with a bootstrap CI (resampling problems when the
     data has groups), margin statistics, accuracy by token length of the longer trace, the
     label-swap anti-symmetry test, near-tie accuracy, calibration (ECE, reliability), and for
-    pointwise data AUROC, Spearman and best-of-N beside random and oracle.
+    pointwise data AUROC, Spearman and best-of-N beside random and oracle. --by COLUMN breaks
+    the headline down by a metadata column's values.
     """
     from .config import parse_csv
     from .evaluate import format_report
@@ -414,7 +420,7 @@ def eval_cmd(head_path, store, feature, calibrate_on, save_calibration, override
         require_matplotlib()
     r = evaluate_split(head_path, build(DataSpec, kw), kw["cache_dir"], calibrate_on or None, bootstrap,
                        ci_level, bootstrap_seed, parse_csv(length_edges, int), store, feature, save_calibration,
-                       override_recipe)
+                       override_recipe, by)
     click.echo(format_report(r))
     if save_calibration:
         click.echo(f"calibration T={r['calibration']['temperature']:.4g} saved into {head_path}")

@@ -333,11 +333,17 @@ class DataSpec:
     """Seed for sampling negatives from pointwise data."""
     drop_duplicate_pairs: bool = False
     """Keep only the first of identical (chosen, rejected) pairs; duplicates are counted either way."""
+    keep_columns: tuple[str, ...] = ()
+    """Pointwise data: metadata columns kept per trace (row), e.g. for ``eval --by``; the others
+    are only named. (Pairwise rows keep all their other columns per pair.)"""
 
     def __post_init__(self):
         self.recipe  # validates the template
         if self.negatives is not None and self.negatives < 1:
             raise ValueError(f"negatives={self.negatives} must be at least 1")
+        if isinstance(self.keep_columns, str):
+            raise ValueError(f"keep_columns must be a sequence of column names, got the string {self.keep_columns!r}")
+        object.__setattr__(self, "keep_columns", tuple(self.keep_columns))
 
     @property
     def recipe(self) -> "TextRecipe":

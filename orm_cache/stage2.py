@@ -182,18 +182,26 @@ def _headline(r: dict) -> dict:
 def evaluate_split(head_path, data_spec: DataSpec, cache_dir="cache", calibrate_on: str | None = "validation",
                    bootstrap: int = 1000, ci_level: float = 0.9, seed: int = 0, length_edges=(128, 256),
                    store: str | None = None, feature: str | None = None, save_calibration: bool = False,
-                   override_recipe: bool = False) -> dict:
+                   override_recipe: bool = False, by=()) -> dict:
     """The full metric table of a head on one split, with the head's text recipe.
 
     The calibration temperature T is fitted on ``calibrate_on`` when that split is cached (the
     evaluated split itself only when named); otherwise calibration is reported for T = 1 and
-    said so. The checkpoint is rewritten with T only when ``save_calibration`` is set."""
+    said so. The checkpoint is rewritten with T only when ``save_calibration`` is set. ``by``:
+    metadata columns to break the headline down by (``report["by"]``); a column no row has is a
+    DataError naming the columns there are, raised before anything is computed or saved."""
+    from .evaluate.by import check_columns
+
+    by = list(dict.fromkeys([by] if isinstance(by, str) else by or ()))
     head = Head.load(head_path)
     vs = store_for_head(head, cache_dir, store)
     head = with_store_defaults(head, vs, feature)
     feature = head.feature
     data_spec = head_data_spec(head, data_spec, override_recipe)
+    if by:
+        data_spec = replace(data_spec, keep_columns=tuple(dict.fromkeys((*data_spec.keep_columns, *by))))
     sv = load_vectors(data_spec, vs, feature, cache_dir)
+    check_columns(sv.data, by)
     T, note = None, "no calibration split (--calibrate-on ''): reported for T = 1"
     if calibrate_on:
         try:
@@ -212,7 +220,7 @@ def evaluate_split(head_path, data_spec: DataSpec, cache_dir="cache", calibrate_
                 head.save(head_path)
     if save_calibration and T is None:
         raise ValueError(f"--save-calibration: no temperature was fitted ({note}); the checkpoint is left as it was")
-    report = evaluate(head, sv, bootstrap, ci_level, seed, length_edges, temperature=T)
+    report = evaluate(head, sv, bootstrap, ci_level, seed, length_edges, temperature=T, by=by)
     if T is not None:
         report["calibration"]["fitted_on"] = calibrate_on
         report["calibration"]["saved_to_checkpoint"] = bool(save_calibration)

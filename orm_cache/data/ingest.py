@@ -6,7 +6,8 @@ Two row kinds are accepted:
   kept as per-pair metadata), in any of TRL's four shapes (see :mod:`orm_cache.data.chat`);
 * pointwise: ``text`` (or a ``messages`` conversation), ``label`` in {0, 1} (+ optional
   ``group``, ``prompt``); pairs are built from it as the reference data was (see
-  :mod:`orm_cache.data.pairs`).
+  :mod:`orm_cache.data.pairs`). Other columns are named (``SplitData.trace_columns``), and only
+  those asked for (``DataSpec.keep_columns``) are kept, per row (``SplitData.trace_meta``).
 
 Every text the encoder sees is ``template.format(prompt=..., response=...)`` when the row has a
 string prompt, the rendered chat when it is a conversation, else the response itself; its key is
@@ -67,6 +68,10 @@ class SplitData:
     # key -> character offset where the response (a conversation's final assistant content) starts
     # in the text; None where a chat template changed that content beyond recognition
     response_starts: dict[str, int | None] = field(default_factory=dict)
+    # pointwise: every metadata column (not text, label, prompt or group) that some row has
+    trace_columns: list[str] = field(default_factory=list)
+    # pointwise: column -> one value per row (None where absent), for DataSpec.keep_columns only
+    trace_meta: dict[str, list] = field(default_factory=dict)
 
     @property
     def identity(self) -> dict:
@@ -178,7 +183,7 @@ class Row:
     starts: tuple[int | None, ...]  # character offset of each response in its text
     group: object = None
     label: int | None = None  # pointwise
-    meta: dict | None = None  # pairwise: the row's other columns
+    meta: dict | None = None  # the row's other columns (pairwise: kept per pair)
 
 
 def validated_rows(spec: DataSpec, encoder=None) -> tuple[str, TextBuilder, Iterator[Row]]:
@@ -196,6 +201,7 @@ def _validate(spec: DataSpec, source: str, rows, builder: TextBuilder) -> Iterat
     kind = None
     prompt_col = builder.recipe.prompt_col
     reserved = {spec.chosen_col, spec.rejected_col, prompt_col, spec.group_col}
+    reserved_pointwise = {spec.text_col, spec.messages_col, spec.label_col, prompt_col, spec.group_col}
 
     def build(row: dict, col: str, where: str, flag: str, prompt) -> tuple[str, int | None]:
         return builder.build(present(row, col, where, flag), prompt, where, col, flag)
@@ -225,7 +231,8 @@ def _validate(spec: DataSpec, source: str, rows, builder: TextBuilder) -> Iterat
         else:
             _, col = response_value(row, where, spec.text_col, spec.messages_col)
             t, ts = build(row, col, where, "--text-col" if col == spec.text_col else "--messages-col", prompt)
-            yield Row(kind, (t,), (ts,), group, parse_label(row.get(spec.label_col), where, spec.label_col))
+            yield Row(kind, (t,), (ts,), group, parse_label(row.get(spec.label_col), where, spec.label_col),
+                      {k: v for k, v in row.items() if k not in reserved_pointwise})
     if kind is None:
         raise DataError(f"{source}: no rows for split {spec.split!r}")
 
@@ -264,6 +271,8 @@ def load_split(spec: DataSpec, encoder=None) -> SplitData:
     kind = None
     chosen, rejected, pgroups, metas = [], [], [], []
     pkeys, plabels, pgroups_pt = [], [], []
+    trace_columns: dict[str, None] = {}  # pointwise metadata column names, first-seen order
+    kept: dict[str, list] = {c: [] for c in spec.keep_columns}  # only what was asked for
     has_group = False
     n_rows = 0
 
@@ -286,6 +295,9 @@ def load_split(spec: DataSpec, encoder=None) -> SplitData:
             pkeys.append(add(row.texts[0], row.starts[0]))
             plabels.append(row.label)
             pgroups_pt.append(row.group)
+            trace_columns.update(dict.fromkeys(row.meta))
+            for c, values in kept.items():
+                values.append(row.meta.get(c))
 
     stats = {"rows": n_rows}
     # What a scorer must repeat: the template, the prompt column only if prompts were joined, the
@@ -299,7 +311,8 @@ def load_split(spec: DataSpec, encoder=None) -> SplitData:
         groups = pgroups_pt if has_group else None
         pairs, pstats = pairs_from_pointwise(pkeys, labels, groups, spec.negatives_per_positive, spec.pair_seed)
         stats.update(pstats)
-        data = SplitData(source, spec.split, kind, texts, pairs, pkeys, labels, groups, stats, used, starts)
+        data = SplitData(source, spec.split, kind, texts, pairs, pkeys, labels, groups, stats, used, starts,
+                         list(trace_columns), kept)
     seen = set(zip(data.pairs.chosen, data.pairs.rejected))
     stats["duplicate_pairs"] = len(data.pairs) - len(seen)
     if spec.drop_duplicate_pairs and stats["duplicate_pairs"]:

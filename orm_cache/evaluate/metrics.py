@@ -197,3 +197,47 @@ def best_of_n_curve(scores: np.ndarray, labels: np.ndarray, groups, max_n: int |
         if vals:
             out.append({"n": n, "accuracy": float(np.mean(vals)), "groups": len(vals)})
     return out
+
+
+def _by_size(labels) -> list[tuple[str, np.ndarray]]:
+    """``(label, row indices)`` of each distinct label, largest first (ties: by label); indices
+    in input order."""
+    first: dict = {}
+    codes = np.fromiter((first.setdefault(x, len(first)) for x in labels), dtype=np.int64, count=len(labels))
+    order = np.argsort(codes, kind="stable")
+    idx = np.split(order, np.flatnonzero(np.diff(codes[order])) + 1) if len(order) else []
+    names = list(first)
+    return sorted(((names[codes[i[0]]], i) for i in idx), key=lambda t: (-len(t[1]), t[0]))
+
+
+def pairwise_by(margins: np.ndarray, labels, groups=None, n_boot: int = 1000, ci: float = 0.9, seed: int = 0,
+                max_ci: int = 1000) -> list[dict]:
+    """The headline pairwise metrics per value of ``labels`` (one string per pair), largest
+    first: pairs, accuracy (strict >), bootstrap CI (resampling ``groups`` within the value when
+    given, as the headline does; the same seed), tie rate, mean margin. The CI is computed for
+    the ``max_ci`` largest values and is None beyond; a value whose pairs are all right (or all
+    wrong) has the CI every resample gives, [acc, acc], without drawing."""
+    margins = np.asarray(margins, dtype=np.float64)
+    groups = None if groups is None else np.asarray(groups, dtype=object)
+    out = []
+    for rank, (label, idx) in enumerate(_by_size(labels)):
+        m = margins[idx]
+        correct = m > 0
+        if rank >= max_ci:
+            c = None
+        elif correct.all() or not correct.any():
+            c = {"low": float(correct[0]), "high": float(correct[0]), "level": ci, "resamples": n_boot,
+                 "unit": "group" if groups is not None else "pair"}
+        else:
+            c = bootstrap_ci(correct, None if groups is None else groups[idx], n_boot, ci, seed)
+        out.append({"value": label, "pairs": int(len(idx)), "accuracy": float(correct.mean()), "ci": c,
+                    "tie_rate": float((m == 0).mean()), "margin_mean": float(m.mean())})
+    return out
+
+
+def pointwise_by(scores: np.ndarray, labels01: np.ndarray, values) -> list[dict]:
+    """Per value of ``values`` (one string per trace), largest first: traces, correct ones, and
+    AUROC and Spearman (None where the value's traces have one label only)."""
+    scores, labels01 = np.asarray(scores, np.float64), np.asarray(labels01)
+    return [{"value": v, "traces": int(len(idx)), "correct": int(labels01[idx].sum()),
+             **pointwise(scores[idx], labels01[idx])} for v, idx in _by_size(values)]

@@ -12,10 +12,16 @@ def margins_of(scores: np.ndarray, ci: np.ndarray, ri: np.ndarray) -> np.ndarray
 
 
 def evaluate(head, sv, bootstrap: int = 1000, ci_level: float = 0.9, seed: int = 0,
-             length_edges=(128, 256), temperature: float | None = None) -> dict:
+             length_edges=(128, 256), temperature: float | None = None, by=()) -> dict:
     """Every metric of the card for one split. ``temperature`` (fitted elsewhere, e.g. on
     validation) is used for calibration; without one, calibration is reported for T = 1
-    (uncalibrated), never fitted on the evaluated split behind the caller's back."""
+    (uncalibrated), never fitted on the evaluated split behind the caller's back. ``by``: metadata
+    columns to break the headline down by (``out["by"][column]``, see :mod:`.by`); a pointwise
+    split must have been loaded with them in ``DataSpec.keep_columns``."""
+    from .by import by_column, check_columns
+
+    by = list(dict.fromkeys([by] if isinstance(by, str) else by or ()))
+    check_columns(sv.data, by)
     scores = head.score(sv.X)  # (U,)
     margins = margins_of(scores, sv.ci, sv.ri)  # (N,)
     swapped = margins_of(scores, sv.ri, sv.ci)  # the same pairs with chosen and rejected exchanged
@@ -36,12 +42,15 @@ def evaluate(head, sv, bootstrap: int = 1000, ci_level: float = 0.9, seed: int =
         "margin_histogram": dict(zip(("counts", "edges"), (x.tolist() for x in np.histogram(margins, 30)))),
         "calibration": {**M.calibration(margins, T), "fitted_on": None if temperature is None else "given"},
     }
+    row_scores = None
     if data.labels is not None:
         row_scores = scores[sv.rows(data.keys)]
         out["pointwise"] = M.pointwise(row_scores, data.labels)
         if data.groups is not None:
             out["best_of_n"] = M.best_of_n(row_scores, data.labels, data.groups)
             out["best_of_n_curve"] = M.best_of_n_curve(row_scores, data.labels, data.groups)
+    if by:
+        out["by"] = {c: by_column(data, c, margins, row_scores, bootstrap, ci_level, seed) for c in by}
     return out
 
 
@@ -49,8 +58,11 @@ def _pct(x) -> str:
     return "   -  " if x is None else f"{100 * x:5.1f}%"
 
 
-def format_report(r: dict) -> str:
-    """A readable table of :func:`evaluate`'s result."""
+def format_report(r: dict, max_groups: int = 50) -> str:
+    """A readable table of :func:`evaluate`'s result; a ``by`` column shows its ``max_groups``
+    largest values (the JSON has all)."""
+    from .by import format_by
+
     c, m, a = r["ci"], r["margin"], r["antisymmetry"]
     lines = [
         f"split {r['split']}  ({r['pairs']:,} pairs, {r['traces']:,} traces, feature {r['feature']})",
@@ -80,4 +92,6 @@ def format_report(r: dict) -> str:
         lines.append(f"  best-of-N           {_pct(b['accuracy']).strip()} over {b['groups']:,} groups "
                      f"(~{b['mean_candidates']:.1f} candidates; random {_pct(b['random']).strip()}, "
                      f"oracle {_pct(b['oracle']).strip()}; ties: fractional credit)")
+    for b in r.get("by", {}).values():
+        lines.extend(format_by(b, max_groups))
     return "\n".join(lines)
