@@ -489,8 +489,6 @@ class HeadConfig:
                 raise ValueError(f"{name}={getattr(self, name)} must be a finite number")
         if self.lbfgs_max_iter < 1:
             raise ValueError(f"lbfgs_max_iter={self.lbfgs_max_iter} must be at least 1")
-        if self.feature is not None:
-            feature_parts(self.feature)
 
     def uses(self, name: str) -> bool:
         """Whether training this configuration reads the field ``name`` (see FIELD_USED_BY)."""

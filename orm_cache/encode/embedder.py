@@ -146,12 +146,16 @@ def encode_batches(encoder, ids: list[list[int]], n_tokens: np.ndarray, batch_to
 
 def encode_texts(encoder, texts: list[str], column: str, batch_tokens: int | None = None,
                  max_batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Vectors of ``texts`` (input order) for one column, and their token counts; no store."""
+    """Vectors of ``texts`` (input order) for one feature — a column, or columns joined by '+'
+    (concatenated, as a store's combined feature) — and their token counts; no store."""
+    from ..config import feature_parts
+
+    parts = feature_parts(column)
     ids, n_tokens, _ = encoder.tokenize(texts)
     out = None
     budget = batch_tokens_for(encoder.device, batch_tokens)
     for b, vectors, _, _ in encode_batches(encoder, ids, n_tokens, budget, max_batch_size):
-        v = vectors[column]
+        v = np.concatenate([vectors[c] for c in parts], axis=1)  # (B, D · columns)
         if out is None:
             out = np.empty((len(texts), v.shape[1]), dtype=np.float32)  # (N, D)
         out[b] = v

@@ -241,3 +241,30 @@ def pointwise_by(scores: np.ndarray, labels01: np.ndarray, values) -> list[dict]
     scores, labels01 = np.asarray(scores, np.float64), np.asarray(labels01)
     return [{"value": v, "traces": int(len(idx)), "correct": int(labels01[idx].sum()),
              **pointwise(scores[idx], labels01[idx])} for v, idx in _by_size(values)]
+
+
+def ensemble_disagreement(member_margins: np.ndarray, margins: np.ndarray) -> dict:
+    """How an ensemble's members disagree on each pair, and whether that flags its errors.
+    ``member_margins`` ``(N, K)``: each member's margin on each pair; ``margins`` ``(N,)``: the
+    ensemble's (their mean). Reports the members' mean accuracy, the mean std of their margins,
+    the fraction of pairs where they do not all agree on the preference, the ensemble's accuracy
+    on unanimous and on split pairs, and the AUROC of the margin std (relative to |margin|, so a
+    confident pair is not flagged for being large) as a detector of the ensemble's errors."""
+    from sklearn.metrics import roc_auc_score
+
+    N, K = member_margins.shape
+    right = margins > 0
+    votes = (member_margins > 0).sum(axis=1)  # (N,)
+    split = (votes > 0) & (votes < K)
+    spread = member_margins.std(axis=1)  # (N,)
+    relative = spread / (np.abs(margins) + spread + 1e-12)  # in [0, 1): disagreement against confidence
+    wrong = ~right
+    detect = float(roc_auc_score(wrong, relative)) if 0 < wrong.sum() < N else None
+    acc = lambda sel: float(right[sel].mean()) if sel.any() else None  # noqa: E731
+    return {"members": int(K), "member_accuracy": [float(x) for x in (member_margins > 0).mean(axis=0)],
+            "mean_margin_std": float(spread.mean()) if N else None,
+            "split_pairs": float(split.mean()) if N else None,
+            "accuracy_unanimous": acc(~split), "accuracy_split": acc(split),
+            "error_auroc": detect,
+            "error_auroc_rule": "AUROC of std/(|margin| + std) of the members' margins for the ensemble's errors "
+                                "(0.5: disagreement says nothing)"}

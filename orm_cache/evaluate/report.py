@@ -22,7 +22,11 @@ def evaluate(head, sv, bootstrap: int = 1000, ci_level: float = 0.9, seed: int =
 
     by = list(dict.fromkeys([by] if isinstance(by, str) else by or ()))
     check_columns(sv.data, by)
-    scores = head.score(sv.X)  # (U,)
+    if head.members > 1:
+        member = head.member_scores(sv.X)  # (U, K)
+        scores = member.mean(axis=1, dtype=np.float64).astype(np.float32)  # (U,): the head's score
+    else:
+        scores = head.score(sv.X)  # (U,)
     margins = margins_of(scores, sv.ci, sv.ri)  # (N,)
     swapped = margins_of(scores, sv.ri, sv.ci)  # the same pairs with chosen and rejected exchanged
     data = sv.data
@@ -42,6 +46,9 @@ def evaluate(head, sv, bootstrap: int = 1000, ci_level: float = 0.9, seed: int =
         "margin_histogram": dict(zip(("counts", "edges"), (x.tolist() for x in np.histogram(margins, 30)))),
         "calibration": {**M.calibration(margins, T), "fitted_on": None if temperature is None else "given"},
     }
+    if head.members > 1:
+        out["ensemble"] = M.ensemble_disagreement(member[sv.ci] - member[sv.ri], margins)
+    out["head"] = head.describe()
     row_scores = None
     if data.labels is not None:
         row_scores = scores[sv.rows(data.keys)]
@@ -65,7 +72,8 @@ def format_report(r: dict, max_groups: int = 50) -> str:
 
     c, m, a = r["ci"], r["margin"], r["antisymmetry"]
     lines = [
-        f"split {r['split']}  ({r['pairs']:,} pairs, {r['traces']:,} traces, feature {r['feature']})",
+        f"split {r['split']}  ({r['pairs']:,} pairs, {r['traces']:,} traces, feature {r['feature']}"
+        + (f", head {r['head']})" if r.get("head") and r["head"] != "linear" else ")"),
         f"  pairwise accuracy   {_pct(r['accuracy'])}   {int(c['level'] * 100)}% CI [{_pct(c['low']).strip()}, "
         f"{_pct(c['high']).strip()}]  (bootstrap, {c['resamples']} resamples by {c['unit']})",
         f"  margin              mean {m['mean']:.4f}  median {m['median']:.4f}  std {m['std']:.4f}",
@@ -92,6 +100,14 @@ def format_report(r: dict, max_groups: int = 50) -> str:
         lines.append(f"  best-of-N           {_pct(b['accuracy']).strip()} over {b['groups']:,} groups "
                      f"(~{b['mean_candidates']:.1f} candidates; random {_pct(b['random']).strip()}, "
                      f"oracle {_pct(b['oracle']).strip()}; ties: fractional credit)")
+    if "ensemble" in r:
+        e = r["ensemble"]
+        auroc = "-" if e["error_auroc"] is None else f"{e['error_auroc']:.3f}"
+        lines.append(f"  ensemble            {e['members']} members (mean member accuracy "
+                     f"{_pct(float(np.mean(e['member_accuracy']))).strip()}); they split on "
+                     f"{_pct(e['split_pairs']).strip()} of pairs: accuracy {_pct(e['accuracy_unanimous']).strip()} "
+                     f"where unanimous, {_pct(e['accuracy_split']).strip()} where split; disagreement flags "
+                     f"errors with AUROC {auroc}")
     for b in r.get("by", {}).values():
         lines.extend(format_by(b, max_groups))
     return "\n".join(lines)

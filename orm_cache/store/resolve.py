@@ -40,6 +40,10 @@ def store_by_prefix(cache_dir, prefix: str) -> VectorStore:
     return VectorStore(chosen[0]["dir"], chosen[0]["fingerprint"])
 
 
+def _columns(identity: dict) -> list[str]:
+    return [f"{p}@{l}" for l in identity.get("layers", []) for p in identity.get("pooling", [])]
+
+
 def find_store(cache_dir, spec: EncoderSpec, feature: str | None = None, store: str | None = None,
                embed_hint: str = "orm-cache embed") -> VectorStore:
     """The one store under ``cache_dir`` that holds vectors of ``spec``'s encoder (and ``feature``).
@@ -51,8 +55,12 @@ def find_store(cache_dir, spec: EncoderSpec, feature: str | None = None, store: 
 
     if store:
         return store_by_prefix(cache_dir, store)
-    parts = feature_parts(feature) if feature else ()  # a malformed feature is one line
     stores = [s for s in list_stores(cache_dir) if s["fingerprint"]]
+    try:
+        parts = feature_parts(feature) if feature else ()
+    except ValueError as e:  # one line, with the columns the model's stores hold
+        held = sorted({c for s in stores for c in _columns(s["identity"])})
+        raise StoreError(f"{e}; stored columns: {', '.join(held) or 'none yet'}") from None
     hint = model_identity_hint(spec.model, spec.revision)
     chosen = []
     for s in stores:
@@ -63,7 +71,7 @@ def find_store(cache_dir, spec: EncoderSpec, feature: str | None = None, store: 
             continue
         if ident.get("max_length") != spec.max_length or ident.get("truncation_side") != spec.truncation_side:
             continue
-        cols = [f"{p}@{l}" for l in ident.get("layers", []) for p in ident.get("pooling", [])]
+        cols = _columns(ident)
         if feature and not set(parts) <= set(cols):
             continue
         chosen.append(s)
