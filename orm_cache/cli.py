@@ -104,8 +104,10 @@ def encoder_options(f):
         _opt(EncoderSpec, "max_length", type=int, default=e.max_length),
         _opt(EncoderSpec, "truncation_side", type=click.Choice(["right", "left"]), default=e.truncation_side),
         _opt(EncoderSpec, "pooling", default=",".join(e.pooling),
-             help="Pooled vectors stored per layer, comma-separated: last (final non-padding token) "
-                  "and/or mean; several are computed in one forward pass, e.g. last,mean."),
+             help="Pooled vectors stored per layer, comma-separated: last (final non-padding token), "
+                  "mean (every token) and/or response_mean (the response's tokens only: the prompt is attended "
+                  "to but not averaged; a conversation's response is its final assistant turn; equal to mean "
+                  "for texts without a prompt); all are computed in one forward pass, e.g. last,mean."),
         _opt(EncoderSpec, "layers", default="-1",
              help="Hidden-state layers to pool, comma-separated (negative counts from the top; "
                   "-1 is the final layer), e.g. -1,-6,-12."),
@@ -216,6 +218,9 @@ def embed(**kw):
                    f"{report.texts_per_s:,.1f} texts/s, {report.tokens_per_s:,.0f} tokens/s "
                    f"(padding {1 - report.tokens / max(report.padded_tokens, 1):.1%}); "
                    f"{report.truncated:,} truncated to {enc_spec.max_length} tokens")
+    if report.response_fallback:
+        click.echo(f"response_mean: {report.response_fallback:,} texts had no response tokens to pool (start "
+                   "unknown, or truncation removed the response) and were averaged over every token")
     click.echo(f"store: {report.store}  (fingerprint {short(report.fingerprint)}, {report.shards} new shards)")
 
 

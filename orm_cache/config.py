@@ -17,7 +17,7 @@ BUNDLED_MINILM = "bundled-minilm"
 
 DTYPES = ("auto", "float16", "bfloat16", "float32")
 DEVICES = ("auto", "cuda", "cpu")
-POOLINGS = ("last", "mean")
+POOLINGS = ("last", "mean", "response_mean")
 OBJECTIVES = ("pairwise", "pointwise")
 HEAD_KINDS = ("linear", "mlp")
 TRUNCATION_SIDES = ("right", "left")
@@ -51,7 +51,9 @@ class EncoderSpec:
     truncation_side: str = "right"
     """Which end a too-long text loses: right keeps the beginning, left keeps the ending."""
     pooling: tuple[str, ...] = ("last",)
-    """Pooled vectors stored per layer: ``last`` (final non-padding token) and/or ``mean``."""
+    """Pooled vectors stored per layer: ``last`` (final non-padding token), ``mean`` (every
+    token) and/or ``response_mean`` (the response's tokens only: a prompt is attended to but not
+    averaged; a conversation's response is its final assistant turn; ``mean`` without a prompt)."""
     layers: tuple[int, ...] = (-1,)
     """Hidden-state layers to pool (negative counts from the top; -1 is the final layer)."""
 

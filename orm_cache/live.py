@@ -69,6 +69,11 @@ class LiveScorer:
         or a message list) by the head's recipe. A bare string is refused (it would be scored
         character by character), and so is a bare conversation (its messages would be scored
         one by one)."""
+        return [text for text, _ in self.built(responses, prompts)]
+
+    def built(self, responses, prompts=None) -> list[tuple[str, int | None]]:
+        """:meth:`texts`, each with the character offset where its response starts (what
+        response_mean pools from; None when a chat template made it unrecognisable)."""
         for name, seq in (("texts", responses), ("prompts", prompts)):
             if isinstance(seq, (str, bytes)):
                 raise TypeError(f"{name} must be a list of strings, not a single string; wrap it: [{name[:-1]}]")
@@ -91,21 +96,24 @@ class LiveScorer:
                 raise ValueError(f"text {i} must be a non-empty string or a list of messages, got {r!r:.60}")
             if p is not None and not isinstance(p, (str, list, tuple)):
                 raise ValueError(f"prompt {i} must be a string, a list of messages or None, got {type(p).__name__}")
-            out.append(self.builder.build(r, p, f"text {i}", "text")[0])  # DataError is a ValueError
+            out.append(self.builder.build(r, p, f"text {i}", "text"))  # DataError is a ValueError
         return out
 
-    def vectors(self, texts: list[str], one_at_a_time: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """``(N, D)`` pooled vectors of the head's feature column, and token counts."""
+    def vectors(self, texts: list[str], one_at_a_time: bool = False,
+                starts: list[int | None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(N, D)`` pooled vectors of the head's feature column, and token counts. ``starts``:
+        where each response starts in its text (response_mean; None: the texts are responses alone)."""
         max_batch = 1 if one_at_a_time else self.max_batch_size
-        return encode_texts(self.encoder, list(texts), self.head.feature, self.batch_tokens, max_batch)
+        return encode_texts(self.encoder, list(texts), self.head.feature, self.batch_tokens, max_batch, starts)
 
     def score(self, texts: list[str], prompts: list[str | None] | None = None,
               one_at_a_time: bool = False) -> np.ndarray:
         """Scores of ``texts`` (responses), each joined with its prompt (when given) by the head's recipe."""
-        texts = self.texts(texts, prompts)
-        if not texts:
+        built = self.built(texts, prompts)
+        if not built:
             return np.empty(0, dtype=np.float32)
-        return self.head.score(self.vectors(texts, one_at_a_time)[0])
+        texts, starts = zip(*built)
+        return self.head.score(self.vectors(list(texts), one_at_a_time, list(starts))[0])
 
     def rank(self, candidates: list[str], prompt: str | None = None) -> list[tuple[int, float]]:
         """Candidates' indices and scores, best first (ties keep input order); one shared prompt."""

@@ -77,15 +77,15 @@ class ScoreSummary:
 
 
 def row_text(row: dict, text_col: str, recipe: TextRecipe | TextBuilder, where: str,
-             messages_col: str | None = "messages") -> str:
-    """The text of one input row (recipe applied; a conversation rendered by its chat template),
-    or :class:`DataError` naming the row and problem."""
+             messages_col: str | None = "messages") -> tuple[str, int | None]:
+    """The text of one input row (recipe applied; a conversation rendered by its chat template)
+    and where its response starts in it, or :class:`DataError` naming the row and problem."""
     builder = recipe if isinstance(recipe, TextBuilder) else TextBuilder(recipe)
     value, col = response_value(row, where, text_col, messages_col)
     flag = "--text-col" if col == text_col else "--messages-col"
     # a conversation carries its prompt in its messages; a plain response needs the column
     prompt = prompt_field(row, builder.prompt_col_for(value), where, builder.require_prompt and isinstance(value, str))
-    return builder.build(value, prompt, where, col, flag)[0]
+    return builder.build(value, prompt, where, col, flag)
 
 
 OUTPUT_EXTS = (".jsonl", ".csv", ".parquet")
@@ -209,10 +209,15 @@ class Rescorer:
             self._encoder = LiveScorer(self.head, self.device).encoder
         return self._encoder
 
-    def scores(self, texts: dict[str, str], summary: ScoreSummary) -> dict[str, float]:
-        """key -> score for every key of ``texts``; embeds and stores the misses first."""
+    def scores(self, texts: dict[str, str], summary: ScoreSummary,
+               starts: dict[str, int | None] | None = None) -> dict[str, float]:
+        """key -> score for every key of ``texts``; embeds and stores the misses first. ``starts``:
+        key -> where its response starts (response_mean pools from it; absent: 0); a hit pooled
+        from elsewhere is refused (:func:`~orm_cache.vectors.check_response_starts`)."""
         from .encode.embedder import embed_texts
+        from .vectors import check_response_starts
 
+        starts = starts or {}
         missing = self.store.missing(texts)
         summary.hits += len(texts) - len(missing)
         if missing:
@@ -220,10 +225,12 @@ class Rescorer:
             summary.model_loaded = True
             run = RunSpec(cache_dir=str(self.cache_dir), device=self.device, batch_tokens=self.batch_tokens,
                           quiet=self.quiet)
-            embed_texts({k: texts[k] for k in missing}, self.encoder, run, desc="embed misses")
+            embed_texts([(k, texts[k], starts.get(k, 0)) for k in missing], self.encoder, run, desc="embed misses")
             self.store.refresh()
         keys = list(texts)
-        s = self.head.score(self.store.matrix(keys, self.head.feature))  # (N,), read from the map in blocks
+        gids = self.store.locate(keys)
+        check_response_starts(self.store, gids, keys, starts, self.head.feature)
+        s = self.head.score(self.store.matrix_at(gids, self.head.feature))  # (N,), read from the map in blocks
         return dict(zip(keys, s.tolist()))
 
 
@@ -270,9 +277,10 @@ class _Job:
                 continue
             yield row, parsed
 
-    def text_of(self, where: str, row: dict) -> tuple[str, str]:
-        text = row_text(row, self.text_col, self.builder, where, self.messages_col)
-        return trace_key(text), text
+    def text_of(self, where: str, row: dict) -> tuple[str, str, int | None]:
+        """``(key, text, response start)`` of one input row."""
+        text, start = row_text(row, self.text_col, self.builder, where, self.messages_col)
+        return trace_key(text), text, start
 
     def outputs(self, output_path, outputs: AtomicOutputs) -> "OutputWriter":
         """The output writer, and with --skip-invalid the side file, as temporary files of
@@ -341,10 +349,11 @@ def score_file(head_path, input_path, output_path, cache_dir="cache", cols: Text
         out = job.outputs(output_path, outputs)
         rows = job.valid_rows(job.text_of)
         while chunk := list(itertools.islice(rows, chunk_rows)):
-            texts = dict(kt for _, kt in chunk)
-            scores = job.rescorer.scores(texts, job.summary)
+            texts = {k: t for _, (k, t, _) in chunk}
+            starts = {k: s for _, (k, _, s) in reversed(chunk)}  # the first row of a repeated text counts
+            scores = job.rescorer.scores(texts, job.summary, starts)
             out.write([{**row, "score": scores[k], **({"p_beats_average": _prob(scores[k], T)} if T else {})}
-                       for row, (k, _) in chunk])
+                       for row, (k, _, _) in chunk])
             job.summary.rows += len(chunk)
             bar.update(job.summary.rows + job.summary.invalid - bar.done)  # input rows consumed
         out.close()
@@ -419,19 +428,20 @@ def rank_file(head_path, input_path, output_path, group_by: str, top_k: int | No
         if not isinstance(g, (str, int, float, bool)):
             raise DataError(f"{where}: group column {group_by!r} must be a string or a number, got "
                             f"{type(g).__name__}")
-        key, text = job.text_of(where, row)
+        key, text, start = job.text_of(where, row)
         if has_labels is None:
             has_labels = bool(label_col) and label_col in row
         label = parse_label(row.get(label_col), where, label_col) if has_labels else None
-        return key, text, row[group_by], label
+        return key, text, start, row[group_by], label
 
     with AtomicOutputs() as outputs:
         out = job.outputs(output_path, outputs)
         scores, groups, labels = [], [], []  # one per valid row, in input order
         valid = job.valid_rows(parse)
         while chunk := list(itertools.islice(valid, chunk_rows)):
-            by_key = job.rescorer.scores({k: t for _, (k, t, _, _) in chunk}, job.summary)
-            for _, (k, _, g, y) in chunk:
+            starts = {k: s for _, (k, _, s, _, _) in reversed(chunk)}  # the first row of a repeated text counts
+            by_key = job.rescorer.scores({k: t for _, (k, t, _, _, _) in chunk}, job.summary, starts)
+            for _, (k, _, _, g, y) in chunk:
                 scores.append(by_key[k])
                 groups.append(g)
                 labels.append(y)

@@ -23,9 +23,11 @@ OPT_1_3B = dict(hidden_size=2048, num_hidden_layers=24, num_attention_heads=32, 
                 word_embed_proj_dim=2048, max_position_embeddings=2048, vocab_size=50272)
 
 
-def build_tokenizer(vocab_size: int = 400):
+def build_tokenizer(vocab_size: int = 400, padding_side: str = "right"):
     """A byte-level BPE with OPT's special tokens (<s>=0, <pad>=1, </s>=2, <unk>=3) that
-    prepends ``</s>`` like OPT's tokenizer. Any text encodes (byte level: nothing is unknown)."""
+    prepends ``</s>`` like OPT's tokenizer. Any text encodes (byte level: nothing is unknown).
+    ``padding_side`` is a constructor argument so that ``save_pretrained`` records it (an
+    attribute set afterwards is not saved)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -38,7 +40,7 @@ def build_tokenizer(vocab_size: int = 400):
     tok.post_processor = processors.TemplateProcessing(single="</s> $A", pair="</s> $A </s> $B",
                                                        special_tokens=[("</s>", 2)])
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="</s>", eos_token="</s>",
-                                   pad_token="<pad>", unk_token="<unk>")
+                                   pad_token="<pad>", unk_token="<unk>", padding_side=padding_side)
 
 
 def tiny_opt(directory: str | Path, seed: int = 0, hidden_size: int = 64, num_hidden_layers: int = 2,
@@ -51,8 +53,7 @@ def tiny_opt(directory: str | Path, seed: int = 0, hidden_size: int = 64, num_hi
     from transformers import OPTConfig, OPTModel
 
     directory = Path(directory)
-    tok = build_tokenizer()
-    tok.padding_side = padding_side
+    tok = build_tokenizer(padding_side=padding_side)
     params = dict(hidden_size=hidden_size, num_hidden_layers=num_hidden_layers,
                   num_attention_heads=max(1, hidden_size // 16), ffn_dim=hidden_size * 4,
                   word_embed_proj_dim=hidden_size, max_position_embeddings=1024,

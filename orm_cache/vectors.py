@@ -15,6 +15,7 @@ import numpy as np
 from .data import SplitData
 from .store import StoreError, VectorStore
 from .store.index import key_hashes
+from .store.shards import RESPONSE_START, UNKNOWN_START
 from .store.rows import Rows
 
 
@@ -64,10 +65,38 @@ def embed_command(data_spec, encoder, cache_dir) -> str:
     return shlex.join(cmd + ["--cache-dir", str(cache_dir)])
 
 
+def check_response_starts(store: VectorStore, gids: np.ndarray, keys: list[str], starts: dict,
+                          feature: str, where: str = "") -> None:
+    """For a ``response_mean`` feature: the response of each text (``keys``, at global rows
+    ``gids``) must start where ``starts`` (key -> character offset, None unknown; a key absent:
+    0) says, as it did when its vector was pooled; else a one-line :class:`StoreError` naming
+    the first such text. The same text keys one vector, but the same text as a bare response and
+    with a prompt has its response elsewhere, so its response_mean vector would be another's."""
+    if not feature.startswith("response_mean@") or not len(keys):
+        return
+    if not store.has_response_starts:
+        raise StoreError(f"store {store.dir} has {feature} but does not record where responses start; "
+                         "embed into another --cache-dir")
+    stored = store.scalars_at(gids, RESPONSE_START)  # (U,)
+    wanted = [starts.get(k, 0) for k in keys]
+    wanted = np.array([UNKNOWN_START if s is None else s for s in wanted], dtype=np.int64)  # (U,)
+    bad = np.flatnonzero(stored != wanted)
+    if len(bad):
+        def shown(s: int) -> str:
+            return "unknown" if s == UNKNOWN_START else f"character {s}"
+
+        i = int(bad[0])
+        raise StoreError(f"{len(bad):,} of {len(keys):,} texts{where} have their response elsewhere than when their "
+                         f"{feature} vectors were pooled (first: key {keys[i][:16]}…, response at "
+                         f"{shown(int(wanted[i]))} here, {shown(int(stored[i]))} in the store: the same text split "
+                         "into prompt and response another way); embed this data into another --cache-dir")
+
+
 def split_vectors(data: SplitData, store: VectorStore, feature: str | None, hint: str = "") -> SplitVectors:
     """The vectors of every trace of ``data``, as rows of the store in the order they lie on disk
     (so that blocks of ``X`` are slices of the memory map); a missing vector stops with the
-    command to run."""
+    command to run; a ``response_mean`` feature whose texts' responses start elsewhere than
+    when they were pooled is refused (:func:`check_response_starts`)."""
     keys = list(data.texts)
     gids = store._find(keys)  # (U,) global rows, -1 where missing
     missing = int((gids < 0).sum())
@@ -75,6 +104,7 @@ def split_vectors(data: SplitData, store: VectorStore, feature: str | None, hint
         raise StoreError(f"{missing:,} of {len(keys):,} traces of split {data.split!r} have no cached "
                          f"vector in {store.dir}; run first: {hint or 'orm-cache embed'}")
     feature = feature or store.columns[0]
+    check_response_starts(store, gids, keys, data.response_starts, feature, f" of split {data.split!r}")
     order = np.argsort(gids, kind="stable")
     keys, gids = [keys[i] for i in order], gids[order]
     sv = SplitVectors(data, keys, store.matrix_at(gids, feature), np.empty(0, np.int64), np.empty(0, np.int64),

@@ -40,7 +40,7 @@ def test_batched_equals_each_text_alone(tiny_opt_dir, side):
     from orm_cache.encode.model import Encoder
 
     enc = Encoder(EncoderSpec(model=str(tiny_opt_dir), pooling="last,mean"), "cpu", padding_side=side)
-    ids, n, _ = enc.tokenize(TEXTS)
+    ids, n, _, _ = enc.tokenize(TEXTS)
     batch_ids, mask = pad_batch(ids, enc.pad_id, side)
     assert (mask.sum(1).numpy() == n).all()
     if side == "left":

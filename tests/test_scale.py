@@ -254,7 +254,7 @@ def test_stage1_in_chunks_equals_one_piece_and_tokenizes_a_chunk_at_a_time(tiny_
     for chunk in (5, 10 ** 6):
         enc = Encoder(EncoderSpec(model=str(tiny_opt_dir)), "cpu")
         sizes, real = [], enc.tokenize
-        enc.tokenize = lambda texts, real=real, sizes=sizes: sizes.append(len(texts)) or real(texts)
+        enc.tokenize = lambda texts, *more, real=real, sizes=sizes: sizes.append(len(texts)) or real(texts, *more)
         run = RunSpec(cache_dir=str(tmp_path / str(chunk)), quiet=True, chunk_texts=chunk, batch_tokens=256)
         stream = SplitTexts(spec)
         doubled = [kt for kt in stream] * 2  # every text twice, the repeats far apart

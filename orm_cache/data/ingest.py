@@ -73,6 +73,12 @@ class SplitData:
     # pointwise: column -> one value per row (None where absent), for DataSpec.keep_columns only
     trace_meta: dict[str, list] = field(default_factory=dict)
 
+    def items(self) -> Iterator[tuple[str, str, int | None]]:
+        """``(key, text, response start)`` of every distinct text, as stage 1 takes them
+        (:func:`~orm_cache.encode.embedder.embed_texts`)."""
+        for k, t in self.texts.items():
+            yield k, t, self.response_starts.get(k, 0)
+
     @property
     def identity(self) -> dict:
         """What identifies this data in a checkpoint: source, split and a digest of the pairs."""
@@ -238,9 +244,10 @@ def _validate(spec: DataSpec, source: str, rows, builder: TextBuilder) -> Iterat
 
 
 class SplitTexts:
-    """Every text of a split as ``(key, text)``, read from its source each time it is iterated
-    (repeats included, in row order): stage 1 streams a split without holding its texts. After
-    a complete iteration, ``source``, ``kind`` and ``rows`` describe it."""
+    """Every text of a split as ``(key, text, response start)`` (the character offset of the
+    response in the text, None when unknown; see :class:`Row`), read from its source each time
+    it is iterated (repeats included, in row order): stage 1 streams a split without holding its
+    texts. After a complete iteration, ``source``, ``kind`` and ``rows`` describe it."""
 
     def __init__(self, spec: DataSpec, encoder=None):
         self.spec, self.encoder = spec, encoder
@@ -248,13 +255,13 @@ class SplitTexts:
         first = next(rows)
         self.source, self.kind, self.rows = source, first.kind, 0
 
-    def __iter__(self) -> Iterator[tuple[str, str]]:
+    def __iter__(self) -> Iterator[tuple[str, str, int | None]]:
         source, _, rows = validated_rows(self.spec, self.encoder)
         n, kind = 0, self.kind
         for row in rows:
             n += 1
-            for text in row.texts:
-                yield trace_key(text), text
+            for text, start in zip(row.texts, row.starts):
+                yield trace_key(text), text, start
             kind = row.kind
         self.source, self.kind, self.rows = source, kind, n
 

@@ -49,6 +49,7 @@ class EmbedReport:
     truncated: int
     seconds: float  # wall time of the whole call
     recomputed: int = 0  # rows whose half-precision states overflowed, recomputed in float32
+    response_fallback: int = 0  # response_mean rows whose response was not found: pooled over every token
     load_seconds: float = 0.0  # of which: loading the model weights
     shards_written: list[str] = field(default_factory=list)  # by this process
     shards: int = 0  # shards written (summed over ranks under torch.distributed)
@@ -112,10 +113,17 @@ def pad_batch(ids: list[list[int]], pad_id: int, side: str) -> tuple[torch.Tenso
 FP16_MAX = float(np.finfo(np.float16).max)
 
 
-def encode_batches(encoder, ids: list[list[int]], n_tokens: np.ndarray, batch_tokens: int, max_batch_size: int):
+def _rows(first: np.ndarray | None, b: np.ndarray) -> torch.Tensor | None:
+    """``(B,)`` first response tokens of batch rows ``b`` (None when not tracked)."""
+    return None if first is None else torch.from_numpy(np.ascontiguousarray(first[b], dtype=np.int64))
+
+
+def encode_batches(encoder, ids: list[list[int]], n_tokens: np.ndarray, batch_tokens: int, max_batch_size: int,
+                   first: np.ndarray | None = None):
     """Run the encoder over token-budget batches; yield ``(indices, {column: (B, D) array},
     padded tokens, recomputed (B,) bool)``. Vectors come back rounded to the store's dtype, so
-    a live score and a cached one go through exactly the same arithmetic.
+    a live score and a cached one go through exactly the same arithmetic. ``first`` (N,): each
+    text's first response token, from :meth:`Encoder.tokenize` (None: every token).
 
     Rows whose half-precision states overflowed (NaN or Inf) are run again in float32 and
     flagged; a row still non-finite then raises :class:`StoreError`: NaN or Inf never leaves.
@@ -123,13 +131,13 @@ def encode_batches(encoder, ids: list[list[int]], n_tokens: np.ndarray, batch_to
     out_dtype = torch.float16 if encoder.vector_dtype == "float16" else torch.float32
     for b in token_budget_batches(n_tokens, batch_tokens, max_batch_size):
         input_ids, mask = pad_batch([ids[i] for i in b], encoder.pad_id, encoder.padding_side)
-        pooled = encoder.forward(input_ids, mask)  # {column: (B, D)} on the device
+        pooled = encoder.forward(input_ids, mask, _rows(first, b))  # {column: (B, D)} on the device
         vectors = {c: v.to(out_dtype).cpu().numpy() for c, v in pooled.items()}
         bad = ~np.all([np.isfinite(v).all(axis=1) for v in vectors.values()], axis=0)  # (B,)
         if bad.any() and encoder.torch_dtype != torch.float32:
             redo = b[bad]
             r_ids, r_mask = pad_batch([ids[i] for i in redo], encoder.pad_id, encoder.padding_side)
-            fixed = encoder.forward(r_ids, r_mask, float32=True)
+            fixed = encoder.forward(r_ids, r_mask, _rows(first, redo), float32=True)
             for c, v in fixed.items():
                 v = v.float().cpu().numpy()
                 if out_dtype == torch.float16:
@@ -145,16 +153,17 @@ def encode_batches(encoder, ids: list[list[int]], n_tokens: np.ndarray, batch_to
 
 
 def encode_texts(encoder, texts: list[str], column: str, batch_tokens: int | None = None,
-                 max_batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+                 max_batch_size: int = 256, starts: list[int | None] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Vectors of ``texts`` (input order) for one feature — a column, or columns joined by '+'
-    (concatenated, as a store's combined feature) — and their token counts; no store."""
+    (concatenated, as a store's combined feature) — and their token counts; no store.
+    ``starts``: where each response starts in its text (response_mean; None: texts as given)."""
     from ..config import feature_parts
 
     parts = feature_parts(column)
-    ids, n_tokens, _ = encoder.tokenize(texts)
+    ids, n_tokens, _, first = encoder.tokenize(texts, starts)
     out = None
     budget = batch_tokens_for(encoder.device, batch_tokens)
-    for b, vectors, _, _ in encode_batches(encoder, ids, n_tokens, budget, max_batch_size):
+    for b, vectors, _, _ in encode_batches(encoder, ids, n_tokens, budget, max_batch_size, first):
         v = np.concatenate([vectors[c] for c in parts], axis=1)  # (B, D · columns)
         if out is None:
             out = np.empty((len(texts), v.shape[1]), dtype=np.float32)  # (N, D)
@@ -176,25 +185,31 @@ def _key(digest) -> str:
     return digest.hex() if isinstance(digest, bytes) else digest
 
 
-def _stream(texts) -> Iterable[tuple[str, str]]:
-    """``(key, text)`` pairs of a mapping, or of a re-iterable stream of them."""
-    return texts.items() if isinstance(texts, Mapping) else texts
+def _stream(texts) -> Iterable[tuple[str, str, int | None]]:
+    """``(key, text, response start)`` of a ``{key: text}`` mapping (texts as given: start 0),
+    or of a re-iterable stream of ``(key, text)`` pairs (start 0) or such triples."""
+    items = texts.items() if isinstance(texts, Mapping) else texts
+    for item in items:
+        yield item if len(item) == 3 else (*item, 0)
 
 
 def distinct_keys(texts) -> set:
     """Pass 1: the digest of every distinct key of ``texts`` (~100 bytes a text). Reading a
     streamed split validates every row, so a bad row stops the run before the model is loaded."""
-    return {_digest(key) for key, _ in _stream(texts)}
+    return {_digest(key) for key, _, _ in _stream(texts)}
 
 
-def embed_texts(texts: Mapping[str, str] | Iterable[tuple[str, str]], encoder, run: RunSpec,
+def embed_texts(texts: Mapping[str, str] | Iterable[tuple], encoder, run: RunSpec,
                 desc: str = "embed", keys: set | None = None) -> EmbedReport:
     """Embed the texts that ``run.cache_dir`` lacks for ``encoder``; return the report.
 
-    ``texts`` is a ``{key: text}`` mapping or a re-iterable of ``(key, text)`` pairs in which a
-    key may repeat (:class:`~orm_cache.data.ingest.SplitTexts` reads a split from its file each
-    time). It is read for its keys (unless ``keys``, from :func:`distinct_keys`, is given), then
-    again for the missing texts, which are embedded in chunks of ``run.chunk_texts``."""
+    ``texts`` is a ``{key: text}`` mapping or a re-iterable of ``(key, text)`` pairs or
+    ``(key, text, response start)`` triples in which a key may repeat (the first occurrence
+    counts; :class:`~orm_cache.data.ingest.SplitTexts` reads a split from its file each time).
+    The start is the character offset of the response in the text (None: unknown), which
+    ``response_mean`` pools from and the store records; pairs and a mapping are texts as given
+    (start 0). It is read for its keys (unless ``keys``, from :func:`distinct_keys`, is given),
+    then again for the missing texts, which are embedded in chunks of ``run.chunk_texts``."""
     t0 = time.perf_counter()
     todo = distinct_keys(texts) if keys is None else keys  # becomes: the texts this process embeds
     n_texts, cached = len(todo), 0
@@ -225,10 +240,12 @@ def embed_texts(texts: Mapping[str, str] | Iterable[tuple[str, str]], encoder, r
     bar = Progress(len(todo), desc, "text", run.quiet)
     budget = batch_tokens_for(encoder.device, run.batch_tokens)
 
-    def embed_chunk(chunk: list[tuple[str, str]]):
+    def embed_chunk(chunk: list[tuple[str, str, int | None]]):
         nonlocal writer
-        ids, n_tokens, truncated = encoder.tokenize([t for _, t in chunk])  # this chunk's token ids only
-        for b, vectors, padded, recomputed in encode_batches(encoder, ids, n_tokens, budget, run.max_batch_size):
+        starts = [s for _, _, s in chunk]
+        ids, n_tokens, truncated, first = encoder.tokenize([t for _, t, _ in chunk], starts)  # this chunk's only
+        for b, vectors, padded, recomputed in encode_batches(encoder, ids, n_tokens, budget, run.max_batch_size,
+                                                             first):
             if writer is None:
                 dims = {v.shape[1] for v in vectors.values()}
                 if len(dims) != 1:
@@ -239,7 +256,10 @@ def embed_texts(texts: Mapping[str, str] | Iterable[tuple[str, str]], encoder, r
                 writer = ShardWriter(store.dir, fp, encoder.identity, tuple(vectors), dims.pop(),
                                      encoder.vector_dtype, run.shard_rows, run.flush_seconds,
                                      spec=encoder.spec_record)
-            writer.add([chunk[i][0] for i in b], n_tokens[b], truncated[b], vectors, recomputed)
+            writer.add([chunk[i][0] for i in b], n_tokens[b], truncated[b], vectors, recomputed,
+                       [starts[i] for i in b])
+            if encoder.pools_response:
+                report.response_fallback += int((first[b] < 0).sum())
             report.recomputed += int(recomputed.sum())
             report.embedded += len(b)
             report.batches += 1
@@ -252,12 +272,12 @@ def embed_texts(texts: Mapping[str, str] | Iterable[tuple[str, str]], encoder, r
 
     finished = False
     try:
-        chunk: list[tuple[str, str]] = []
-        for key, text in _stream(texts):
+        chunk: list[tuple[str, str, int | None]] = []
+        for key, text, start in _stream(texts):
             d = _digest(key)
             if d in todo:
                 todo.discard(d)
-                chunk.append((key, text))
+                chunk.append((key, text, start))
                 if len(chunk) >= run.chunk_texts:
                     embed_chunk(chunk)
                     chunk = []
@@ -271,5 +291,8 @@ def embed_texts(texts: Mapping[str, str] | Iterable[tuple[str, str]], encoder, r
             report.shards_written = [os.fspath(p) for p in writer.shards_written]
             report.shards = len(report.shards_written)
     report.seconds = time.perf_counter() - t0
+    if report.response_fallback:
+        log.warning("%d texts have no response tokens to pool (start unknown, or truncation removed the response): "
+                    "their response_mean is the mean over every token", report.response_fallback)
     log.info("embedded %d texts into %s (%s)", report.embedded, store.dir, short(fp))
     return report

@@ -17,6 +17,7 @@ from ..config import EncoderSpec
 from ..store.fingerprint import SCHEMA_VERSION, fingerprint
 from .identity import EncoderError, local_model_digest, resolve_model_path
 from .pooling import pool
+from .response import response_token_starts
 
 log = logging.getLogger(__name__)
 
@@ -151,18 +152,35 @@ class Encoder:
         return self.tokenizer.padding_side
 
     # -- work ----------------------------------------------------------------------------------
-    def tokenize(self, texts: list[str]) -> tuple[list[list[int]], np.ndarray, np.ndarray]:
-        """Token ids per text (truncated to max_length), their lengths, and which were truncated."""
+    @property
+    def pools_response(self) -> bool:
+        """Whether ``response_mean`` is pooled (then :meth:`tokenize` finds each response's tokens)."""
+        return "response_mean" in self.spec.pooling
+
+    def tokenize(self, texts: list[str], starts: list[int | None] | None = None
+                 ) -> tuple[list[list[int]], np.ndarray, np.ndarray, np.ndarray]:
+        """Token ids per text (truncated to max_length), their lengths, which were truncated, and
+        the index of each text's first response token (:mod:`.response`; -1: not found, pool every
+        token). ``starts``: the character offset of each response (None: the texts are responses
+        alone, start 0); used only when response_mean is pooled (the indices are 0 otherwise)."""
         tok, L = self.tokenizer, self.spec.max_length
-        ids = tok(texts, truncation=False, verbose=False)["input_ids"]
-        truncated = np.array([len(x) > L for x in ids], dtype=bool)
+        offsets = self.pools_response and starts is not None and tok.is_fast
+        enc = tok(texts, truncation=False, verbose=False, return_offsets_mapping=offsets)
+        ids, spans = enc["input_ids"], enc.get("offset_mapping")
+        n_full = [len(x) for x in ids]
+        truncated = np.array([n > L for n in n_full], dtype=bool)
         long = np.flatnonzero(truncated)
         if len(long):
-            cut = tok([texts[i] for i in long], truncation=True, max_length=L)["input_ids"]
-            for i, x in zip(long, cut):
-                ids[i] = x
+            cut = tok([texts[i] for i in long], truncation=True, max_length=L, return_offsets_mapping=offsets)
+            for j, i in enumerate(long):
+                ids[i] = cut["input_ids"][j]
+                if offsets:
+                    spans[i] = cut["offset_mapping"][j]
         n = np.array([len(x) for x in ids], dtype=np.int32)
-        return ids, n, truncated
+        first = np.zeros(len(texts), dtype=np.int32)
+        if self.pools_response and starts is not None:
+            first = response_token_starts(tok, texts, starts, ids, spans if offsets else None, n_full)
+        return ids, n, truncated, first
 
     def load(self) -> None:
         if self.model is not None:
@@ -187,8 +205,10 @@ class Encoder:
 
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                float32: bool = False) -> dict[str, torch.Tensor]:
-        """``(B, T)`` ids and mask -> ``{column: (B, D)}`` pooled vectors, still on the device.
+                response_start: torch.Tensor | None = None, float32: bool = False) -> dict[str, torch.Tensor]:
+        """``(B, T)`` ids and mask -> ``{column: (B, D)}`` pooled vectors, still on the device:
+        every pooling of every layer from this one forward pass. ``response_start`` (B,): each
+        row's first response token among its real tokens (from :meth:`tokenize`; None: all).
         ``float32=True`` runs a float32 copy of the model (made on first use): the fallback for
         rows whose half-precision states overflowed."""
         self.load()
@@ -201,6 +221,8 @@ class Encoder:
             model = self._model_fp32
         input_ids = input_ids.to(self.device, non_blocking=True)
         attention_mask = attention_mask.to(self.device, non_blocking=True)
+        if response_start is not None:
+            response_start = response_start.to(self.device, non_blocking=True)  # (B,)
         need_all = self.spec.layers != (-1,)
         out = model(input_ids=input_ids, attention_mask=attention_mask,
                     output_hidden_states=need_all, use_cache=False)
@@ -210,5 +232,5 @@ class Encoder:
         for layer in self.spec.layers:
             hidden = out.hidden_states[layer] if need_all else out.last_hidden_state  # (B, T, D)
             for how in self.spec.pooling:
-                result[f"{how}@{layer}"] = pool(hidden, attention_mask, how)  # (B, D)
+                result[f"{how}@{layer}"] = pool(hidden, attention_mask, how, response_start)  # (B, D)
         return result

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ..config import POOLINGS
+
 
 def last_token_index(mask: torch.Tensor) -> torch.Tensor:
     """Position of the final non-padding token of each row, whatever the padding side.
@@ -16,16 +18,35 @@ def last_token_index(mask: torch.Tensor) -> torch.Tensor:
     return (positions * mask.long()).argmax(dim=1)  # (B,)
 
 
-def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
-    """``hidden`` (B, T, D), ``mask`` (B, T) -> (B, D) by ``last`` token or ``mean`` over tokens."""
+def response_mask(mask: torch.Tensor, start: torch.Tensor | None) -> torch.Tensor:
+    """``mask`` (B, T) restricted to each row's response: its real tokens from the ``start[b]``-th
+    on (counted among real tokens, so either padding side gives the same tokens). ``start`` is
+    ``(B,)``; 0, a negative value (response not found) or None keep every real token."""
+    if start is None:
+        return mask
+    B, T = mask.shape
+    assert start.shape == (B,), (mask.shape, start.shape)
+    real = mask > 0  # (B, T)
+    rank = real.long().cumsum(dim=1) - 1  # (B, T) index of each real token among its row's real tokens
+    keep = real & (rank >= start.to(mask.device).clamp(min=0).unsqueeze(1))  # (B, T)
+    return keep.to(mask.dtype)
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str,
+         response_start: torch.Tensor | None = None) -> torch.Tensor:
+    """``hidden`` (B, T, D), ``mask`` (B, T) -> (B, D) by ``last`` token, ``mean`` over tokens, or
+    ``response_mean``: the mean over the tokens of :func:`response_mask` (``response_start`` (B,)
+    is each row's first response token among its real tokens; None: every token, as ``mean``)."""
     B, T, D = hidden.shape
     assert mask.shape == (B, T), (hidden.shape, mask.shape)
     if how == "last":
         idx = last_token_index(mask)  # (B,)
         return hidden[torch.arange(B, device=hidden.device), idx]  # (B, D)
+    if how == "response_mean":
+        return pool(hidden, response_mask(mask, response_start), "mean")  # (B, D)
     if how == "mean":
         m = mask.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
         # Sum in float32: an fp16 sum over 512 tokens loses precision.
         total = (hidden.float() * m.float()).sum(dim=1)  # (B, D)
         return (total / m.float().sum(dim=1).clamp(min=1.0)).to(hidden.dtype)  # (B, D)
-    raise ValueError(f"pooling {how!r} is not one of last, mean")
+    raise ValueError(f"pooling {how!r} is not one of {', '.join(POOLINGS)}")

@@ -45,6 +45,7 @@ def verify(head, sv, scorer, sample: int = 64, seed: int = 0, atol: float | None
     rows = np.unique(np.concatenate([sv.ci[pick], sv.ri[pick]]))
     keys = [sv.keys[i] for i in rows]
     texts = [sv.data.texts[k] for k in keys]
+    starts = [sv.data.response_starts.get(k, 0) for k in keys]  # where response_mean pools from
     cached = sv.X[rows]
     dtype = scorer.encoder.identity["dtype"]
     if atol is None:
@@ -55,7 +56,7 @@ def verify(head, sv, scorer, sample: int = 64, seed: int = 0, atol: float | None
               "device": scorer.encoder.device, "atol": atol, "feature": sv.feature}
     ok = True
     for mode, alone in (("one_at_a_time", True), ("batched", False)):
-        live, n_tok = scorer.vectors(texts, one_at_a_time=alone)
+        live, n_tok = scorer.vectors(texts, one_at_a_time=alone, starts=starts)
         cs, ls, r = _compare(cached, live, head, n_tok, keys, atol)
         r["preference_flips"] = float(np.mean((cs[pc] > cs[pr]) != (ls[pc] > ls[pr])))
         report[mode] = r

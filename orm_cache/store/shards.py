@@ -5,7 +5,13 @@ Layout::
     cache/vectors/3f2a…/encoder.json          identity and spec of the encoder (a copy of what
                                                every shard carries; rebuilt from the shards if lost)
     cache/vectors/3f2a…/<id>.<crc32>.arrow     one shard: key, n_tokens, truncated, recomputed_fp32,
-                                               <pool>@<layer>…; the CRC32 of its bytes is in its name
+                                               [response_start,] <pool>@<layer>…; the CRC32 of its
+                                               bytes is in its name
+
+``response_start`` (int32; only in stores with a ``response_mean`` column) is the character
+offset where each text's response starts, -1 unknown: a response_mean vector depends on it, and
+it is data, not text, so a split that puts the response of the same text elsewhere is refused
+when loaded (:func:`~orm_cache.vectors.check_response_starts`).
 
 A shard is written under a hidden temporary name and renamed into place, so a reader only ever
 sees complete shards; shard names are unique per process, so any number of writers (processes,
@@ -55,6 +61,8 @@ META_SCHEMA = b"orm_cache.schema_version"
 META_SPEC = b"orm_cache.encoder_spec"  # optional: shards written before it was added lack it
 SHARD_SUFFIX = ".arrow"
 TMP_PREFIX = ".tmp-"
+RESPONSE_START = "response_start"  # scalar column of stores that pool response_mean
+UNKNOWN_START = -1  # its value where the response's start is unknown
 RELIST_LIMIT = 100  # listings one refresh may take while compactions delete shards under it
 VERIFIED = "verified.json"  # shards whose checksum matched: name -> [size, mtime_ns]
 RACY_SECONDS = 3.0  # a shard modified more recently than this is checked, never remembered
@@ -114,6 +122,9 @@ class ShardWriter:
                   pa.field("n_tokens", pa.int32(), nullable=False),
                   pa.field("truncated", pa.bool_(), nullable=False),
                   pa.field("recomputed_fp32", pa.bool_(), nullable=False)]
+        self.has_starts = any(c.startswith("response_mean@") for c in columns)
+        if self.has_starts:
+            fields.append(pa.field(RESPONSE_START, pa.int32(), nullable=False))
         fields += [pa.field(c, pa.list_(value_type, dim), nullable=False) for c in columns]
         metadata = {META_FINGERPRINT: fp.encode(), META_IDENTITY: canonical_json(identity).encode(),
                     META_SCHEMA: str(SCHEMA_VERSION).encode()}
@@ -131,6 +142,7 @@ class ShardWriter:
         self._n_tokens: list[np.ndarray] = []
         self._truncated: list[np.ndarray] = []
         self._recomputed: list[np.ndarray] = []
+        self._starts: list[np.ndarray] = []
         self._vecs: dict[str, list[np.ndarray]] = {c: [] for c in self.columns}
 
     @property
@@ -138,9 +150,12 @@ class ShardWriter:
         return len(self._keys)
 
     def add(self, keys: list[str], n_tokens: np.ndarray, truncated: np.ndarray,
-            vectors: dict[str, np.ndarray], recomputed: np.ndarray | None = None) -> None:
+            vectors: dict[str, np.ndarray], recomputed: np.ndarray | None = None,
+            response_starts: list[int | None] | None = None) -> None:
         """Buffer one batch; ``vectors[col]`` is ``(B, D)``; ``recomputed`` flags rows whose float16
-        states overflowed and were recomputed in float32. Flushes when the shard is full or old."""
+        states overflowed and were recomputed in float32; ``response_starts``: the character offset
+        of each response (None: unknown), recorded when the store pools response_mean (None: the
+        texts as given, start 0). Flushes when the shard is full or old."""
         for c in self.columns:
             v = vectors[c]
             assert v.shape == (len(keys), self.dim), (c, v.shape)  # (B, D)
@@ -151,6 +166,10 @@ class ShardWriter:
         self._n_tokens.append(np.asarray(n_tokens, dtype=np.int32))
         self._truncated.append(np.asarray(truncated, dtype=bool))
         self._recomputed.append(np.zeros(len(keys), bool) if recomputed is None else np.asarray(recomputed, bool))
+        if self.has_starts:
+            starts = [0] * len(keys) if response_starts is None else response_starts
+            assert len(starts) == len(keys), (len(starts), len(keys))
+            self._starts.append(np.array([UNKNOWN_START if s is None else s for s in starts], dtype=np.int32))
         if self.buffered >= self.shard_rows or time.monotonic() - self._last_flush >= self.flush_seconds:
             self.flush()
 
@@ -163,6 +182,8 @@ class ShardWriter:
                   pa.array(np.concatenate(self._n_tokens)),
                   pa.array(np.concatenate(self._truncated)),
                   pa.array(np.concatenate(self._recomputed))]
+        if self.has_starts:
+            arrays.append(pa.array(np.concatenate(self._starts)))
         for c in self.columns:
             flat = np.concatenate(self._vecs[c]).reshape(-1)  # (N*D,)
             arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(flat), self.dim))
@@ -522,6 +543,11 @@ class VectorStore:
 
     def recomputed(self, keys) -> np.ndarray:
         return self._gather(keys, "recomputed_fp32")
+
+    @property
+    def has_response_starts(self) -> bool:
+        """Whether the shards record where each response starts (stores that pool response_mean)."""
+        return bool(self._tables) and RESPONSE_START in self._tables[0].schema.names
 
     def identity(self) -> dict:
         return self._description()["identity"]
