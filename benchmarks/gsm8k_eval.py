@@ -3,11 +3,14 @@
 Reads ../shared/data/gsm8k/model_solutions_dev.jsonl by path (skips cleanly where absent): 1,000
 problems, each with its ground-truth solution and four model-written ones, labelled. Problems
 (never traces) are split 60/20/20 into train/validation/test; pairs are built within problem.
-Every choice (pooling column, solver, L2) is made on validation; test is touched once.
+Every choice (layer, pooling, objective, head, L2…) is made on validation by one sweep; test is
+touched once per reported head.
 
-Reports the test metric table of the selected head, the reference AdamW recipe beside it,
-TF-IDF + logistic regression and "shorter trace wins" on the same test pairs, best-of-N beside
-random and oracle, and re-scoring throughput of cached traces (rows/s, median of 3).
+Reports the sweep's leaderboard and time, each stored column's best linear head on validation,
+then on test — all pairs, pairs between two model-written solutions only, best-of-N — the
+selected configuration, the best plain linear head on mean@-1, the reference recipe and TF-IDF +
+pairwise logistic regression; the selected head's full table by source; and re-scoring
+throughput of cached traces (rows/s, median of 3).
 
     python benchmarks/gsm8k_eval.py --write
 """
@@ -25,82 +28,132 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import GSM8K, median_time, publish, table, write_gsm8k_splits  # noqa: E402
 
-L2_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)
+POOLING, LAYERS = ("mean", "last", "response_mean"), (-1, -2, -4)
+COLUMNS = [f"{p}@{l}" for l in LAYERS for p in POOLING]
+# The full sweep, all selected on validation. The reference recipe (AdamW lr 2e-5, last@-1) is in it.
+GRID = [
+    {"solver": ["lbfgs"], "l2": [0.01, 0.1, 1.0, 10.0, 100.0],
+     "feature": COLUMNS + ["mean@-4+mean@-1", "response_mean@-4+response_mean@-1"]},
+    {"solver": ["lbfgs"], "objective": ["pointwise"], "l2": [0.1, 1.0, 10.0],
+     "feature": ["mean@-1", "mean@-4", "response_mean@-4+response_mean@-1"]},
+    {"solver": ["adamw"], "head": ["mlp"], "hidden": [256], "lr": [3e-4, 1e-3], "steps": [1500], "batch_size": [32],
+     "weight_decay": [0.01], "feature": ["mean@-1", "mean@-4+mean@-1"]},
+    {"solver": ["lbfgs"], "ensemble": [5], "l2": [1.0], "feature": ["mean@-1", "mean@-4+mean@-1"]},
+    {"solver": ["adamw"], "feature": ["last@-1", "mean@-1"]},
+]
 
 
 def run(args) -> str:
+    import time
+
+    import numpy as np
+
     from orm_cache.config import BUNDLED_MINILM, DataSpec, EncoderSpec, HeadConfig, RunSpec
     from orm_cache.data import load_split
     from orm_cache.encode import embed_texts
     from orm_cache.encode.model import Encoder
     from orm_cache.evaluate import format_report
-    from orm_cache.evaluate.baselines import shorter_wins, tfidf_pairwise
-    from orm_cache.rescore import rank_file, score_file
-    from orm_cache.stage2 import evaluate_split, fit_head
+    from orm_cache.evaluate import metrics as M
+    from orm_cache.evaluate.baselines import shorter_wins, tfidf_scorer
+    from orm_cache.rescore import score_file
+    from orm_cache.stage2 import evaluate_split, sweep_heads
+    from orm_cache.store import find_store
+    from orm_cache.vectors import split_vectors
 
     work = Path(tempfile.mkdtemp(prefix="gsm8k-"))
     data_dir = write_gsm8k_splits(work / "data", seed=args.seed)
-    spec = EncoderSpec(model=BUNDLED_MINILM, pooling=("mean", "last"))
+    spec = EncoderSpec(model=BUNDLED_MINILM, pooling=POOLING, layers=LAYERS)
     enc = Encoder(spec, "cpu")
     run_spec = RunSpec(cache_dir=args.cache_dir, device="cpu", quiet=True)
     splits, embed_lines = {}, []
     for s in ("train", "validation", "test"):
-        d = splits[s] = load_split(DataSpec(data=str(data_dir), split=s))
-        r = embed_texts(d.texts, enc, run_spec)
+        d = splits[s] = load_split(DataSpec(data=str(data_dir), split=s, keep_columns=("source",)))
+        r = embed_texts(d.items(), enc, run_spec)
         embed_lines.append([s, len({g for g in d.groups}), len(d.keys), int(d.labels.sum()), len(d.pairs), r.embedded])
     train_spec = DataSpec(data=str(data_dir), split="train")
     heads = work / "heads"
 
-    candidates = []
-    for feature in ("mean@-1", "last@-1"):
-        for l2 in L2_GRID:
-            cfg = HeadConfig(solver="lbfgs", l2=l2, feature=feature)
-            f = fit_head(train_spec, spec, cfg, args.cache_dir, heads / f"lbfgs-{feature}-{l2}.pt")
-            candidates.append((f.eval_report["accuracy"], feature, l2, f.path))
-        f = fit_head(train_spec, spec, HeadConfig(feature=feature), args.cache_dir, heads / f"adamw-{feature}.pt")
-        candidates.append((f.eval_report["accuracy"], feature, "adamw", f.path))
-    sel_rows = [[feat, f"lbfgs l2={l2}" if l2 != "adamw" else "reference adamw", f"{100 * acc:.1f}%"]
-                for acc, feat, l2, _ in candidates]
-    lbfgs = [c for c in candidates if c[2] != "adamw"]
-    best = max(lbfgs, key=lambda c: c[0])
-    test_spec = replace(train_spec, split="test")
-    rep = evaluate_split(best[3], test_spec, args.cache_dir)
-    ref = {c[1]: c for c in candidates if c[2] == "adamw"}
-    ref_test = {feat: evaluate_split(c[3], test_spec, args.cache_dir, bootstrap=200)["accuracy"] for feat, c in ref.items()}
-    tfidf = tfidf_pairwise(splits["train"], splits["test"])
-    shorter = shorter_wins(splits["test"])
+    t0 = time.perf_counter()
+    sw = sweep_heads(train_spec, spec, HeadConfig(feature="mean@-1"), GRID, args.cache_dir, "validation",
+                     out=heads / "selected.pt")
+    sweep_seconds = time.perf_counter() - t0
+    rows = sw.rows  # best first (validation accuracy, ties: loss)
 
-    ranked = work / "ranked.jsonl"
-    rk = rank_file(best[3], data_dir / "test.jsonl", ranked, "group", cache_dir=args.cache_dir, device="cpu")
-    b = rk.extra["best_of_n"]
+    def plain_linear(c: HeadConfig) -> bool:
+        return c.head == "linear" and c.ensemble == 1 and c.objective == "pairwise"
+
+    picks = {
+        "selected configuration of the full sweep": rows[0],
+        "best plain linear head on mean@-1 (lbfgs, l2 chosen on validation)":
+            next(r for r in rows if r.config.feature == "mean@-1" and plain_linear(r.config) and r.config.solver == "lbfgs"),
+        "reference recipe (AdamW lr 2e-5, 800 steps, batch 8, last@-1)":
+            next(r for r in rows if r.config == HeadConfig(feature="last@-1").effective()),
+    }
+    test = splits["test"]
+    vs = find_store(args.cache_dir, spec, "mean@-1")
+    src = test.trace_meta["source"]
+    model_only = np.array([src[m["chosen_row"]] != "ground_truth" and src[m["rejected_row"]] != "ground_truth"
+                           for m in test.pairs.meta])
+
+    def line(name, margins, row_scores):
+        right = margins > 0
+        b = M.best_of_n(row_scores, test.labels, test.groups)
+        return [name, f"{100 * right.mean():.1f}%", f"{100 * right[model_only].mean():.1f}%", f"{100 * b['accuracy']:.1f}%"]
+
+    table_rows, key_row = [], {}
+    for name, row in picks.items():
+        sv = split_vectors(test, vs, row.config.feature)
+        s = row.result.head.score(sv.X)
+        table_rows.append(line(f"{name}: {row.config.feature}, {row.config.describe()}, {row.config.objective}, "
+                               f"{row.config.solver}" + (f" l2={row.config.l2:g}" if row.config.solver == "lbfgs" else ""),
+                               s[sv.ci] - s[sv.ri], s[sv.rows(test.keys)]))
+    tfidf = tfidf_scorer(splits["train"])
+    tk = list(test.texts)
+    ts = dict(zip(tk, tfidf(test.texts[k] for k in tk)))
+    tm = np.array([ts[c] - ts[r] for c, r in zip(test.pairs.chosen, test.pairs.rejected)])
+    table_rows.append(line("TF-IDF (1-2 grams) + pairwise logistic regression", tm, np.array([ts[k] for k in test.keys])))
+    b = M.best_of_n(np.zeros(len(test.keys)), test.labels, test.groups)
+    table_rows.append(["chance", "50.0%", "50.0%", f"{100 * b['random']:.1f}% (oracle {100 * b['oracle']:.1f}%)"])
+    rep = evaluate_split(sw.path, replace(train_spec, split="test"), args.cache_dir, by=["source"])
+
+    leaderboard = [[i + 1, r.config.feature, r.config.describe(), r.config.objective, r.config.solver,
+                    "" if r.config.solver != "lbfgs" else f"{r.config.l2:g}",
+                    "" if r.config.solver != "adamw" else f"{r.config.lr:g}",
+                    f"{100 * r.select_accuracy:.1f}%", f"{r.select_loss:.4f}"] for i, r in enumerate(rows[:25])]
+    by_feature = {}
+    for r in rows:  # each feature's best plain linear head on validation: which layer / pooling carries the signal
+        if plain_linear(r.config) and r.config.solver == "lbfgs":
+            by_feature.setdefault(r.config.feature, r)
+    feat_rows = [[f, f"{100 * r.select_accuracy:.1f}%", f"{r.config.l2:g}"] for f, r in by_feature.items()]
+
     # re-scoring throughput: every test trace repeated to --rescore-rows rows, all cache hits
     big = work / "rescore_input.jsonl"
     test_rows = [json.loads(line) for line in open(data_dir / "test.jsonl")]
     with open(big, "w") as fh:
         for i in range(args.rescore_rows):
             fh.write(json.dumps(test_rows[i % len(test_rows)]) + "\n")
-    t_score, summ = median_time(lambda: score_file(best[3], big, work / "scored.parquet", args.cache_dir), 3)
+    t_score, summ = median_time(lambda: score_file(sw.path, big, work / "scored.parquet", args.cache_dir), 3)
 
+    n_mm = int(model_only.sum())
     lines = [
         "### GSM8K model solutions, frozen all-MiniLM-L6-v2 (CPU float32)", "",
         "Problems split 60/20/20 by problem (seed 0); candidates = ground truth + 4 model solutions; pairs within "
-        "problem (8 negatives per positive for train, 4 otherwise, i.e. all of them here).", "",
+        "problem (8 negatives per positive for train, 4 otherwise, i.e. all of them here). Stored columns: "
+        f"{', '.join(COLUMNS)} (one forward pass).", "",
         table(["split", "problems", "traces", "correct", "pairs", "embedded this run"], embed_lines), "",
-        "Selection on validation (pairwise accuracy):", "",
-        table(["feature", "head", "validation accuracy"], sel_rows), "",
-        f"Selected: {best[1]}, lbfgs l2={best[2]}. Test, touched once:", "",
-        "```", format_report(rep), "```", "",
-        table(["on the same test pairs", "pairwise accuracy"], [
-            [f"selected head ({best[1]}, lbfgs l2={best[2]})", f"{100 * rep['accuracy']:.1f}%"],
-            *[[f"reference recipe (AdamW lr 2e-5, 800 steps), {feat}", f"{100 * a:.1f}%"] for feat, a in ref_test.items()],
-            ["TF-IDF (1-2 grams) + pairwise logistic regression", f"{100 * tfidf:.1f}%"],
-            ["shorter trace wins", f"{100 * shorter:.1f}%"],
-            ["chance", "50.0%"],
-        ]), "",
-        f"Best-of-N on the {b['groups']} test problems (~{b['mean_candidates']:.1f} candidates): "
-        f"{100 * b['accuracy']:.1f}% (random {100 * b['random']:.1f}%, oracle {100 * b['oracle']:.1f}%; ties: "
-        "fractional credit). Curve: " + ", ".join(f"N={c['n']} {100 * c['accuracy']:.1f}%"
-                                                  for c in rk.extra["best_of_n_curve"]) + ".", "",
+        f"The sweep: {len(rows)} configurations (layers x poolings x combined features x objectives x heads x "
+        f"ensembles, and the reference recipe), trained on train and ranked on validation only, in "
+        f"{sweep_seconds:.1f}s on this machine. Top 25:", "",
+        table(["rank", "feature", "head", "objective", "solver", "l2", "lr", "validation acc", "validation loss"],
+              leaderboard), "",
+        "Each stored column's best plain linear head (lbfgs, l2 on validation): where the signal is", "",
+        table(["feature", "validation acc", "l2"], feat_rows), "",
+        f"Test, touched once per head ({len(test.pairs):,} pairs; {n_mm:,} of them between two model-written "
+        f"solutions; best-of-N over {len(set(test.groups))} problems, ties fractional):", "",
+        table(["head (selected on validation)", "all pairs", "model vs model pairs", "best-of-N"], table_rows), "",
+        "The selected head's full table on test, with `--by source`:", "",
+        "```", format_report(rep, max_groups=20), "```", "",
+        f"Shorter trace wins: {100 * shorter_wins(test):.1f}% of all test pairs.", "",
         f"Re-scoring cached traces (`orm-cache score`, {args.rescore_rows:,} rows .jsonl -> .parquet, all cache hits, "
         f"no model loaded: {not summ.model_loaded}): {args.rescore_rows / t_score:,.0f} rows/s (median of 3, "
         f"{t_score:.2f}s).",

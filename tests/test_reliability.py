@@ -127,8 +127,8 @@ def test_fp16_overflow_rows_are_recomputed_in_fp32_and_flagged(tiny_opt_dir, tmp
     enc = Encoder(EncoderSpec(model=str(tiny_opt_dir), dtype="float16"), "cpu")
     real = enc.forward
 
-    def overflowing(input_ids, mask, float32=False):
-        out = real(input_ids, mask, float32=float32)
+    def overflowing(input_ids, mask, response_start=None, float32=False):
+        out = real(input_ids, mask, response_start, float32=float32)
         if not float32:  # the long text overflows in half precision
             long_rows = mask.sum(1) > 30  # "OVERFLOW " x 12 is ~100 tokens, the others ~12
             out = {c: torch.where(long_rows[:, None], torch.tensor(float("inf"), dtype=v.dtype), v) for c, v in out.items()}
@@ -148,8 +148,9 @@ def test_fp16_overflow_rows_are_recomputed_in_fp32_and_flagged(tiny_opt_dir, tmp
     expected, _ = encode_texts(fp32, [texts["b" * 64]], "last@-1")
     np.testing.assert_allclose(v[1], expected[0].astype(np.float16), rtol=1e-3, atol=1e-3)
 
-    def always_nan(input_ids, mask, float32=False):
-        return {c: torch.full_like(v, float("nan")) for c, v in real(input_ids, mask, float32=float32).items()}
+    def always_nan(input_ids, mask, response_start=None, float32=False):
+        out = real(input_ids, mask, response_start, float32=float32)
+        return {c: torch.full_like(v, float("nan")) for c, v in out.items()}
 
     enc.forward = always_nan
     with pytest.raises(StoreError, match="non-finite hidden states even in float32"):

@@ -73,11 +73,10 @@ class SplitData:
     # pointwise: column -> one value per row (None where absent), for DataSpec.keep_columns only
     trace_meta: dict[str, list] = field(default_factory=dict)
 
-    def items(self) -> Iterator[tuple[str, str, int | None]]:
+    def items(self) -> list[tuple[str, str, int | None]]:
         """``(key, text, response start)`` of every distinct text, as stage 1 takes them
-        (:func:`~orm_cache.encode.embedder.embed_texts`)."""
-        for k, t in self.texts.items():
-            yield k, t, self.response_starts.get(k, 0)
+        (:func:`~orm_cache.encode.embedder.embed_texts`, which reads them twice)."""
+        return [(k, t, self.response_starts.get(k, 0)) for k, t in self.texts.items()]
 
     @property
     def identity(self) -> dict:

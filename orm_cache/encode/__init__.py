@@ -16,7 +16,7 @@ def embed(data: DataSpec | Iterable[str] | dict, encoder=None, run: RunSpec | No
     Only texts the store lacks are run through the model.
     """
     from ..data import trace_key
-    from ..data.ingest import SplitTexts
+    from ..data.ingest import SplitData, SplitTexts
     from .model import Encoder
 
     run = run or RunSpec()
@@ -24,6 +24,8 @@ def embed(data: DataSpec | Iterable[str] | dict, encoder=None, run: RunSpec | No
         encoder = Encoder(encoder or EncoderSpec(), run.device)
     if isinstance(data, DataSpec):
         texts = SplitTexts(data, getattr(encoder, "spec", None))
+    elif isinstance(data, SplitData):  # a loaded split: its texts with where their responses start
+        texts = data.items()
     elif isinstance(data, dict):
         texts = data
     else:
@@ -42,7 +44,7 @@ def embed_split(data_spec: DataSpec, enc_spec: EncoderSpec, run: RunSpec | None 
     """
     from dataclasses import replace
 
-    from ..data.ingest import SplitTexts
+    from ..data.ingest import SplitData, SplitTexts
     from .distributed import all_sum, dist_env, process_group
     from .model import Encoder, resolve_device
 

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ..config import HEAD_FIELDS, ConfigConflict, HeadConfig
-from ..store.rows import as_rows
+from ..store.rows import in_memory_if_small
 from .losses import pairwise_loss
 from .kinds import LinearHead
 from .threads import single_blas_thread, single_torch_thread
@@ -171,7 +171,7 @@ def train_adamw_batched(X, ci: np.ndarray, ri: np.ndarray, cfgs: list[HeadConfig
     for c in cfgs:
         assert all(getattr(c, k) == getattr(c0, k) for k in SHARED_KEYS), "configs must share " + ", ".join(SHARED_KEYS)
     t0 = time.perf_counter()
-    X = as_rows(X)
+    X = in_memory_if_small(X)
     K, D = len(cfgs), X.shape[1]
     gen = torch.Generator().manual_seed(c0.seed)
     torch.manual_seed(c0.seed)

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import HeadConfig
-from ..store.rows import Rows, as_rows
+from ..store.rows import Rows, as_rows, in_memory_if_small
 from .checkpoint import Head
 from .kinds import KINDS, LinearHead, MLPHead
 from .losses import pairwise_loss
@@ -194,7 +194,7 @@ def train_adamw(X, ci: np.ndarray, ri: np.ndarray, cfg: HeadConfig, points: Poin
     labelled traces ``points`` for the pointwise objective. Each step gathers its mini-batch's
     rows from ``X`` (from the memory map, for a store's rows). Any head kind (``cfg.head``)."""
     t0 = time.perf_counter()
-    X = as_rows(X)
+    X = in_memory_if_small(X)
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     net, to_head = make_net(cfg, X)
@@ -293,7 +293,7 @@ def train_lbfgs_path(X, ci: np.ndarray, ri: np.ndarray, cfgs: list[HeadConfig],
 
     with single_blas_thread():
         t0 = time.perf_counter()
-        X = as_rows(X)
+        X = in_memory_if_small(X, np.float64)
         mu, sd = standardizer(X)
         shared = time.perf_counter() - t0
         ci, ri = np.asarray(ci), np.asarray(ri)

@@ -82,6 +82,10 @@ def find_store(cache_dir, spec: EncoderSpec, feature: str | None = None, store: 
                          + (f"the cache holds: {held} (give those options, and --feature, to use one); "
                             if held else "")
                          + f"or run first: {embed_hint}")
+    if len(chosen) > 1:  # the one embedded with exactly the poolings and layers asked for, if any
+        exact = [s for s in chosen if list(s["identity"].get("pooling", [])) == list(spec.pooling)
+                 and list(s["identity"].get("layers", [])) == list(spec.layers)]
+        chosen = exact if len(exact) == 1 else chosen
     if len(chosen) > 1:
         listing = "; ".join(f"{short(s['fingerprint'])} ({s['identity'].get('dtype')}, "
                             f"pooling {','.join(s['identity'].get('pooling', []))})" for s in chosen)

@@ -277,9 +277,28 @@ class ConcatRows(Rows):
         return np.concatenate([p.take(rows, dtype) for p in self.parts], axis=1)
 
 
+SMALL_BYTES = 1 << 26  # 64 MiB
+
+
+def in_memory_if_small(X, dtype=np.float32) -> Rows:
+    """``X`` as :class:`Rows`, read once into one in-memory block of ``dtype`` when that takes at
+    most ``SMALL_BYTES``: an iterative solver over a small split then makes one BLAS call per
+    product instead of paying a block's overhead (and a gather, for a split whose rows are
+    scattered among other splits' in the store) thousands of times. A larger matrix, or one
+    whose ``block_rows`` was set on purpose, is returned as it is."""
+    X = as_rows(X)
+    U, D = X.shape
+    if X.block_rows is not None or U * D * np.dtype(dtype).itemsize > SMALL_BYTES:
+        return X
+    same = isinstance(X, ArrayRows) and X.array.dtype == dtype and not X._patches
+    dense = ArrayRows(X.array if same else X.to_numpy(dtype))  # a new wrapper: the caller's is untouched
+    dense.block_rows = max(U, 1)
+    return dense
+
+
 def as_rows(X) -> Rows:
     """``X`` itself when it is :class:`Rows`, else an in-memory array wrapped as one."""
     return X if isinstance(X, Rows) else ArrayRows(X)
 
 
-__all__ = ["ArrayRows", "BLOCK_BYTES", "ConcatRows", "Rows", "StoreRows", "as_rows", "single_torch_thread"]
+__all__ = ["ArrayRows", "BLOCK_BYTES", "ConcatRows", "Rows", "SMALL_BYTES", "in_memory_if_small", "StoreRows", "as_rows", "single_torch_thread"]
