@@ -40,13 +40,17 @@ class Group(click.Group):
         try:
             return super().invoke(ctx)
         except Terminated:
-            click.echo("terminated (SIGTERM): no output file was replaced by a partial one (embed keeps the "
-                       "shards it wrote); run the same command again to finish", err=True)
+            kept = " (embed keeps the shards it wrote)" if ctx.invoked_subcommand == "embed" else ""
+            click.echo(f"terminated (SIGTERM): no output file was replaced by a partial one{kept}; run the same "
+                       "command again to finish", err=True)
             ctx.exit(128 + signal.SIGTERM)
-        except (DataError, StoreError, EncoderError, ValueError, FileNotFoundError, CheckpointError) as e:
+        except (DataError, StoreError, EncoderError, ValueError, CheckpointError) as e:
             if isinstance(e, click.ClickException):
                 raise
             raise click.ClickException(str(e)) from None
+        except OSError as e:  # a missing file, a read-only or full disk: what and where, in one line
+            where = f": {e.filename}" if getattr(e, "filename", None) and str(e.filename) not in str(e) else ""
+            raise click.ClickException(f"{e.strerror or e}{where}" if e.strerror else str(e)) from None
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
@@ -152,6 +156,9 @@ def early_output_checks(output, **inputs) -> None:
 
 
 def setup_logging(quiet: bool) -> None:
+    from .progress import progress_every
+
+    progress_every()  # a bad ORM_CACHE_PROGRESS_SECONDS is one line now, not after the model loads
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s",
                         stream=sys.stderr, force=True)
     for noisy in ("httpx", "urllib3", "filelock", "huggingface_hub", "transformers"):

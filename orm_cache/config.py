@@ -107,8 +107,10 @@ def feature_parts(feature: str) -> tuple[str, ...]:
     """The stored columns a feature concatenates: ``"mean@-4+mean@-1"`` -> ``("mean@-4",
     "mean@-1")``; each must look like ``<pooling>@<layer>``. ValueError says what is wrong
     (whether the columns exist is the store's to say)."""
-    parts = tuple(p.strip() for p in str(feature).split("+"))
+    parts = tuple(str(feature).split("+"))
     for p in parts:
+        if p != p.strip():
+            raise ValueError(f"feature {feature!r}: {p!r} has spaces around it (write e.g. mean@-4+mean@-1)")
         pooling, at, layer = p.partition("@")
         try:
             ok = bool(at and pooling and int(layer) is not None)
@@ -395,7 +397,7 @@ class RunSpec:
         _check_choice("device", self.device, DEVICES)
         for name in ("batch_tokens", "max_batch_size", "chunk_texts", "shard_rows", "num_shards"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
+                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)} must be at least 1")
         if not 0 <= self.shard_index < self.num_shards:
             raise ValueError(f"shard_index={self.shard_index} must be in [0, {self.num_shards})")
 

@@ -25,6 +25,28 @@ def _duration(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
+def progress_every() -> float:
+    """Seconds between progress log lines: ``ORM_CACHE_PROGRESS_SECONDS``, else 30; a value
+    that is not a non-negative number is a ValueError naming the variable."""
+    raw = os.environ.get("ORM_CACHE_PROGRESS_SECONDS")
+    if raw is None:
+        return DEFAULT_EVERY
+    try:
+        every = float(raw)
+    except ValueError:
+        every = -1.0
+    if not every >= 0:  # also NaN
+        raise ValueError(f"ORM_CACHE_PROGRESS_SECONDS={raw!r} is not a number of seconds (e.g. 30)")
+    return every
+
+
+def _rate(done: int, elapsed: float, unit: str) -> str:
+    """``410.2 texts/s``, or ``12.5s/config`` when each takes longer than a second."""
+    if done and done / elapsed < 1:
+        return f"{elapsed / done:,.1f}s/{unit}"
+    return f"{done / elapsed:,.1f} {unit}s/s"
+
+
 class Progress:
     """``update(n)`` as work is done; ``close()`` at the end. ``total`` may be None (unknown)."""
 
@@ -34,7 +56,7 @@ class Progress:
         self.done = 0
         self.postfix = ""
         stream = stream or sys.stderr
-        self.every = float(os.environ.get("ORM_CACHE_PROGRESS_SECONDS", DEFAULT_EVERY)) if every is None else every
+        self.every = progress_every() if every is None else every
         self._bar = None
         self._log = not quiet and not stream.isatty()
         if not quiet and stream.isatty():
@@ -60,14 +82,15 @@ class Progress:
         """``desc: done/total unit (pct), rate, ETA`` (the summary line when ``final``)."""
         elapsed = max(self.clock() - self._t0, 1e-9)
         rate = self.done / elapsed
+        speed = _rate(self.done, elapsed, self.unit)
         if final:
-            text = f"{self.desc}: done, {self.done:,} {self.unit}s in {_duration(elapsed)} ({rate:,.1f} {self.unit}s/s)"
+            text = f"{self.desc}: done, {self.done:,} {self.unit}s in {_duration(elapsed)} ({speed})"
         elif self.total:
             eta = (self.total - self.done) / rate if rate > 0 else float("inf")
             text = (f"{self.desc}: {self.done:,}/{self.total:,} {self.unit}s ({100 * self.done / self.total:.1f}%), "
-                    f"{rate:,.1f} {self.unit}s/s, ETA {_duration(eta) if eta != float('inf') else '?'}")
+                    f"{speed}, ETA {_duration(eta) if eta != float('inf') else '?'}")
         else:
-            text = f"{self.desc}: {self.done:,} {self.unit}s, {rate:,.1f} {self.unit}s/s, {_duration(elapsed)} so far"
+            text = f"{self.desc}: {self.done:,} {self.unit}s, {speed}, {_duration(elapsed)} so far"
         return text + (f", {self.postfix}" if self.postfix and not final else "")
 
     def close(self, stopped: bool = False) -> None:

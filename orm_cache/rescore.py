@@ -242,7 +242,8 @@ def _check_input(path: Path) -> None:
 
 
 def _prob(score: float, T: float | None) -> float | None:
-    return None if not T else 1.0 / (1.0 + math.exp(-score / T))
+    """σ(score / T), without overflow for any score (None without T)."""
+    return None if not T else 0.5 * (1.0 + math.tanh(0.5 * score / T))
 
 
 @dataclass
@@ -337,14 +338,15 @@ def score_file(head_path, input_path, output_path, cache_dir="cache", cols: Text
                chunk_rows: int = 50_000, skip_invalid: bool = False, device: str = "auto",
                batch_tokens: int | None = None, quiet: bool = True, store: str | None = None,
                feature: str | None = None) -> ScoreSummary:
-    """Add ``score`` (and ``p_beats_average`` = σ(score/T) when calibrated) to every row of
-    ``input_path``, in input order, streaming ``chunk_rows`` rows at a time. The output (and
+    """Add ``score`` (and ``p_beats_average`` = σ(score/T) when calibrated; ``p_correct`` =
+    σ(score) for a pointwise head, whose score is a log-odds) to every row of ``input_path``, in input order, streaming ``chunk_rows`` rows at a time. The output (and
     the side file of rejected rows) replaces an existing file only once its last row is written."""
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows={chunk_rows} must be at least 1")
     job = _job(head_path, input_path, output_path, cache_dir, cols, skip_invalid, device, batch_tokens, quiet, store,
                feature)
     T = job.head.temperature
+    pointwise = (job.head.meta.get("head") or {}).get("objective") == "pointwise"  # its score is a log-odds
     with AtomicOutputs() as outputs, Progress(_input_rows(job.input_path), "score", "row", quiet) as bar:
         out = job.outputs(output_path, outputs)
         rows = job.valid_rows(job.text_of)
@@ -352,8 +354,8 @@ def score_file(head_path, input_path, output_path, cache_dir="cache", cols: Text
             texts = {k: t for _, (k, t, _) in chunk}
             starts = {k: s for _, (k, _, s) in reversed(chunk)}  # the first row of a repeated text counts
             scores = job.rescorer.scores(texts, job.summary, starts)
-            out.write([{**row, "score": scores[k], **({"p_beats_average": _prob(scores[k], T)} if T else {})}
-                       for row, (k, _, _) in chunk])
+            out.write([{**row, "score": scores[k], **({"p_beats_average": _prob(scores[k], T)} if T else {}),
+                        **({"p_correct": _prob(scores[k], 1.0)} if pointwise else {})} for row, (k, _, _) in chunk])
             job.summary.rows += len(chunk)
             bar.update(job.summary.rows + job.summary.invalid - bar.done)  # input rows consumed
         out.close()

@@ -137,7 +137,11 @@ def training_points(sv, cfg: HeadConfig):
 
 
 def build_head(vs: VectorStore, sv, cfg: HeadConfig, res) -> Head:
-    """A head from a training result, with everything a checkpoint records beside the weights."""
+    """A head from a training result, with everything a checkpoint records beside the weights
+    (refused in one line when training diverged or the vectors are not finite)."""
+    from .head.train import check_trained
+
+    check_trained(res)
     train_acc = res.accuracy if res.accuracy is not None else float((margins_of(res.head.score(sv.X), sv.ci, sv.ri) > 0).mean())
     meta = {
         "fingerprint": vs.fp, "encoder_identity": vs.identity(), "encoder_spec": vs.spec(), "feature": sv.feature,

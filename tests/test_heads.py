@@ -212,7 +212,12 @@ def test_every_command_takes_every_kind(kinds_world, name, tmp_path):
     # score: cached scores equal the head applied to the stored vectors of the same texts
     out = tmp_path / "scored.jsonl"
     ok("score", "--head", head, "--input", w["data"] / "test.jsonl", "--output", out, "--cache-dir", w["cache"], "-q")
-    scored = [json.loads(line)["score"] for line in out.read_text().splitlines()]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    scored = [r["score"] for r in rows]
+    if name.startswith("pointwise"):  # its score is a log-odds: p_correct = σ(score)
+        np.testing.assert_allclose([r["p_correct"] for r in rows], 1 / (1 + np.exp(-np.array(scored))), rtol=1e-6)
+    else:
+        assert "p_correct" not in rows[0]
     from orm_cache.live import LiveScorer
 
     texts = [json.loads(line)["text"] for line in (w["data"] / "test.jsonl").read_text().splitlines()]
@@ -260,3 +265,17 @@ def test_sweep_over_kinds_selects_by_loss_and_refits(kinds_world, tmp_path):
     assert refit["splits"] == ["train", "validation"] and best.meta["data"]["split"] == "train+validation"
     assert best.meta["data"]["n_pairs"] == refit["pairs"] > Head.load(w["heads"]["combined"]).meta["data"]["n_pairs"]
     assert "refit" in r.output
+
+
+def test_non_finite_scores_say_where_they_came_from():
+    from orm_cache.head import CheckpointError
+    from orm_cache.store import StoreError
+
+    X = np.ones((5, 4), np.float32)
+    with pytest.raises(CheckpointError, match="training diverged"):
+        LinearHead(np.full(4, np.nan, np.float32), 0.0).score(X)
+    X[2, 1] = np.nan
+    with pytest.raises(StoreError, match="1 of 5 scores are NaN or Inf because their cached vectors are"):
+        LinearHead(np.ones(4, np.float32), 0.0).score(X)
+    with pytest.raises(StoreError, match="cached vectors"):
+        MLPHead(np.ones((2, 3, 4)), np.zeros((2, 3)), np.ones((2, 3)), np.zeros(2)).score(X)

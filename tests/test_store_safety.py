@@ -281,3 +281,79 @@ def test_a_store_nothing_can_describe_is_named_and_left_alone(tmp_path):
         lines = r.output.strip().splitlines()
         assert len(lines) == 1 and f"{enc} is missing" in lines[0] and "Traceback" not in r.output, (args, r.output)
         assert sorted(_shards(d)) == sorted(kept) and not (d / "corrupt").exists()
+
+
+# -- damage that keeps a shard's size and mtime (found by a hostile review) ---------------------
+def _damage_in_place(path: Path, offset_of, patch: bytes) -> None:
+    """Overwrite bytes of a shard in place and restore its modification time, so that a store
+    that remembered it as verified (verified.json) does not notice by size or mtime."""
+    import os
+
+    st = path.stat()
+    data = bytearray(path.read_bytes())
+    at = offset_of(bytes(data))
+    data[at:at + len(patch)] = patch
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def _remembered_store(cache, n=40):
+    keys = [f"{i:064x}" for i in range(n)]
+    path, vecs = _write(cache, keys, seed=0)
+    _write(cache, [f"{i + n:064x}" for i in range(n)], seed=1)  # a second shard, for compact
+    d = store_dir(cache, FP)
+    memo = {p.name: shards._stat_key(p) for p in _shards(d)}
+    (d / shards.VERIFIED).write_text(json.dumps(memo))  # as if verified long ago
+    return d, path, keys, vecs
+
+
+def _vector_bytes_of(vecs):
+    return lambda data: data.index(np.asarray(vecs[0], np.float16).tobytes())
+
+
+def test_compact_and_check_catch_damage_that_kept_size_and_mtime(tmp_path):
+    cache = tmp_path / "c"
+    d, bad, keys, vecs = _remembered_store(cache)
+    nan = np.array([np.nan], np.float16).tobytes()
+    _damage_in_place(bad, _vector_bytes_of([vecs[keys[0]]]), np.array([7.0], np.float16).tobytes())
+    r = _cli("cache", "compact", "--cache-dir", cache)
+    assert bad.exists(), r.output  # not merged: merging would give the damage a valid checksum
+    r = _cli("cache", "check", "--cache-dir", cache)
+    assert r.exit_code != 0 and "BAD" in r.output and bad.name in r.output, r.output
+    assert bad.name not in json.loads((d / shards.VERIFIED).read_text())  # forgotten: checked again next time
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        vs = VectorStore(d, FP)
+    assert keys[0] not in vs  # left out by every later reader
+    # a NaN written in place (checksum matched by a writer that never stores NaN) is BAD too
+    cache2 = tmp_path / "c2"
+    d2, shard2, keys2, vecs2 = _remembered_store(cache2)
+    _damage_in_place(shard2, _vector_bytes_of([vecs2[keys2[0]]]), nan)
+    shard2.rename(shard2.with_name(shard2.name.replace(shards.shard_checksum(shard2),
+                                                       f"{shards.zlib.crc32(shard2.read_bytes()):08x}")))
+    r = _cli("cache", "check", "--cache-dir", cache2)
+    assert r.exit_code != 0 and "non-finite" in r.output, r.output
+
+
+def test_a_remembered_shard_with_damaged_key_offsets_is_left_out_not_a_crash(tmp_path):
+    cache = tmp_path / "c"
+    d, bad, keys, _ = _remembered_store(cache)
+    offsets = np.arange(0, 64 * 5, 64, dtype=np.int32).tobytes()  # the first key offsets: 0, 64, 128, …
+    _damage_in_place(bad, lambda data: data.index(offsets) + 8, np.array([2 ** 30], np.int32).tobytes())
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        vs = VectorStore(d, FP)
+    assert keys[0] not in vs and any(bad.name in str(w.message) for w in seen)
+
+
+def test_progress_interval_and_slow_rates_read_well(monkeypatch):
+    from orm_cache.progress import Progress
+
+    monkeypatch.setenv("ORM_CACHE_PROGRESS_SECONDS", "abc")
+    r = _cli("embed", "--data", "nowhere.jsonl", "--model", "nowhere")  # refused before reading anything
+    assert r.exit_code != 0 and "ORM_CACHE_PROGRESS_SECONDS='abc'" in r.output, r.output
+    monkeypatch.delenv("ORM_CACHE_PROGRESS_SECONDS")
+    t = iter([0.0, 50.0])
+    p = Progress(2, "sweep", "config", every=1e9, clock=lambda: next(t))
+    p.done = 2
+    assert "25.0s/config" in p.line(final=True)

@@ -171,6 +171,17 @@ def encode_texts(encoder, texts: list[str], column: str, batch_tokens: int | Non
     return out, n_tokens
 
 
+def check_writable(directory) -> None:
+    """Refuse, in one line, a store directory that cannot be created or written (a read-only
+    cache), judged on the directory or its nearest existing parent."""
+    d = os.path.abspath(directory)
+    while not os.path.exists(d) and os.path.dirname(d) != d:
+        d = os.path.dirname(d)
+    if not os.access(d, os.W_OK | os.X_OK):
+        raise StoreError(f"cannot write to the cache directory {directory} ({d} is not writable); "
+                         "give a writable --cache-dir")
+
+
 def _digest(key: str):
     """What a key costs to remember: the 32 bytes of a sha256 hex key (a trace key), else itself."""
     if len(key) == 64 and key == key.lower():
@@ -231,6 +242,7 @@ def embed_texts(texts: Mapping[str, str] | Iterable[tuple], encoder, run: RunSpe
     if not todo:
         report.seconds = time.perf_counter() - t0
         return report
+    check_writable(store.dir)  # before the model loads and the work is done, not at the first shard
     t_load = time.perf_counter()
     encoder.load()
     report.load_seconds = time.perf_counter() - t_load

@@ -75,7 +75,19 @@ class Head:
     # -- shared --------------------------------------------------------------------------------
     def score(self, X) -> np.ndarray:
         """``(N, D)`` vectors -> ``(N,)`` scores: the members' mean."""
-        return self.member_scores(X).mean(axis=1, dtype=np.float64).astype(np.float32)
+        return self.finite(self.member_scores(X).mean(axis=1, dtype=np.float64).astype(np.float32))
+
+    def finite(self, scores: np.ndarray) -> np.ndarray:
+        """``scores`` when every one is a number; else a one-line error saying where NaN or Inf
+        came from: the head's own weights (training diverged) or the vectors (a corrupted store)."""
+        bad = int(np.size(scores) - np.isfinite(scores).sum())
+        if not bad:
+            return scores
+        if not all(torch.isfinite(t).all() for t in self.state().values()):
+            raise CheckpointError(f"the head's weights hold NaN or Inf: training diverged (lower --lr, or keep "
+                                  "--grad-clip on); no head was saved")
+        raise StoreError(f"{bad:,} of {np.size(scores):,} scores are NaN or Inf because their cached vectors are: "
+                         "the store is corrupted; run orm-cache cache check --fix, then embed again")
 
     def describe(self) -> str:
         """e.g. "linear", "mlp(256) x5"."""

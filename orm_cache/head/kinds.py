@@ -61,7 +61,7 @@ class LinearHead(Head):
     def score(self, X) -> np.ndarray:
         """One product with the mean weight (equal to the members' mean score)."""
         assert X.ndim == 2 and X.shape[1] == self.dim, (X.shape, self.dim)
-        return X @ self.weight + np.float32(self.bias)
+        return self.finite(X @ self.weight + np.float32(self.bias))
 
     def state(self) -> dict[str, torch.Tensor]:
         out = {"score.weight": torch.from_numpy(self.weight.copy()).reshape(1, -1),

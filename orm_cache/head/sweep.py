@@ -262,9 +262,12 @@ def selection_key(select_by: str = "accuracy"):
     of one pair, so it is the less noisy choice on a small selection split."""
     if select_by not in SELECT_BY:
         raise ValueError(f"select_by={select_by!r} is not one of {', '.join(SELECT_BY)}")
+    def loss(r):  # a diverged configuration (NaN) ranks last
+        return r.select_loss if np.isfinite(r.select_loss) else np.inf
+
     if select_by == "loss":
-        return lambda r: (r.select_loss, -r.select_accuracy)
-    return lambda r: (-r.select_accuracy, r.select_loss)
+        return lambda r: (loss(r), -r.select_accuracy)
+    return lambda r: (-r.select_accuracy, loss(r))
 
 
 def train_group(X, ci, ri, group: list[HeadConfig], points=None) -> list[TrainResult]:

@@ -98,7 +98,7 @@ def finish_members(head: Head, X, ci, ri, cfgs: list[HeadConfig], seconds: list[
     """One result per member of ``head`` (member k trained with ``cfgs[k]``), from one pass over
     ``X``: a pairwise member's bias is moved so its training scores have mean 0 (a pointwise one
     keeps its learned bias); its loss, pairwise accuracy and score std are measured."""
-    S = head.member_scores(X)  # (U, K), biases as trained
+    S = head.member_scores(X)  # (U, K), biases as trained (NaN where training diverged: see check_trained)
     if points is None:
         shift = -S.mean(axis=0, dtype=np.float64)
         head = head.shifted(shift)
@@ -111,6 +111,14 @@ def finish_members(head: Head, X, ci, ri, cfgs: list[HeadConfig], seconds: list[
     return [TrainResult(getattr(m, "weight", None), _bias(m), float(std[k]), float(loss[k]), seconds[k], steps[k],
                         histories[k], float(accuracy[k]) if len(ci) else None, S[:, k], m)
             for k, m in enumerate(members)]
+
+
+def check_trained(res: TrainResult) -> TrainResult:
+    """``res`` when its head scored its training traces with numbers; else the one-line reason
+    (:meth:`Head.finite`): the weights diverged, or the vectors hold NaN or Inf."""
+    if not np.isfinite(res.final_loss):
+        res.head.finite(np.array([np.nan]))
+    return res
 
 
 def _split_members(head: Head) -> list[Head]:

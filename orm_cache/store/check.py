@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .describe import list_stores, write_encoder_json
 from .fingerprint import short
-from .shards import TMP_PREFIX, StoreError, list_shards, open_shard
+from .shards import TMP_PREFIX, StoreError, _stat_key, list_shards, open_shard, remember_verified
 
 
 @dataclass
@@ -29,16 +29,36 @@ def check_store(store: dict, stale_minutes: float = 60.0) -> tuple[list[ShardSta
     """Status of every shard of one store, and temporary files older than ``stale_minutes``
     (left by a killed writer; young ones may belong to a writer still running)."""
     d = Path(store["dir"])
-    statuses = []
+    statuses, verified = [], {}
     for path in list_shards(d):
+        stat = _stat_key(path)
         try:
             table, problem = open_shard(path, store["fingerprint"])
         except FileNotFoundError:  # merged away by a compaction meanwhile
             continue
+        if problem is None:
+            problem = non_finite(table)
         statuses.append(ShardStatus(path, problem is None, table.num_rows if table is not None else 0, problem))
+        verified[path.name] = stat if problem is None else None  # a bad shard is not trusted by later opens
+    remember_verified(d, verified)
     now = time.time()
     stale = [p for p in d.glob(f"{TMP_PREFIX}*") if now - p.stat().st_mtime > stale_minutes * 60]
     return statuses, stale
+
+
+def non_finite(table) -> str | None:
+    """What is wrong when a shard's vectors hold NaN or Inf (a writer never stores them, so
+    such a shard was corrupted in a way its checksum did not catch), else None."""
+    import numpy as np
+
+    for name in table.schema.names:
+        if "@" not in name:
+            continue
+        bad = sum(int((~np.isfinite(chunk.flatten().to_numpy(zero_copy_only=False))).sum())
+                  for chunk in table.column(name).chunks)
+        if bad:
+            return f"{bad:,} non-finite values (NaN or Inf) in {name}: corrupted; its rows are re-embedded after --fix"
+    return None
 
 
 def check_cache(cache_dir, fix: bool = False, stale_minutes: float = 60.0) -> tuple[list[str], int]:
@@ -108,7 +128,9 @@ def compact_store(store: dict, target_rows: int = 65_536) -> tuple[int, int]:
         raise StoreError(f"{store['problem']}; cannot tell which encoder {store['dir']} holds, so it is not "
                          "compacted (see orm-cache cache check)")
     vs = VectorStore(Path(store["dir"]), store["fingerprint"])
-    small = [(p, t) for p, t in zip(vs._paths, vs._tables) if t.num_rows < target_rows]
+    # Every shard merged is checked in full first (checksum and values), not trusted from
+    # verified.json: a merged shard gets a new checksum, which would hide any corruption for good.
+    small = [(p, t) for p, t in zip(vs._paths, vs._tables) if t.num_rows < target_rows and _sound(p, store)]
     before = len(vs._paths) + len(vs.skipped)
     if len(small) < 2:
         return before, before
@@ -138,3 +160,12 @@ def compact_store(store: dict, target_rows: int = 65_536) -> tuple[int, int]:
         for p, _ in group:
             p.unlink(missing_ok=True)
     return before, len(VectorStore(Path(store["dir"]), store["fingerprint"])._paths) + len(vs.skipped)
+
+
+def _sound(path: Path, store: dict) -> bool:
+    """Whether a shard passes every check of ``cache check`` now (compaction merges only those)."""
+    try:
+        table, problem = open_shard(path, store["fingerprint"])
+    except FileNotFoundError:
+        return False
+    return problem is None and non_finite(table) is None
