@@ -25,7 +25,7 @@ LAYERS = (-1, -3)
 # along an L2 path on every pooling at both layers and on two layers concatenated; an MLP and a
 # 3-member bootstrap ensemble; a pointwise (classification) head.
 SWEEP_GRID = [
-    {"solver": ["lbfgs"], "l2": [0.01, 0.1, 1.0, 10.0],
+    {"solver": ["lbfgs"], "l2": [0.1, 1.0, 10.0],
      "feature": ["mean@-1", "last@-1", "response_mean@-1", "mean@-3", "response_mean@-3", "mean@-3+mean@-1"]},
     {"solver": ["adamw"], "head": ["mlp"], "hidden": [64], "lr": [1e-3], "steps": [600], "batch_size": [32],
      "feature": ["mean@-1", "mean@-3+mean@-1"]},

@@ -48,7 +48,7 @@ def evaluate(head, sv, bootstrap: int = 1000, ci_level: float = 0.9, seed: int =
     }
     if head.members > 1:
         out["ensemble"] = M.ensemble_disagreement(member[sv.ci] - member[sv.ri], margins)
-    out["head"] = head.describe()
+    out["head_kind"] = head.describe()
     row_scores = None
     if data.labels is not None:
         row_scores = scores[sv.rows(data.keys)]
@@ -73,7 +73,7 @@ def format_report(r: dict, max_groups: int = 50) -> str:
     c, m, a = r["ci"], r["margin"], r["antisymmetry"]
     lines = [
         f"split {r['split']}  ({r['pairs']:,} pairs, {r['traces']:,} traces, feature {r['feature']}"
-        + (f", head {r['head']})" if r.get("head") and r["head"] != "linear" else ")"),
+        + (f", head {r['head_kind']})" if r.get("head_kind", "linear") != "linear" else ")"),
         f"  pairwise accuracy   {_pct(r['accuracy'])}   {int(c['level'] * 100)}% CI [{_pct(c['low']).strip()}, "
         f"{_pct(c['high']).strip()}]  (bootstrap, {c['resamples']} resamples by {c['unit']})",
         f"  margin              mean {m['mean']:.4f}  median {m['median']:.4f}  std {m['std']:.4f}",
