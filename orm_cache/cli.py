@@ -301,8 +301,10 @@ def fit_head_cmd(out, eval_split, store, **kw):
     r = fit_head(build(DataSpec, kw), build(EncoderSpec, kw), cfg, kw["cache_dir"], out, eval_split or None, store)
     t = r.head.meta["train"]
     acc = "" if t["accuracy"] is None else f", train pairwise accuracy {100 * t['accuracy']:.1f}%"
-    click.echo(f"trained {cfg.solver} head ({cfg.describe()}, {cfg.objective}) on {r.head.meta['data']['n_pairs']:,} "
-               f"pairs ({r.head.dim}-dim {r.head.feature}) in {t['seconds']:.2f}s: train loss {t['final_loss']:.4f}{acc}")
+    on = (f"{r.head.meta['data']['n_pairs']:,} pairs" if cfg.objective == "pairwise" else
+          f"{r.head.meta['data']['n_texts']:,} labelled traces")
+    click.echo(f"trained {cfg.solver} head ({cfg.describe()}, {cfg.objective}) on {on} "
+               f"({r.head.dim}-dim {r.head.feature}) in {t['seconds']:.2f}s: train loss {t['final_loss']:.4f}{acc}")
     if r.eval_report:
         click.echo(format_report(r.eval_report))
     click.echo(f"checkpoint: {r.path}")
@@ -372,7 +374,8 @@ def sweep(grid, grid_file, select_on, report_on, results, out, top, store, quiet
         click.echo("  " + "  ".join(f"{str(v):>12}" for v in vals))
     refit_meta = r.best.meta["sweep"].get("refit")
     m = (refit_meta["selected_metrics_before_refit"] if refit_meta else r.best.meta["metrics"])[select_on]
-    click.echo(f"best: {select_on} accuracy {100 * m['accuracy']:.2f}% "
+    loss = f"loss {r.rows[0].select_loss:.4f}, " if select_by == "loss" else ""
+    click.echo(f"best: {select_on} {loss}accuracy {100 * m['accuracy']:.2f}% "
                f"(90% CI [{100 * m['ci']['low']:.1f}%, {100 * m['ci']['high']:.1f}%]) -> {r.path}")
     if refit:
         click.echo(f"refit: the selected configuration retrained on {kw['split']} + {select_on} "
@@ -606,7 +609,8 @@ def export_cmd(head_path, out, quiet):
     r = export_head(head_path, out)
     click.echo(f"exported a {r.model_type} reward model ({r.dtype}, pad token id {r.pad_token_id}"
                f"{', added' if r.added_pad_token else ''}) to {r.path}")
-    click.echo(f"logits = orm-cache score - {r.bias:.6g} (the head's bias: this class's score layer has none; "
+    sign = "-" if r.bias >= 0 else "+"
+    click.echo(f"logits = orm-cache score {sign} {abs(r.bias):.6g} (the head's bias: this class's score layer has none; "
                "recorded as orm_cache.score_bias in config.json)")
     click.echo(f"tokenize with truncation=True (max length {r.max_length}) and pass the attention mask")
 

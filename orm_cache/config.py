@@ -471,8 +471,9 @@ class HeadConfig:
         _check_choice("objective", self.objective, OBJECTIVES)
         _check_choice("head", self.head, HEAD_KINDS)
         _check_choice("ensemble_by", self.ensemble_by, ("auto", "seed", "bootstrap"))
-        if self.hidden < 1 or self.ensemble < 1:
-            raise ValueError(f"hidden={self.hidden} and ensemble={self.ensemble} must be at least 1")
+        for name in ("hidden", "ensemble"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
         if self.head == "mlp" and self.solver != "adamw":
             raise ConfigConflict("head=mlp trains with solver=adamw (lbfgs solves the convex linear head exactly)")
         if self.ensemble > 1 and self.solver == "lbfgs" and self.ensemble_by == "seed":
@@ -545,6 +546,7 @@ FIELD_USED_BY = {
     "margin": lambda c: c.objective == "pairwise",
     "center_coef": lambda c: c.objective == "pairwise",
     "hidden": lambda c: c.head == "mlp",
+    "init": lambda c: c.solver == "adamw" and c.head == "linear",  # an mlp starts from PyTorch's init
     "ensemble_by": lambda c: c.ensemble > 1,
 }
 _DEFAULT_HEAD = HeadConfig()

@@ -196,8 +196,7 @@ class Rescorer:
         else:  # a reference-format head: the store named with --store, whose encoder it completes
             self.store = store_for_head(head, cache_dir, store)
         if self.store.columns:
-            head.check_store(self.store)
-            head = with_store_defaults(head, self.store, feature)
+            head = with_store_defaults(head, self.store, feature)  # checks encoder and width too
         self.head = head
         self._encoder = None
 

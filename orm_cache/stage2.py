@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 
 import numpy as np
 from dataclasses import dataclass, replace
@@ -63,8 +64,27 @@ def store_for_head(head: Head, cache_dir, store: str | None = None) -> VectorSto
             raise StoreError("this head carries no encoder fingerprint (a reference-format import); "
                              "name the store of its encoder with --store FINGERPRINT")
         vs = store_by_prefix(cache_dir, store)
-    head.check_store(vs)
-    return vs
+    return vs  # its width is checked against the head's feature by with_store_defaults
+
+
+def spec_for_feature(enc_spec: EncoderSpec, feature: str | None) -> EncoderSpec:
+    """``enc_spec`` with the poolings and layers ``feature`` needs added (for the embed hint of
+    a feature no store holds: that command then stores it)."""
+    from .config import feature_parts
+
+    try:
+        parts = feature_parts(feature) if feature else ()
+    except ValueError:
+        return enc_spec  # find_store says what is wrong with it
+    pooling, layers = list(enc_spec.pooling), list(enc_spec.layers)
+    for part in parts:
+        p, _, layer = part.partition("@")
+        pooling += [p] if p not in pooling else []
+        layers += [int(layer)] if int(layer) not in layers else []
+    try:
+        return replace(enc_spec, pooling=tuple(pooling), layers=tuple(layers))
+    except ValueError:
+        return enc_spec
 
 
 def load_vectors(data_spec: DataSpec, store: VectorStore, feature: str | None, cache_dir):
@@ -98,7 +118,8 @@ def fit_head(data_spec: DataSpec, enc_spec: EncoderSpec, cfg: HeadConfig, cache_
     """Train a head on ``data_spec``'s pairs; evaluate on ``eval_split`` when it is cached (and fit
     the calibration temperature there); save the checkpoint."""
     check_outputs(data_spec, out)
-    vs = find_store(cache_dir, enc_spec, cfg.feature, store, embed_hint=embed_command(data_spec, enc_spec, cache_dir))
+    vs = find_store(cache_dir, enc_spec, cfg.feature, store,
+                    embed_hint=embed_command(data_spec, spec_for_feature(enc_spec, cfg.feature), cache_dir))
     sv = load_vectors(data_spec, vs, cfg.feature, cache_dir)
     feature = sv.feature
     if cfg.feature is None:
@@ -145,7 +166,7 @@ def build_head(vs: VectorStore, sv, cfg: HeadConfig, res) -> Head:
     train_acc = res.accuracy if res.accuracy is not None else float((margins_of(res.head.score(sv.X), sv.ci, sv.ri) > 0).mean())
     meta = {
         "fingerprint": vs.fp, "encoder_identity": vs.identity(), "encoder_spec": vs.spec(), "feature": sv.feature,
-        "config": cfg.to_dict(), "data": sv.data.identity, "recipe": dict(sv.data.recipe),
+        "config": cfg.effective().to_dict(), "data": sv.data.identity, "recipe": dict(sv.data.recipe),
         "train": {"score_mean": 0.0, "score_std": res.score_std, "final_loss": res.final_loss,
                   "accuracy": train_acc, "seconds": res.seconds, "steps": res.steps,
                   "history": [list(h) for h in res.history],
@@ -265,7 +286,9 @@ def with_store_defaults(head: Head, vs: VectorStore, feature: str | None = None)
         meta["fingerprint"] = vs.fp
         meta.setdefault("encoder_spec", vs.spec())
     vs.feature_columns(meta["feature"])  # a column the store lacks is one line listing those it has
-    return head.with_meta(meta)
+    out = head.with_meta(meta)
+    out.check_store(vs)  # another encoder, or a feature of another width than the head takes
+    return out
 
 
 @dataclass
@@ -296,14 +319,29 @@ def sweep_heads(data_spec: DataSpec, enc_spec: EncoderSpec, base: HeadConfig, gr
         raise ValueError("--report-on must differ from --select-on: a split used for selection is not a report")
     if report_on and report_on == data_spec.split:
         raise ValueError("--report-on must differ from the training --split")
+    if select_on == data_spec.split:
+        raise ValueError("--select-on must differ from the training --split: selecting on the training pairs "
+                         "picks the configuration that fits them best, not the one that generalises")
     selection_key(select_by)  # a bad value is one line before any work
     check_outputs(data_spec, out)
     t0 = time.perf_counter()
-    vs = find_store(cache_dir, enc_spec, base.feature, store, embed_hint=embed_command(data_spec, enc_spec, cache_dir))
+    vs = find_store(cache_dir, enc_spec, base.feature, store,
+                    embed_hint=embed_command(data_spec, spec_for_feature(enc_spec, base.feature), cache_dir))
     grids = [grid] if isinstance(grid, dict) else grid
     cfgs = expand(replace(base, feature=base.feature or vs.columns[0]), grids)
     select_spec = replace(data_spec, split=select_on)
     train_data, select_data = load_split(data_spec, vs.spec()), load_split(select_spec, vs.spec())  # read once
+    if refit and train_data.kind != select_data.kind:
+        raise ValueError(f"--refit trains on {data_spec.split} + {select_on} together, but one is {train_data.kind} "
+                         f"and the other {select_data.kind} data")
+    if train_data.labels is None and any(c.objective == "pointwise" for c in cfgs):
+        pairwise_only = [c for c in cfgs if c.objective == "pairwise"]
+        if not pairwise_only:
+            raise ValueError(f"objective=pointwise trains on labelled traces, but split {data_spec.split!r} is "
+                             "pairwise (chosen/rejected rows)")
+        warnings.warn(f"skipped {len(cfgs) - len(pairwise_only)} pointwise configuration(s): split "
+                      f"{data_spec.split!r} is pairwise (no labels to train on)", stacklevel=2)
+        cfgs = pairwise_only
     features, select, train_sv = {}, {}, {}
     for f in sorted({c.feature for c in cfgs}):
         tr = split_vectors(train_data, vs, f, embed_command(data_spec, vs.spec() or {}, cache_dir))

@@ -104,6 +104,13 @@ def split_vectors(data: SplitData, store: VectorStore, feature: str | None, hint
         raise StoreError(f"{missing:,} of {len(keys):,} traces of split {data.split!r} have no cached "
                          f"vector in {store.dir}; run first: {hint or 'orm-cache embed'}")
     feature = feature or store.columns[0]
+    if data.start_conflicts and any(c.startswith("response_mean@") for c in feature.split("+")):
+        k, where = next(iter(data.start_conflicts.items()))
+        shown = ", ".join("unknown" if s is None else f"character {s}" for s in sorted(where, key=lambda s: (s is None, s)))
+        raise StoreError(f"{len(data.start_conflicts):,} texts of split {data.split!r} have their response at two places "
+                         f"in different rows (first: key {k[:16]}…, response at {shown}: the same text once as a bare "
+                         f"string and once built from a prompt and a response); {feature} pools one of them, so make "
+                         "those rows agree (give every row its prompt, or none)")
     check_response_starts(store, gids, keys, data.response_starts, feature, f" of split {data.split!r}")
     order = np.argsort(gids, kind="stable")
     keys, gids = [keys[i] for i in order], gids[order]

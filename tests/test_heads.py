@@ -279,3 +279,47 @@ def test_non_finite_scores_say_where_they_came_from():
         LinearHead(np.ones(4, np.float32), 0.0).score(X)
     with pytest.raises(StoreError, match="cached vectors"):
         MLPHead(np.ones((2, 3, 4)), np.zeros((2, 3)), np.ones((2, 3)), np.zeros(2)).score(X)
+
+
+# ------------------------------------------------------- found by the hostile review of issue 16
+
+
+def test_feature_override_of_another_width_is_one_line(kinds_world, tmp_path):
+    w = kinds_world
+    for cmd in (["eval", "--data", w["data"], "--split", "test"],
+                ["score", "--input", w["data"] / "test.jsonl", "--output", tmp_path / "o.jsonl"]):
+        r = run(*cmd, "--head", w["heads"]["combined"], "--feature", "mean@-1", "--cache-dir", w["cache"])
+        assert r.exit_code == 1 and "Traceback" not in r.output and "128-dim" in r.output, r.output
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_a_diverging_configuration_ranks_last_instead_of_ending_the_sweep(kinds_world, tmp_path):
+    w = kinds_world
+    grid = "head=mlp hidden=4 steps=30 grad_clip=0 lr=1e12,1e-3; solver=lbfgs"
+    ok("sweep", *w["common"], "--grid", grid, "--results", tmp_path / "rows", "--out", tmp_path / "b.pt", "-q")
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    assert len(rows) == 3 and rows[-1]["lr"] == 1e12 and Head.load(tmp_path / "b.pt").members == 1
+
+
+def test_sweep_and_pointwise_refusals_are_one_line(kinds_world, tmp_path):
+    w = kinds_world
+    r = run("sweep", *w["common"], "--grid", "solver=lbfgs", "--select-on", "train")
+    assert r.exit_code == 1 and "--select-on must differ" in r.output, r.output
+    ones = write_jsonl(tmp_path / "d" / "train.jsonl", [x for x in pointwise_rows(16, seed=0) if x["label"] == 1])
+    X = np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32)
+    with pytest.raises(ValueError, match="all 4 training labels are 1"):
+        train(X, np.array([], int), np.array([], int), HeadConfig(objective="pointwise"), Points(np.arange(4), np.ones(4)))
+    assert ones.exists()
+
+
+def test_response_mean_refuses_a_split_whose_rows_split_one_text_two_ways(tiny_opt_dir, tmp_path):
+    rows = [{"prompt": "Q: 3+4?", "text": "It is 7.", "label": 1, "group": "a"},
+            {"text": "Q: 3+4?\n\nIt is 7.", "label": 1, "group": "b"},
+            {"prompt": "Q: 3+4?", "text": "It is 8.", "label": 0, "group": "a"},
+            {"text": "Q: 3+5?\n\nIt is 9.", "label": 0, "group": "b"}]
+    data = write_jsonl(tmp_path / "d" / "train.jsonl", rows).parent
+    common = ["--data", data, "--model", tiny_opt_dir, "--cache-dir", tmp_path / "c"]
+    ok("embed", *common, "--pooling", "mean,response_mean", "-q")
+    r = run("fit-head", *common, "--feature", "response_mean@-1", "--solver", "lbfgs", "--eval-split", "")
+    assert r.exit_code == 1 and "two places" in r.output and "character 0" in r.output, r.output
+    ok("fit-head", *common, "--feature", "mean@-1", "--solver", "lbfgs", "--eval-split", "", "-q")  # mean is fine

@@ -68,6 +68,9 @@ class SplitData:
     # key -> character offset where the response (a conversation's final assistant content) starts
     # in the text; None where a chat template changed that content beyond recognition
     response_starts: dict[str, int | None] = field(default_factory=dict)
+    # key -> every response start the split gives it, for texts whose rows disagree (a bare string
+    # in one row, the same text built from a prompt and a response in another)
+    start_conflicts: dict[str, set] = field(default_factory=dict)
     # pointwise: every metadata column (not text, label, prompt or group) that some row has
     trace_columns: list[str] = field(default_factory=list)
     # pointwise: column -> one value per row (None where absent), for DataSpec.keep_columns only
@@ -101,6 +104,10 @@ def merge_splits(a: SplitData, b: SplitData) -> SplitData:
     merged = SplitData(a.source if a.source == b.source else f"{a.source} + {b.source}", f"{a.split}+{b.split}",
                        a.kind, {**a.texts, **b.texts}, pairs, stats={"pairs": len(pairs)}, recipe=a.recipe,
                        response_starts={**a.response_starts, **b.response_starts})
+    merged.start_conflicts = {**a.start_conflicts, **b.start_conflicts}
+    for k in a.response_starts.keys() & b.response_starts.keys():
+        if a.response_starts[k] != b.response_starts[k]:
+            merged.start_conflicts[k] = {a.response_starts[k], b.response_starts[k]}
     if a.kind == "pointwise":
         merged.keys = a.keys + b.keys
         merged.labels = np.concatenate([a.labels, b.labels])
@@ -274,6 +281,7 @@ def load_split(spec: DataSpec, encoder=None) -> SplitData:
     source, builder, rows = validated_rows(spec, encoder)
     texts: dict[str, str] = {}
     starts: dict[str, int | None] = {}
+    conflicts: dict[str, set] = {}
     kind = None
     chosen, rejected, pgroups, metas = [], [], [], []
     pkeys, plabels, pgroups_pt = [], [], []
@@ -286,6 +294,8 @@ def load_split(spec: DataSpec, encoder=None) -> SplitData:
         k = trace_key(text)
         if k not in texts:
             texts[k], starts[k] = text, start
+        elif starts[k] != start:  # the same text split into prompt and response two ways
+            conflicts.setdefault(k, {starts[k], start}).add(start)
         return k
 
     for row in rows:
@@ -319,6 +329,7 @@ def load_split(spec: DataSpec, encoder=None) -> SplitData:
         stats.update(pstats)
         data = SplitData(source, spec.split, kind, texts, pairs, pkeys, labels, groups, stats, used, starts,
                          list(trace_columns), kept)
+    data.start_conflicts = conflicts
     seen = set(zip(data.pairs.chosen, data.pairs.rejected))
     stats["duplicate_pairs"] = len(data.pairs) - len(seen)
     if spec.drop_duplicate_pairs and stats["duplicate_pairs"]:

@@ -305,7 +305,7 @@ def run_sweep(features: dict[str, tuple], select: dict[str, tuple], cfgs: list[H
             elif all(isinstance(r.head, LinearHead) and r.head.members == 1 for r in results):
                 S = Xs @ np.stack([r.head.weight for r in results]).T  # (U_sel, K): one pass for the group
             else:
-                S = np.stack([r.head.score(Xs) for r in results], axis=1)
+                S = np.stack([r.head.member_scores(Xs).mean(axis=1) for r in results], axis=1)  # NaN: diverged
             loss, accuracy = pair_stats(S, cs, rs, 0.0)
             for j, (i, r) in enumerate(zip(idx, results)):
                 r.scores = None  # (U,) each: not kept for the whole sweep

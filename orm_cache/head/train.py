@@ -239,7 +239,9 @@ def standardizer(X) -> tuple[np.ndarray, np.ndarray]:
     """Per-feature mean and std of the traces in float64 (a constant feature gets std 1); one
     pass over ``X`` in row blocks."""
     mu, sd = as_rows(X).mean_std()
-    sd[sd < 1e-12] = 1.0
+    # a (nearly) constant feature is left unscaled: dividing float round-off (std ~1e-9 beside
+    # others ~1) by its std would give it a weight of ~1e9
+    sd[sd < max(1e-12, 1e-6 * float(np.median(sd)) if len(sd) else 0.0)] = 1.0
     return mu, sd
 
 
@@ -348,6 +350,9 @@ def train(X, ci, ri, cfg: HeadConfig, points: Points | None = None) -> TrainResu
                          "labelled traces were given to a pairwise head; set objective=pointwise")
     if (len(ci) if points is None else len(points.rows)) == 0:
         raise ValueError("no training pairs" if points is None else "no labelled training traces")
+    if points is not None and len(np.unique(points.labels)) < 2:
+        raise ValueError(f"the pointwise objective needs correct and incorrect traces, but all "
+                         f"{len(points.rows):,} training labels are {int(points.labels[0])}")
     if cfg.ensemble == 1:
         return _train_one(X, ci, ri, cfg, points)
     t0 = time.perf_counter()
@@ -360,11 +365,13 @@ def train(X, ci, ri, cfg: HeadConfig, points: Points | None = None) -> TrainResu
             if points is None:
                 pick = rng.integers(0, len(ci), len(ci))
                 mci, mri = ci[pick], ri[pick]
-            else:
-                mpts = points.take(rng.integers(0, len(points.rows), len(points.rows)))
+            else:  # stratified by label: every resample keeps both classes, in their proportions
+                pick = np.concatenate([rng.choice(c, len(c)) for c in
+                                       (np.flatnonzero(points.labels == 0), np.flatnonzero(points.labels == 1))])
+                mpts = points.take(pick)
         members.append(_train_one(X, mci, mri, c, mpts))
     head = KINDS[cfg.head].combine([m.head for m in members])
-    S = head.score(as_rows(X))[:, None]  # (U, 1): the ensemble's training scores
+    S = head.member_scores(X).mean(axis=1, dtype=np.float64).astype(np.float32)[:, None]  # (U, 1): its training scores
     loss, acc = pair_stats(S, ci, ri, cfg.margin)
     if points is not None:
         loss = point_loss(S, points)
