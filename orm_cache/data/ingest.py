@@ -68,13 +68,13 @@ class SplitData:
     # key -> character offset where the response (a conversation's final assistant content) starts
     # in the text; None where a chat template changed that content beyond recognition
     response_starts: dict[str, int | None] = field(default_factory=dict)
-    # key -> every response start the split gives it, for texts whose rows disagree (a bare string
-    # in one row, the same text built from a prompt and a response in another)
-    start_conflicts: dict[str, set] = field(default_factory=dict)
     # pointwise: every metadata column (not text, label, prompt or group) that some row has
     trace_columns: list[str] = field(default_factory=list)
     # pointwise: column -> one value per row (None where absent), for DataSpec.keep_columns only
     trace_meta: dict[str, list] = field(default_factory=dict)
+    # key -> every response start the split gives it, for texts whose rows disagree (a bare string
+    # in one row, the same text built from a prompt and a response in another)
+    start_conflicts: dict[str, set] = field(default_factory=dict)
 
     def items(self) -> list[tuple[str, str, int | None]]:
         """``(key, text, response start)`` of every distinct text, as stage 1 takes them
@@ -328,7 +328,7 @@ def load_split(spec: DataSpec, encoder=None) -> SplitData:
         pairs, pstats = pairs_from_pointwise(pkeys, labels, groups, spec.negatives_per_positive, spec.pair_seed)
         stats.update(pstats)
         data = SplitData(source, spec.split, kind, texts, pairs, pkeys, labels, groups, stats, used, starts,
-                         list(trace_columns), kept)
+                         trace_columns=list(trace_columns), trace_meta=kept)
     data.start_conflicts = conflicts
     seen = set(zip(data.pairs.chosen, data.pairs.rejected))
     stats["duplicate_pairs"] = len(data.pairs) - len(seen)
