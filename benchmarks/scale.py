@@ -3,7 +3,8 @@
 Stage 2 at --sizes traces x --dim dims (default 10k, 100k, 1M x 2048: a 4 GB float16 store at
 1M), with reference-shaped pairs (4.39 pairs per trace: each group of 9 traces pairs its best
 with the other 8, plus cross-group pairs) and a planted quality direction. Each measurement runs
-in its own subprocess, whose peak RSS is read from ``os.wait4`` when it exits:
+in its own subprocess, whose peak RSS is read from ``os.wait4`` when it exits (started by a tiny
+launcher, so that the benchmark's own memory is not counted: see ``LAUNCHER``):
 
   open (checksums)   open the store, reading every shard's CRC32 (no verified.json yet)
   open (remembered)  open it again: shards remembered as verified are not read
@@ -170,14 +171,28 @@ def child(spec: dict) -> dict:
     return out
 
 
+# A child's ru_maxrss (os.wait4) starts from its parent's peak RSS at the fork: Linux records the
+# old address space's high-water mark at exec. This process holds a whole split when it measures
+# a large store, so every child is started by a tiny launcher (a bare interpreter, ~10 MB) whose
+# own child is the measured command: its peak RSS is then its own.
+LAUNCHER = ("import os, subprocess, sys\n"
+            "p = subprocess.Popen(sys.argv[2:])\n"
+            "_, status, usage = os.wait4(p.pid, 0)\n"
+            "open(sys.argv[1], 'w').write(str(usage.ru_maxrss))\n"
+            "sys.exit(os.waitstatus_to_exitcode(status))\n")
+
+
 def run_child(args: list[str], env: dict | None = None, log: Path | None = None) -> tuple[int, float, float]:
-    """Run ``args`` in a subprocess; returns (exit code, wall seconds, its peak RSS in bytes)."""
+    """Run ``args`` in a subprocess (through :data:`LAUNCHER`); returns (exit code, wall seconds,
+    its peak RSS in bytes)."""
+    import tempfile
+
     t = time.perf_counter()
-    with open(log or os.devnull, "w") as f:
-        proc = subprocess.Popen(args, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-        _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, time.perf_counter() - t, usage.ru_maxrss * 1024
+    with tempfile.NamedTemporaryFile("r", suffix=".rss") as rss, open(log or os.devnull, "w") as f:
+        code = subprocess.call([sys.executable, "-S", "-c", LAUNCHER, rss.name, *args], stdout=f,
+                               stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        peak = int(rss.read() or 0) * 1024
+    return code, time.perf_counter() - t, peak
 
 
 def measure(spec: dict, work: Path) -> dict:
@@ -315,8 +330,8 @@ def report(args, s2_rows, s2, s1_rows, s1, pad, pad_source) -> str:
         lines += [f"Float16 store, {PAIRS_PER_TRACE:.2f} pairs per trace (groups of {GROUP}: best vs the other 8, plus "
                   f"cross-group pairs), planted direction. One subprocess per step and run; seconds are the median "
                   f"of {args.repeats} run(s) of the step's own work (start, imports and load excluded; load is its "
-                  "own row); peak RSS is the largest of the subprocesses' (`os.wait4`), memory-mapped store pages "
-                  "included.", "",
+                  "own row); peak RSS is the largest of the subprocesses' (`os.wait4`, each started by a tiny "
+                  "launcher so the benchmark's own memory is not inherited), memory-mapped store pages included.", "",
                   table(["traces", "store", "step", "seconds", "peak RSS GiB", "RSS / store", "note"], s2_rows), ""]
         big = max(s2)
         if big >= 1_000_000:
