@@ -100,7 +100,7 @@ def run(args) -> str:
         b = M.best_of_n(row_scores, test.labels, test.groups)
         return [name, f"{100 * right.mean():.1f}%", f"{100 * right[model_only].mean():.1f}%", f"{100 * b['accuracy']:.1f}%"]
 
-    table_rows, key_row = [], {}
+    table_rows = []
     for name, row in picks.items():
         sv = split_vectors(test, vs, row.config.feature)
         s = row.result.head.score(sv.X)

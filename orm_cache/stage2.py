@@ -143,18 +143,25 @@ def fit_head(data_spec: DataSpec, enc_spec: EncoderSpec, cfg: HeadConfig, cache_
     return FitResult(head, path, res, report)
 
 
+def labelled_points(sv):
+    """A pointwise split's labelled traces as rows of its ``X`` (None for a pairwise split)."""
+    from .head.train import Points
+
+    if sv.data.labels is None:
+        return None
+    return Points(sv.rows(sv.data.keys), sv.data.labels.astype(np.float64))
+
+
 def training_points(sv, cfg: HeadConfig):
     """The labelled traces a pointwise head trains on (None for a pairwise one); one line when
     the split has none."""
-    from .head.train import Points
-
     if cfg.objective != "pointwise":
         return None
     if sv.data.labels is None:
         raise DataError(f"--objective pointwise trains on labelled traces, but split {sv.data.split!r} of "
                         f"{sv.data.source} is pairwise (chosen/rejected rows); use pointwise data (text or "
                         "messages + label) or the pairwise objective")
-    return Points(sv.rows(sv.data.keys), sv.data.labels.astype(np.float64))
+    return labelled_points(sv)
 
 
 def build_head(vs: VectorStore, sv, cfg: HeadConfig, res) -> Head:
@@ -346,8 +353,7 @@ def sweep_heads(data_spec: DataSpec, enc_spec: EncoderSpec, base: HeadConfig, gr
     for f in sorted({c.feature for c in cfgs}):
         tr = split_vectors(train_data, vs, f, embed_command(data_spec, vs.spec() or {}, cache_dir))
         se = split_vectors(select_data, vs, f, embed_command(select_spec, vs.spec() or {}, cache_dir))
-        points = training_points(tr, HeadConfig(objective="pointwise")) if tr.data.labels is not None else None
-        features[f], select[f], train_sv[f] = (tr.X, tr.ci, tr.ri, points), (se.X, se.ci, se.ri), (tr, se)
+        features[f], select[f], train_sv[f] = (tr.X, tr.ci, tr.ri, labelled_points(tr)), (se.X, se.ci, se.ri), (tr, se)
     with Progress(len(cfgs), "sweep", "config", quiet) as bar:
         rows = run_sweep(features, select, cfgs, progress=bar.update)
     rows.sort(key=selection_key(select_by))

@@ -67,10 +67,16 @@ def pointwise_rows(n_groups: int, per_group: int = 4, seed: int = 0, offset: int
     return rows
 
 
+def write_pointwise_splits(d: Path, train_groups: int = 12, other_groups: int = 6, transform=None) -> Path:
+    """``d/{train,validation,test}.jsonl`` of :func:`pointwise_rows` (disjoint problems),
+    each list passed through ``transform`` when given; returns ``d``."""
+    transform = transform or (lambda rows: rows)
+    write_jsonl(d / "train.jsonl", transform(pointwise_rows(train_groups, seed=0)))
+    write_jsonl(d / "validation.jsonl", transform(pointwise_rows(other_groups, seed=1, offset=100)))
+    write_jsonl(d / "test.jsonl", transform(pointwise_rows(other_groups, seed=2, offset=200)))
+    return d
+
+
 @pytest.fixture
 def pointwise_dir(tmp_path) -> Path:
-    d = tmp_path / "data"
-    write_jsonl(d / "train.jsonl", pointwise_rows(12, seed=0))
-    write_jsonl(d / "validation.jsonl", pointwise_rows(6, seed=1, offset=100))
-    write_jsonl(d / "test.jsonl", pointwise_rows(6, seed=2, offset=200))
-    return d
+    return write_pointwise_splits(tmp_path / "data")

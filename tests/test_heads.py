@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ok, pointwise_rows, run, write_jsonl
+from conftest import ok, pointwise_rows, run, write_jsonl, write_pointwise_splits
 from orm_cache.config import ConfigConflict, HeadConfig, feature_parts
 from orm_cache.head import Head, LinearHead, MLPHead, train
 from orm_cache.head.sweep import expand, parse_grid
@@ -173,10 +173,7 @@ def kinds_world(tmp_path_factory, tiny_opt_dir):
     root = tmp_path_factory.mktemp("kinds")
     model = root / "model"
     shutil.copytree(tiny_opt_dir, model)
-    data = root / "data"
-    write_jsonl(data / "train.jsonl", pointwise_rows(16, seed=0))
-    write_jsonl(data / "validation.jsonl", pointwise_rows(8, seed=1, offset=100))
-    write_jsonl(data / "test.jsonl", pointwise_rows(8, seed=2, offset=200))
+    data = write_pointwise_splits(root / "data", train_groups=16, other_groups=8)
     cache = root / "cache"
     common = ["--data", data, "--model", model, "--cache-dir", cache]
     for split in ("train", "validation", "test"):

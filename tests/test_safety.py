@@ -20,7 +20,7 @@ from orm_cache.head import Head
 from orm_cache.outputs import TMP_MARK, atomic_open, json_safe, write_json
 from orm_cache.progress import Progress
 
-from conftest import ok, pointwise_rows, run, write_jsonl
+from conftest import ok, pointwise_rows, run, write_jsonl, write_pointwise_splits
 
 TEMPLATE = "Question: {prompt}\nWorked answer: {response}"
 
@@ -40,10 +40,7 @@ def world(tmp_path_factory, tiny_opt_dir):
     root = tmp_path_factory.mktemp("safety")
     model = root / "model"
     shutil.copytree(tiny_opt_dir, model)
-    data = root / "data"
-    write_jsonl(data / "train.jsonl", prompted(pointwise_rows(12, seed=0)))
-    write_jsonl(data / "validation.jsonl", prompted(pointwise_rows(6, seed=1, offset=100)))
-    write_jsonl(data / "test.jsonl", prompted(pointwise_rows(6, seed=2, offset=200)))
+    data = write_pointwise_splits(root / "data", transform=prompted)
     cache, head = root / "cache", root / "head.pt"
     for split in ("train", "validation", "test"):
         ok("embed", "--data", data, "--split", split, "--model", model, "--cache-dir", cache, "--template", TEMPLATE,

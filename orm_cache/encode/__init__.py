@@ -44,7 +44,7 @@ def embed_split(data_spec: DataSpec, enc_spec: EncoderSpec, run: RunSpec | None 
     """
     from dataclasses import replace
 
-    from ..data.ingest import SplitData, SplitTexts
+    from ..data.ingest import SplitTexts
     from .distributed import all_sum, dist_env, process_group
     from .model import Encoder, resolve_device
 

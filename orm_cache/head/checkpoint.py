@@ -53,6 +53,11 @@ class Head:
     def members(self) -> int:
         raise NotImplementedError
 
+    @property
+    def bias(self) -> float:
+        """The members' mean output bias."""
+        raise NotImplementedError
+
     def member_scores(self, X) -> np.ndarray:
         """``(N, D)`` vectors (an array, or a store's rows read in blocks) -> ``(N, K)`` float32."""
         raise NotImplementedError
@@ -66,6 +71,10 @@ class Head:
 
     def with_meta(self, meta: dict) -> "Head":
         """The same weights with other metadata."""
+        raise NotImplementedError
+
+    def member(self, k: int) -> "Head":
+        """Member ``k`` alone, as a one-member head of the same kind (no metadata)."""
         raise NotImplementedError
 
     def shifted(self, delta) -> "Head":
@@ -84,7 +93,7 @@ class Head:
         if not bad:
             return scores
         if not all(torch.isfinite(t).all() for t in self.state().values()):
-            raise CheckpointError(f"the head's weights hold NaN or Inf: training diverged (lower --lr, or keep "
+            raise CheckpointError("the head's weights hold NaN or Inf: training diverged (lower --lr, or keep "
                                   "--grad-clip on); no head was saved")
         raise StoreError(f"{bad:,} of {np.size(scores):,} scores are NaN or Inf because their cached vectors are: "
                          "the store is corrupted; run orm-cache cache check --fix, then embed again")

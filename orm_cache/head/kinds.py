@@ -89,6 +89,9 @@ class LinearHead(Head):
     def with_meta(self, meta: dict) -> "LinearHead":
         return LinearHead(self.W, self.b, meta, self.source)
 
+    def member(self, k: int) -> "LinearHead":
+        return LinearHead(self.W[k], self.b[k:k + 1])
+
     def shifted(self, delta) -> "LinearHead":
         return LinearHead(self.W, self.b + np.asarray(delta, np.float32), self.meta, self.source)
 
@@ -115,6 +118,11 @@ class MLPHead(Head):
     @property
     def dim(self) -> int:
         return int(self.W1.shape[2])
+
+    @property
+    def bias(self) -> float:
+        """The members' mean output bias."""
+        return float(self.b2.astype(np.float64).mean())
 
     @property
     def hidden(self) -> int:
@@ -157,6 +165,9 @@ class MLPHead(Head):
 
     def with_meta(self, meta: dict) -> "MLPHead":
         return MLPHead(self.W1, self.b1, self.w2, self.b2, meta, self.source)
+
+    def member(self, k: int) -> "MLPHead":
+        return MLPHead(self.W1[k:k + 1], self.b1[k:k + 1], self.w2[k:k + 1], self.b2[k:k + 1])
 
     def shifted(self, delta) -> "MLPHead":
         return MLPHead(self.W1, self.b1, self.w2, self.b2 + np.asarray(delta, np.float32), self.meta, self.source)

@@ -229,18 +229,28 @@ def train_adamw_batched(X, ci: np.ndarray, ri: np.ndarray, cfgs: list[HeadConfig
     return out
 
 
+def shared_trainer(c: HeadConfig) -> str | None:
+    """How a configuration trains beside others: "adamw" (a single linear pairwise AdamW head:
+    one batched run per SHARED_KEYS), "lbfgs" (a single linear L-BFGS head: one L2 path per
+    feature and objective), or None (an mlp, an ensemble, a pointwise AdamW head: alone)."""
+    if c.head != "linear" or c.ensemble > 1:
+        return None
+    if c.solver == "lbfgs":
+        return "lbfgs"
+    return "adamw" if c.objective == "pairwise" else None
+
+
 def group_configs(cfgs: list[HeadConfig]) -> list[list[int]]:
-    """Indices of configs that train together: single linear pairwise adamw heads by
-    SHARED_KEYS (one batched run); single linear lbfgs heads by feature and objective (one L2
-    path); every other head (an mlp, an ensemble, a pointwise adamw head) alone."""
+    """Indices of configs that train together (:func:`shared_trainer`)."""
     groups: dict = {}
     for i, c in enumerate(cfgs):
-        if c.head != "linear" or c.ensemble > 1:
-            key = ("alone", i)
-        elif c.solver == "adamw":
-            key = ("adamw",) + tuple(getattr(c, k) for k in SHARED_KEYS) if c.objective == "pairwise" else ("alone", i)
-        else:
+        how = shared_trainer(c)
+        if how == "adamw":
+            key = ("adamw",) + tuple(getattr(c, k) for k in SHARED_KEYS)
+        elif how == "lbfgs":
             key = ("lbfgs", c.feature, c.objective)
+        else:
+            key = ("alone", i)
         groups.setdefault(key, []).append(i)
     return list(groups.values())
 
@@ -280,9 +290,11 @@ def train_group(X, ci, ri, group: list[HeadConfig], points=None) -> list[TrainRe
     if c0.objective == "pointwise" and points is None:
         raise ValueError("objective=pointwise trains on labelled traces, but the training split is pairwise "
                          "(chosen/rejected rows); use pointwise data (text or messages + label)")
-    if len(group) > 1 or (c0.head == "linear" and c0.ensemble == 1 and c0.objective == "pairwise"):
-        trainer = train_adamw_batched if c0.solver == "adamw" else train_lbfgs_path
-        return trainer(X, ci, ri, group, pts) if trainer is train_lbfgs_path else trainer(X, ci, ri, group)
+    how = shared_trainer(c0)
+    if how == "adamw":
+        return train_adamw_batched(X, ci, ri, group)
+    if how == "lbfgs":
+        return train_lbfgs_path(X, ci, ri, group, pts)
     return [train(X, ci, ri, c0, pts)]
 
 

@@ -107,8 +107,8 @@ def finish_members(head: Head, X, ci, ri, cfgs: list[HeadConfig], seconds: list[
     margins = np.array([c.margin for c in cfgs])
     pl, accuracy = pair_stats(S, ci, ri, margins)
     loss = pl if points is None else point_loss(S, points)
-    members = _split_members(head)
-    return [TrainResult(getattr(m, "weight", None), _bias(m), float(std[k]), float(loss[k]), seconds[k], steps[k],
+    members = [head.member(k) for k in range(head.members)]
+    return [TrainResult(getattr(m, "weight", None), m.bias, float(std[k]), float(loss[k]), seconds[k], steps[k],
                         histories[k], float(accuracy[k]) if len(ci) else None, S[:, k], m)
             for k, m in enumerate(members)]
 
@@ -119,18 +119,6 @@ def check_trained(res: TrainResult) -> TrainResult:
     if not np.isfinite(res.final_loss):
         res.head.finite(np.array([np.nan]))
     return res
-
-
-def _split_members(head: Head) -> list[Head]:
-    """Each member of ``head`` as a one-member head of the same kind."""
-    if isinstance(head, LinearHead):
-        return [LinearHead(head.W[k], head.b[k:k + 1]) for k in range(head.members)]
-    return [MLPHead(head.W1[k:k + 1], head.b1[k:k + 1], head.w2[k:k + 1], head.b2[k:k + 1])
-            for k in range(head.members)]
-
-
-def _bias(head: Head) -> float:
-    return head.bias if isinstance(head, LinearHead) else float(head.b2.mean())
 
 
 def finish_heads(W: np.ndarray, X, ci, ri, cfgs: list[HeadConfig], seconds: list[float], steps: list[int],
@@ -376,7 +364,7 @@ def train(X, ci, ri, cfg: HeadConfig, points: Points | None = None) -> TrainResu
     if points is not None:
         loss = point_loss(S, points)
     history = [("member", k, m.history[-1] if m.history else None) for k, m in enumerate(members)]
-    return TrainResult(getattr(head, "weight", None), _bias(head), float(S.std(dtype=np.float64)), float(loss[0]),
+    return TrainResult(getattr(head, "weight", None), head.bias, float(S.std(dtype=np.float64)), float(loss[0]),
                        time.perf_counter() - t0, sum(m.steps for m in members), history,
                        float(acc[0]) if len(ci) else None, S[:, 0], head)
 
