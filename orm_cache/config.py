@@ -10,6 +10,8 @@ import functools
 import math
 from dataclasses import asdict, dataclass, replace
 
+from .errors import RecipeError  # noqa: F401 (re-exported)
+
 DEFAULT_MODEL = "facebook/opt-1.3b"
 DEFAULT_DATA = "LossFunctionLover/orm-pairwise-preference-pairs"
 DEFAULT_TEMPLATE = "{prompt}\n\n{response}"
@@ -142,10 +144,6 @@ def check_template(template: str) -> str:
     if "response" not in names:
         raise ValueError(f"template {template!r} must contain {{response}}")
     return template
-
-
-class RecipeError(ValueError):
-    """A text recipe given explicitly that differs from the one a head was trained with."""
 
 
 def read_chat_template(value: str | None) -> str | None:

@@ -16,6 +16,8 @@ import json
 from pathlib import Path
 from typing import Iterator
 
+from ..errors import DataError  # noqa: F401 (re-exported)
+
 FILE_EXTS = (".jsonl", ".json", ".parquet", ".csv", ".arrow", ".jsonl.gz", ".json.gz")
 SPLIT_ALIASES = {
     "validation": ("validation", "val", "valid", "dev"),
@@ -25,8 +27,6 @@ SPLIT_ALIASES = {
 BATCH_ROWS = 65536
 
 
-class DataError(ValueError):
-    """Bad input data: the message names the source, the row and the problem, in one line."""
 
 
 def file_format(path: Path) -> str | None:
