@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .describe import list_stores, write_encoder_json
 from .fingerprint import short
-from .shards import TMP_PREFIX, StoreError, _stat_key, list_shards, open_shard, remember_verified
+from .shards import TMP_PREFIX, StoreError, _stat_key, list_shards, open_shard, remember_verified, vector_columns
 
 
 @dataclass
@@ -127,39 +127,49 @@ def compact_store(store: dict, target_rows: int = 65_536) -> tuple[int, int]:
     if store["fingerprint"] is None:
         raise StoreError(f"{store['problem']}; cannot tell which encoder {store['dir']} holds, so it is not "
                          "compacted (see orm-cache cache check)")
-    vs = VectorStore(Path(store["dir"]), store["fingerprint"])
+    directory = Path(store["dir"])
+    vs = VectorStore(directory, store["fingerprint"])
+    mine = [(p, t) for p, t in zip(vs._paths, vs._tables) if p.parent == directory]  # not those it reads across
     # Every shard merged is checked in full first (checksum and values), not trusted from
     # verified.json: a merged shard gets a new checksum, which would hide any corruption for good.
-    small = [(p, t) for p, t in zip(vs._paths, vs._tables) if t.num_rows < target_rows and _sound(p, store)]
-    before = len(vs._paths) + len(vs.skipped)
-    if len(small) < 2:
-        return before, before
-    groups, current, rows = [], [], 0
+    small = [(p, t) for p, t in mine if t.num_rows < target_rows and _sound(p, store)]
+    before = len(mine) + sum(p.parent == directory for p, _ in vs.skipped)
+    # Shards merge with shards of the same columns only (one store holds shards of several column
+    # sets when poolings or layers were embedded at different times); a key's first row per set wins.
+    by_columns: dict[tuple, list] = {}
     for p, t in small:
-        if current and rows + t.num_rows > target_rows:
-            groups.append(current)
-            current, rows = [], 0
-        current.append((p, t))
-        rows += t.num_rows
-    groups.append(current)
-    seen: set[str] = set(k for p, t in zip(vs._paths, vs._tables) if t.num_rows >= target_rows
-                         for k in t.column("key").to_pylist())
+        by_columns.setdefault(vector_columns(t.schema), []).append((p, t))
     stem = f"{time.time_ns():016x}-{socket.gethostname()}-{os.getpid()}-compact"
-    for i, group in enumerate(groups):
-        if len(group) < 2:
+    n = 0
+    for cols, shards in by_columns.items():
+        if len(shards) < 2:
             continue
-        table = pa.concat_tables([t for _, t in group])
-        keys = table.column("key").to_pylist()
-        keep = np.zeros(len(keys), dtype=bool)  # first occurrence of each key, as on read
-        for j, k in enumerate(keys):
-            if k not in seen:
-                seen.add(k)
-                keep[j] = True
-        write_shard(Path(store["dir"]), table.filter(pa.array(keep)) if not keep.all() else table, f"{stem}{i:03d}")
-        del table
-        for p, _ in group:
-            p.unlink(missing_ok=True)
-    return before, len(VectorStore(Path(store["dir"]), store["fingerprint"])._paths) + len(vs.skipped)
+        groups, current, rows = [], [], 0
+        for p, t in shards:
+            if current and rows + t.num_rows > target_rows:
+                groups.append(current)
+                current, rows = [], 0
+            current.append((p, t))
+            rows += t.num_rows
+        groups.append(current)
+        seen: set[str] = set(k for p, t in mine if t.num_rows >= target_rows and vector_columns(t.schema) == cols
+                             for k in t.column("key").to_pylist())
+        for group in groups:
+            if len(group) < 2:
+                continue
+            table = pa.concat_tables([t for _, t in group])
+            keys = table.column("key").to_pylist()
+            keep = np.zeros(len(keys), dtype=bool)  # first occurrence of each key, as on read
+            for j, k in enumerate(keys):
+                if k not in seen:
+                    seen.add(k)
+                    keep[j] = True
+            write_shard(directory, table.filter(pa.array(keep)) if not keep.all() else table, f"{stem}{n:03d}")
+            n += 1
+            del table
+            for p, _ in group:
+                p.unlink(missing_ok=True)
+    return before, len(list_shards(directory))
 
 
 def _sound(path: Path, store: dict) -> bool:
