@@ -348,3 +348,45 @@ def test_stores_and_heads_written_before_columns_keep_working(tiny_opt_dir, poin
     assert legacy_fp[:16] in stores and len(stores) == 2
     info = ok("cache", "info", "--cache-dir", old).output
     assert "also read from 1 store directory" in info and info.count("local:") == 1
+
+
+TRL_SHAPES = {  # TRL's four preference configurations, as its zen data set writes them
+    "standard_preference": lambda q, g, b: {"prompt": q, "chosen": g, "rejected": b},
+    "standard_implicit_prompt_preference": lambda q, g, b: {"chosen": q + g, "rejected": q + b},
+    "conversational_preference": lambda q, g, b: {"prompt": [u(q)], "chosen": [a(g)], "rejected": [a(b)]},
+    "conversational_implicit_prompt_preference": lambda q, g, b: {"chosen": [u(q), a(g)], "rejected": [u(q), a(b)]},
+}
+
+
+def trl_ids(model_dir, rows, tmp_path):
+    """The chosen and rejected token ids TRL's RewardTrainer feeds its model for ``rows``."""
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from trl import RewardConfig, RewardTrainer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1)
+    args = RewardConfig(output_dir=str(tmp_path / "trl"), report_to=[], max_length=None, use_cpu=True,
+                        dataset_num_proc=None)
+    trainer = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok)
+    ds = trainer.train_dataset
+    return list(ds["chosen_ids"]), list(ds["rejected_ids"])
+
+
+@pytest.mark.parametrize("config", list(TRL_SHAPES))
+def test_trl_recipe_equals_trl_reward_trainer_token_ids(chat_model, tmp_path, config):
+    """With ``--recipe trl``, orm-cache encodes exactly the ids TRL's RewardTrainer does, for
+    each of TRL's preference configurations (skipped where trl is not installed)."""
+    pytest.importorskip("trl")
+    from orm_cache.encode.model import Encoder
+
+    rows = [TRL_SHAPES[config](*problem(i)) for i in range(4)]
+    rows[1] = TRL_SHAPES[config](problem(1)[0], " done.</s>", " not done.")  # a text that ends with EOS already
+    want_c, want_r = trl_ids(chat_model, rows, tmp_path)
+    f = write_jsonl(tmp_path / "d.jsonl", rows)
+    d = load_split(DataSpec(data=str(f), recipe_kind="trl"), EncoderSpec(model=str(chat_model)))
+    enc = Encoder(EncoderSpec(model=str(chat_model)), "cpu")
+    special = d.special_tokens
+    got_c = enc.tokenize([d.texts[k] for k in d.pairs.chosen], special_tokens=special)[0]
+    got_r = enc.tokenize([d.texts[k] for k in d.pairs.rejected], special_tokens=special)[0]
+    assert got_c == want_c and got_r == want_r
