@@ -614,7 +614,7 @@ def export_cmd(head_path, out, quiet):
 
     setup_logging(quiet)
     r = export_head(head_path, out)
-    click.echo(f"exported a {r.model_type} reward model ({r.dtype}, pad token id {r.pad_token_id}"
+    click.echo(f"exported a reward model ({r.model_type}, {r.dtype}, pad token id {r.pad_token_id}"
                f"{', added' if r.added_pad_token else ''}) to {r.path}")
     sign = "-" if r.bias >= 0 else "+"
     click.echo(f"logits = orm-cache score {sign} {abs(r.bias):.6g} (the head's bias: this class's score layer has none; "
