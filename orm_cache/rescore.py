@@ -24,6 +24,7 @@ from .config import RunSpec, TextRecipe
 from .data.chat import TextBuilder, response_value
 from .data.ingest import FILE_EXTS, DataError, encoder_model, parse_label, prompt_field, read_rows, trace_key
 from .data.readers import file_format
+from .errors import ConfigError
 from .head import Head
 from .outputs import AtomicOutputs, check_not_input
 from .progress import Progress
@@ -302,6 +303,7 @@ def _job(head_path, input_path, output_path, cache_dir, cols, skip_invalid, devi
          store, feature) -> _Job:
     t0 = time.perf_counter()
     input_path = Path(input_path)
+    check_not_input(output_path, input=input_path, head=head_path)  # before anything is read
     _check_input(input_path)
     check_output_ext(Path(output_path))
     head = Head.load(head_path)
@@ -341,7 +343,7 @@ def score_file(head_path, input_path, output_path, cache_dir="cache", cols: Text
     σ(score) for a pointwise head, whose score is a log-odds) to every row of ``input_path``, in input order, streaming ``chunk_rows`` rows at a time. The output (and
     the side file of rejected rows) replaces an existing file only once its last row is written."""
     if chunk_rows < 1:
-        raise ValueError(f"chunk_rows={chunk_rows} must be at least 1")
+        raise ConfigError(f"chunk_rows={chunk_rows} must be at least 1")
     job = _job(head_path, input_path, output_path, cache_dir, cols, skip_invalid, device, batch_tokens, quiet, store,
                feature)
     T = job.head.temperature
@@ -413,9 +415,9 @@ def rank_file(head_path, input_path, output_path, group_by: str, top_k: int | No
     from .evaluate.metrics import best_of_n, best_of_n_curve
 
     if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k={top_k} must be at least 1 (leave it out to write every row)")
+        raise ConfigError(f"top_k={top_k} must be at least 1 (leave it out to write every row)")
     if chunk_rows < 1:
-        raise ValueError(f"chunk_rows={chunk_rows} must be at least 1")
+        raise ConfigError(f"chunk_rows={chunk_rows} must be at least 1")
     job = _job(head_path, input_path, output_path, cache_dir, cols, skip_invalid, device, batch_tokens, quiet, store,
                feature)
     has_labels = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from ..config import DataSpec, EncoderSpec, RunSpec
+from ..errors import ConfigError
 from .embedder import EmbedReport, distinct_keys, embed_texts, token_budget_batches
 from .pooling import last_token_index, pool
 
@@ -55,7 +56,7 @@ def embed_split(data_spec: DataSpec, enc_spec: EncoderSpec, run: RunSpec | None 
     if dist_info is None:
         return data, embed_texts(data, Encoder(enc_spec, run.device), run, f"embed {data_spec.split}", keys), None
     if run.num_shards > 1:
-        raise ValueError("--num-shards/--shard-index split work without torch.distributed; "
+        raise ConfigError("--num-shards/--shard-index split work without torch.distributed; "
                          "under torchrun the ranks split it already")
     device = resolve_device(run.device)
     if device == "cuda":

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import HeadConfig
+from ..errors import DataError
 from ..store.rows import Rows, as_rows, in_memory_if_small
 from .checkpoint import Head
 from .kinds import KINDS, LinearHead, MLPHead
@@ -333,13 +334,13 @@ def train(X, ci, ri, cfg: HeadConfig, points: Points | None = None) -> TrainResu
     and score std are those of the members' mean score on the full training data."""
     ci, ri = np.asarray(ci, dtype=np.int64), np.asarray(ri, dtype=np.int64)
     if (cfg.objective == "pointwise") != (points is not None):
-        raise ValueError("the pointwise objective trains on labelled traces (pointwise data: text + label rows); "
+        raise DataError("the pointwise objective trains on labelled traces (pointwise data: text + label rows); "
                          "this split has only pairs" if points is None else
                          "labelled traces were given to a pairwise head; set objective=pointwise")
     if (len(ci) if points is None else len(points.rows)) == 0:
-        raise ValueError("no training pairs" if points is None else "no labelled training traces")
+        raise DataError("no training pairs" if points is None else "no labelled training traces")
     if points is not None and len(np.unique(points.labels)) < 2:
-        raise ValueError(f"the pointwise objective needs correct and incorrect traces, but all "
+        raise DataError(f"the pointwise objective needs correct and incorrect traces, but all "
                          f"{len(points.rows):,} training labels are {int(points.labels[0])}")
     if cfg.ensemble == 1:
         return _train_one(X, ci, ri, cfg, points)

@@ -49,6 +49,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from ..errors import StoreError  # noqa: F401 (re-exported: its old import location)
 from .fingerprint import SCHEMA_VERSION, canonical_json, short
 from .index import KeyIndex, key_hashes
 from .rows import ConcatRows, Rows, StoreRows
@@ -66,10 +67,6 @@ UNKNOWN_START = -1  # its value where the response's start is unknown
 RELIST_LIMIT = 100  # listings one refresh may take while compactions delete shards under it
 VERIFIED = "verified.json"  # shards whose checksum matched: name -> [size, mtime_ns]
 RACY_SECONDS = 3.0  # a shard modified more recently than this is checked, never remembered
-
-
-class StoreError(RuntimeError):
-    """A store that cannot be used as asked (wrong fingerprint, missing vectors, I/O failure)."""
 
 
 def store_dir(cache_dir: str | os.PathLike, fp: str) -> Path:
