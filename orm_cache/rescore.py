@@ -23,7 +23,8 @@ import numpy as np
 from .config import RunSpec, TextRecipe
 from .data.chat import TextBuilder, response_value
 from .data.ingest import FILE_EXTS, DataError, encoder_model, parse_label, prompt_field, read_rows, trace_key
-from .data.readers import file_format
+from .data.groups import GroupIds
+from .data.readers import BadRow, file_format
 from .errors import ConfigError
 from .head import Head
 from .outputs import AtomicOutputs, check_not_input
@@ -266,8 +267,10 @@ class _Job:
         """Yield ``(row, parse(where, row))`` for every row ``parse`` accepts; a DataError stops
         the run, or with --skip-invalid sends the row and its reason to the side file. ``again``:
         a second reading of the same input, whose bad rows were sent there the first time."""
-        for lineno, row in read_rows(self.input_path):
+        for lineno, row in read_rows(self.input_path, lenient=self.rejected is not None):
             try:
+                if isinstance(row, BadRow):  # a line that is not a readable JSON object
+                    raise DataError(row.reason)
                 parsed = parse(f"{self.input_path}:{lineno}", row)
             except DataError as e:
                 if self.rejected is None:
@@ -421,6 +424,7 @@ def rank_file(head_path, input_path, output_path, group_by: str, top_k: int | No
     job = _job(head_path, input_path, output_path, cache_dir, cols, skip_invalid, device, batch_tokens, quiet, store,
                feature)
     has_labels = None
+    group_ids = GroupIds(group_by)
 
     def parse(where, row):
         nonlocal has_labels
@@ -428,14 +432,12 @@ def rank_file(head_path, input_path, output_path, group_by: str, top_k: int | No
         if g is None:
             state = "missing" if group_by not in row else "null"
             raise DataError(f"{where}: group column {group_by!r} is {state} (columns: {sorted(row)})")
-        if not isinstance(g, (str, int, float, bool)):
-            raise DataError(f"{where}: group column {group_by!r} must be a string or a number, got "
-                            f"{type(g).__name__}")
+        g = group_ids.check(g, where)
         key, text, start = job.text_of(where, row)
         if has_labels is None:
             has_labels = bool(label_col) and label_col in row
         label = parse_label(row.get(label_col), where, label_col) if has_labels else None
-        return key, text, start, row[group_by], label
+        return key, text, start, g, label
 
     with AtomicOutputs() as outputs:
         out = job.outputs(output_path, outputs)

@@ -60,6 +60,17 @@ def default_head_path(cache_dir, fp: str, feature: str, cfg: HeadConfig, data: d
                                         f"{cfg.objective}-{cfg.solver}-seed{cfg.seed}-{digest}.pt")
 
 
+def check_distinct(a, b, flag: str, other: str) -> None:
+    """Refuse split ``b`` (named by ``flag``) when it holds the same rows as split ``a``: a file
+    without a split column is read whole for every --split, and selecting or reporting on the
+    training rows would measure how well the head fits them (and --refit would count them twice)."""
+    if a.identity["pairs_sha256"] == b.identity["pairs_sha256"] or a.texts.keys() == b.texts.keys():
+        why = (f"{b.source} has no split column, so every --split reads all of it" if a.source == b.source else
+               f"{a.source} and {b.source} hold the same rows")
+        raise UserError(f"{flag} {b.split} is the same rows as {other} {a.split} ({why}); give data with separate "
+                        "splits (a directory of split files, or a 'split' column)")
+
+
 def sweep_head_path(cache_dir, fp: str, cfgs, select_on: str, select_by: str, refit: bool, data) -> Path:
     """``cache/heads/sweep-best-<fingerprint>-<digest>.pt``; the digest covers the configurations,
     the selection rule and the training pairs."""
@@ -371,6 +382,11 @@ def sweep_heads(data_spec: DataSpec, enc_spec: EncoderSpec, base: HeadConfig, gr
     cfgs = expand(replace(base, feature=base.feature or vs.columns[0]), grids)
     select_spec = replace(data_spec, split=select_on)
     train_data, select_data = load_split(data_spec, vs.spec()), load_split(select_spec, vs.spec())  # read once
+    check_distinct(train_data, select_data, "--select-on", "the training --split")
+    if report_on:
+        report_data = load_split(replace(data_spec, split=report_on), vs.spec())
+        check_distinct(train_data, report_data, "--report-on", "the training --split")
+        check_distinct(select_data, report_data, "--report-on", "--select-on")
     path = Path(out) if out else sweep_head_path(cache_dir, vs.fp, cfgs, select_on, select_by, refit, train_data)
     check_head_target(path, overwrite, given=out is not None)
     if refit and train_data.kind != select_data.kind:

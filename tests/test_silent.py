@@ -229,3 +229,157 @@ def test_output_equal_to_input_is_refused_before_reading(world, tmp_path, comman
         r = run(command, "--head", world["head"], "--input", inp, "--output", out, "--cache-dir", world["cache"], *extra)
         assert "is the input this command reads" in one_line(r)
     assert inp.read_bytes() == before
+
+
+# ------------------------------------------------------------------ item 2: one meaning, or refused
+
+def _load(data, split="train", **kw):
+    from orm_cache.config import DataSpec
+    from orm_cache.data import load_split
+
+    return load_split(DataSpec(data=str(data), split=split, **kw))
+
+
+def test_a_split_column_on_some_rows_only_is_refused_naming_the_row(tmp_path):
+    rows = pointwise_rows(4)
+    for r in rows[:8]:
+        r["split"] = "train"
+    f = write_jsonl(tmp_path / "d.jsonl", rows)
+    for split in ("train", "test"):
+        with pytest.raises(errors.DataError, match=rf"d.jsonl:9: this row has no value in column 'split' but row 1 has one"):
+            _load(f, split)
+    rows[0].pop("split")  # the other way round: the first row has none
+    write_jsonl(f, rows)
+    with pytest.raises(errors.DataError, match=r"d.jsonl:2: this row has a value in column 'split' but row 1 has none"):
+        _load(f, "test")
+
+
+def test_a_split_no_row_has_is_refused_listing_the_present_ones(tmp_path):
+    rows = pointwise_rows(4)
+    for i, r in enumerate(rows):
+        r["split"] = "train" if i < 8 else "test"
+    f = write_jsonl(tmp_path / "d.jsonl", rows)
+    assert len(_load(f, "test").keys) == 8 and len(_load(f, "train").keys) == 8
+    with pytest.raises(errors.DataError, match=r"no row has split 'tset'; its split column holds test, train"):
+        _load(f, "tset")
+    # a file without a split column is still used whole, whatever --split says (documented)
+    plain = write_jsonl(tmp_path / "plain.jsonl", pointwise_rows(4))
+    assert len(_load(plain, "anything").keys) == 16
+
+
+def test_selection_or_report_on_the_training_rows_is_refused(world):
+    one = write_jsonl(world["root"] / "one" / "all.jsonl", pointwise_rows(6))
+    common = ("--data", one, "--model", world["model"], "--cache-dir", world["cache"], "--grid", "l2=0.1,1",
+              "--solver", "lbfgs", "-q")
+    out = one_line(run("sweep", *common, "--select-on", "validation"))
+    assert "--select-on validation is the same rows as the training --split train" in out and "no split column" in out
+    # --report-on: a directory whose test file is a copy of train
+    d = world["root"] / "copied"
+    write_pointwise_splits(d)
+    shutil.copy(d / "train.jsonl", d / "test.jsonl")
+    out = one_line(run("sweep", *common[:1], d, *common[2:], "--report-on", "test", "--refit"))
+    assert "--report-on test is the same rows as the training --split train" in out
+    assert not list((world["cache"] / "heads").glob("sweep-best-*"))  # refused before anything was trained
+
+
+def test_a_json_object_with_a_key_twice_is_refused(tmp_path):
+    f = tmp_path / "d.jsonl"
+    good = json.dumps({"text": "fine", "label": 1, "group": "a"})
+    f.write_text(good + '\n{"text": "good", "text": "evil", "label": 1, "label": 0}\n')
+    with pytest.raises(errors.DataError, match=r"d.jsonl:2: a JSON object names the key 'text' twice"):
+        _load(f)
+    nested = tmp_path / "n.json"  # a JSON array, and a duplicate inside a message
+    nested.write_text('[{"messages": [{"role": "user", "content": "a", "content": "b"}], "label": 1}]')
+    with pytest.raises(errors.DataError, match=r"n.json: a JSON object names the key 'content' twice"):
+        _load(nested)
+    csv = tmp_path / "d.csv"
+    csv.write_text("text,label,text\nx,1,y\n")
+    with pytest.raises(errors.DataError, match=r"d.csv:1: the header names column 'text' twice"):
+        _load(csv)
+
+
+def test_one_split_in_two_formats_is_refused_and_hub_shards_are_one_split(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    d = write_pointwise_splits(tmp_path / "d")
+    pq.write_table(pa.Table.from_pylist(pointwise_rows(3, seed=9)), d / "train.parquet")
+    with pytest.raises(errors.DataError, match=r"split 'train' is given 2 ways \(train.jsonl; train.parquet\)"):
+        _load(d)
+    (d / "train.parquet").unlink()
+    (d / "dev.jsonl").write_text((d / "validation.jsonl").read_text())
+    with pytest.raises(errors.DataError, match=r"split 'validation' is given 2 ways"):
+        _load(d, "validation")
+    h = tmp_path / "hub" / "data"
+    rows = pointwise_rows(6)
+    h.mkdir(parents=True)
+    for i in range(3):
+        pq.write_table(pa.Table.from_pylist(rows[8 * i:8 * i + 8]), h / f"train-0000{i}-of-00003.parquet")
+    assert len(_load(h.parent).keys) == 24
+
+
+@pytest.mark.parametrize("groups, needle", [
+    ((1, "1"), "holds the string '1', but"),
+    ((1, True), "holds a boolean (True)"),
+    ((1, 2.5), "holds a floating-point number (2.5)"),
+    (("a", {"id": 1}), "holds an object ({'id': 1})"),
+    (("a", ["x"]), "holds a list (['x'])"),
+])
+def test_group_ids_follow_one_rule_in_every_command(world, tmp_path, groups, needle):
+    rows = pointwise_rows(2)
+    first = [r["group"] == "p0" for r in rows]
+    for r, f0 in zip(rows, first):
+        r["group"] = groups[0] if f0 else groups[1]
+    f = write_jsonl(tmp_path / "g.jsonl", rows)
+    with pytest.raises(errors.DataError, match=r"g.jsonl:5: group column 'group' " + needle[:12]):
+        _load(f)
+    out = one_line(run("eval", "--head", world["head"], "--data", f, "--cache-dir", world["cache"]))
+    assert "g.jsonl:5: group column 'group'" in out and ("must be a string or an integer" in out or "one type" in out)
+    out = one_line(run("rank", "--head", world["head"], "--input", f, "--output", tmp_path / "r.jsonl",
+                       "--group-by", "group", "--cache-dir", world["cache"]))
+    assert "g.jsonl:5: group column 'group'" in out
+    # one type per column is fine, and then every command groups alike
+    for r, f0 in zip(rows, first):
+        r["group"] = 7 if f0 else 8
+    write_jsonl(f, rows)
+    assert set(_load(f).groups) == {7, 8}
+
+
+def test_a_malformed_line_under_skip_invalid_is_set_aside_like_any_bad_row(world, tmp_path):
+    rows = pointwise_rows(2)
+    f = tmp_path / "in.jsonl"
+    lines = [json.dumps(r) for r in rows]
+    lines[2] = '{"text": "cut off'
+    lines[4] = '{"text": "twice", "text": "again", "label": 1, "group": "p1"}'
+    lines[5] = json.dumps({"text": "bad \udc80 here", "label": 0, "group": "p1"})
+    f.write_text("\n".join(lines) + "\n")
+    out = one_line(run("score", "--head", world["head"], "--input", f, "--output", tmp_path / "o.jsonl",
+                       "--cache-dir", world["cache"]))
+    assert "in.jsonl:3: malformed JSON" in out
+    r = ok("score", "--head", world["head"], "--input", f, "--output", tmp_path / "o.jsonl", "--cache-dir",
+           world["cache"], "--skip-invalid")
+    assert "rejected 3 invalid rows" in r.output, r.output
+    scored = [json.loads(x) for x in open(tmp_path / "o.jsonl")]
+    assert len(scored) == len(rows) - 3
+    side = [json.loads(x) for x in open(tmp_path / "o.jsonl.rejected.jsonl")]
+    assert [s["row"] for s in side] == [3, 5, 6]
+    assert "malformed JSON" in side[0]["reason"] and "names the key 'text' twice" in side[1]["reason"]
+    assert "cannot be encoded as UTF-8" in side[2]["reason"] and "in.jsonl:6" in side[2]["reason"]
+
+
+def test_text_that_cannot_be_utf8_is_named_by_row(tmp_path):
+    rows = pointwise_rows(2)
+    f = tmp_path / "d.jsonl"
+    lines = [json.dumps(r) for r in rows]
+    lines[3] = json.dumps({"text": "x \ud800 y", "label": 0, "group": "p0"})
+    f.write_text("\n".join(lines) + "\n")
+    with pytest.raises(errors.DataError, match=r"d.jsonl:4: text cannot be encoded as UTF-8 \('x ' followed by an "
+                                               r"unpaired surrogate U\+D800\)"):
+        _load(f)
+    # a surrogate pair written as escapes is a real character and is fine
+    lines[3] = json.dumps({"text": "x \U0001F600 y", "label": 0, "group": "p0"})
+    f.write_text("\n".join(lines) + "\n")
+    assert "x \U0001F600 y" in _load(f).texts.values()
+    from orm_cache.data import trace_key
+    with pytest.raises(errors.DataError, match="unpaired surrogate U\\+D800"):
+        trace_key("abc\ud800")

@@ -24,13 +24,19 @@ import numpy as np
 
 from ..config import DataSpec, TextRecipe
 from .chat import TextBuilder, response_value
+from .groups import GroupIds
 from .readers import (FILE_EXTS, SPLIT_ALIASES, DataError, read_rows, source_rows,  # noqa: F401 (re-exported)
                       split_file, split_files)
 
 
 def trace_key(text: str) -> str:
-    """The content address of a trace: sha256 of the exact UTF-8 string fed to the tokenizer."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    """The content address of a trace: sha256 of the exact UTF-8 string fed to the tokenizer
+    (a string UTF-8 cannot encode, one with an unpaired surrogate, is a DataError)."""
+    try:
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    except UnicodeEncodeError as e:
+        raise DataError(f"text {text[max(0, e.start - 30):e.start]!r}… holds an unpaired surrogate "
+                        f"U+{ord(text[e.start]):04X} and cannot be encoded as UTF-8; fix that character") from None
 
 
 def render(template: str, response: str, prompt: str | None) -> str:
@@ -214,6 +220,7 @@ def _validate(spec: DataSpec, source: str, rows, builder: TextBuilder) -> Iterat
     prompt_col = builder.recipe.prompt_col
     reserved = {spec.chosen_col, spec.rejected_col, prompt_col, spec.group_col}
     reserved_pointwise = {spec.text_col, spec.messages_col, spec.label_col, prompt_col, spec.group_col}
+    group_ids = GroupIds(spec.group_col)
 
     def build(row: dict, col: str, where: str, flag: str, prompt) -> tuple[str, int | None]:
         return builder.build(present(row, col, where, flag), prompt, where, col, flag)
@@ -233,7 +240,7 @@ def _validate(spec: DataSpec, source: str, rows, builder: TextBuilder) -> Iterat
         first = row.get(spec.chosen_col) if kind == "pairwise" else row.get(spec.text_col, row.get(spec.messages_col))
         # a conversation carries its prompt in its messages; a plain response needs the column
         prompt = prompt_field(row, builder.prompt_col_for(first), where, spec.require_prompt and isinstance(first, str))
-        group = row.get(spec.group_col)
+        group = group_ids.check(row.get(spec.group_col), where)
         if kind == "pairwise":
             (c, cs), (r, rs) = (build(row, spec.chosen_col, where, "--chosen-col", prompt),
                                 build(row, spec.rejected_col, where, "--rejected-col", prompt))
