@@ -27,7 +27,7 @@ TRUNCATION_SIDES = ("right", "left")
 
 def _check_choice(name: str, value, allowed) -> None:
     if value not in allowed:
-        raise ConfigError(f"{name}={value!r} is not one of {', '.join(map(str, allowed))}")
+        raise ConfigError(f"--{name.replace('_', '-')} {value!r} is not one of {', '.join(map(str, allowed))}")
 
 
 def parse_csv(value: str | tuple | list, cast=str) -> tuple:
@@ -73,7 +73,7 @@ class EncoderSpec:
         if len(set(self.pooling)) != len(self.pooling) or len(set(self.layers)) != len(self.layers):
             raise ConfigError("pooling and layers must not repeat a value")
         if self.max_length < 2:
-            raise ConfigError(f"max_length={self.max_length} must be at least 2")
+            raise ConfigError(f"--max-length {self.max_length} must be at least 2")
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -342,7 +342,7 @@ class DataSpec:
     def __post_init__(self):
         self.recipe  # validates the template
         if self.negatives is not None and self.negatives < 1:
-            raise ConfigError(f"negatives={self.negatives} must be at least 1")
+            raise ConfigError(f"--negatives {self.negatives} must be at least 1")
         if isinstance(self.keep_columns, str):
             raise ConfigError(f"keep_columns must be a sequence of column names, got the string {self.keep_columns!r}")
         object.__setattr__(self, "keep_columns", tuple(self.keep_columns))
@@ -397,7 +397,7 @@ class RunSpec:
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)} must be at least 1")
         if not 0 <= self.shard_index < self.num_shards:
-            raise ConfigError(f"shard_index={self.shard_index} must be in [0, {self.num_shards})")
+            raise ConfigError(f"--shard-index {self.shard_index} must be in [0, {self.num_shards})")
 
 
 DEFAULT_BATCH_TOKENS = {"cpu": 2048, "cuda": 16384}
@@ -466,7 +466,7 @@ class HeadConfig:
         _check_choice("ensemble_by", self.ensemble_by, ("auto", "seed", "bootstrap"))
         for name in ("hidden", "ensemble"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"{name}={getattr(self, name)} must be at least 1")
+                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)} must be at least 1")
         if self.head == "mlp" and self.solver != "adamw":
             raise ConfigConflict("head=mlp trains with solver=adamw (lbfgs solves the convex linear head exactly)")
         if self.ensemble > 1 and self.solver == "lbfgs" and self.ensemble_by == "seed":
@@ -474,19 +474,19 @@ class HeadConfig:
                                  "deterministic); use ensemble_by=bootstrap")
         object.__setattr__(self, "betas", tuple(float(b) for b in parse_csv(self.betas, float)))
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise ConfigError(f"betas={self.betas} must be two numbers in [0, 1)")
+            raise ConfigError(f"--betas {self.betas} must be two numbers in [0, 1)")
         for name in ("lr", "batch_size", "steps"):
             if getattr(self, name) <= 0:
-                raise ConfigError(f"{name}={getattr(self, name)} must be positive")
+                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)} must be positive")
         _check_choice("init", self.init, ("linear", "zeros"))
         for name in ("weight_decay", "warmup_steps", "grad_clip", "l2", "center_coef"):
             if getattr(self, name) < 0:
-                raise ConfigError(f"{name}={getattr(self, name)} must be >= 0")
+                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)} must be >= 0")
         for name in ("lr", "weight_decay", "grad_clip", "l2", "margin", "center_coef"):
             if not math.isfinite(getattr(self, name)):
-                raise ConfigError(f"{name}={getattr(self, name)} must be a finite number")
+                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)} must be a finite number")
         if self.lbfgs_max_iter < 1:
-            raise ConfigError(f"lbfgs_max_iter={self.lbfgs_max_iter} must be at least 1")
+            raise ConfigError(f"--lbfgs-max-iter {self.lbfgs_max_iter} must be at least 1")
 
     def uses(self, name: str) -> bool:
         """Whether training this configuration reads the field ``name`` (see FIELD_USED_BY)."""

@@ -346,7 +346,7 @@ def score_file(head_path, input_path, output_path, cache_dir="cache", cols: Text
     σ(score) for a pointwise head, whose score is a log-odds) to every row of ``input_path``, in input order, streaming ``chunk_rows`` rows at a time. The output (and
     the side file of rejected rows) replaces an existing file only once its last row is written."""
     if chunk_rows < 1:
-        raise ConfigError(f"chunk_rows={chunk_rows} must be at least 1")
+        raise ConfigError(f"--chunk-rows {chunk_rows} must be at least 1")
     job = _job(head_path, input_path, output_path, cache_dir, cols, skip_invalid, device, batch_tokens, quiet, store,
                feature)
     T = job.head.temperature
@@ -418,9 +418,9 @@ def rank_file(head_path, input_path, output_path, group_by: str, top_k: int | No
     from .evaluate.metrics import best_of_n, best_of_n_curve
 
     if top_k is not None and top_k < 1:
-        raise ConfigError(f"top_k={top_k} must be at least 1 (leave it out to write every row)")
+        raise ConfigError(f"--top-k {top_k} must be at least 1 (leave it out to write every row)")
     if chunk_rows < 1:
-        raise ConfigError(f"chunk_rows={chunk_rows} must be at least 1")
+        raise ConfigError(f"--chunk-rows {chunk_rows} must be at least 1")
     job = _job(head_path, input_path, output_path, cache_dir, cols, skip_invalid, device, batch_tokens, quiet, store,
                feature)
     has_labels = None

@@ -213,7 +213,7 @@ def build_head(vs: VectorStore, sv, cfg: HeadConfig, res) -> Head:
     (refused in one line when training diverged or the vectors are not finite)."""
     from .head.train import check_trained
 
-    check_trained(res)
+    check_trained(res, sv.X)
     train_acc = res.accuracy if res.accuracy is not None else float((margins_of(res.head.score(sv.X), sv.ci, sv.ri) > 0).mean())
     meta = {
         "fingerprint": vs.fp, "encoder_identity": vs.identity(), "encoder_spec": vs.spec(), "feature": sv.feature,
@@ -277,7 +277,7 @@ def evaluate_split(head_path, data_spec: DataSpec, cache_dir="cache", calibrate_
     if by:
         data_spec = replace(data_spec, keep_columns=tuple(dict.fromkeys((*data_spec.keep_columns, *by))))
     sv = load_vectors(data_spec, vs, feature, cache_dir)
-    check_columns(sv.data, by)
+    check_columns(sv.data, by, data_spec.group_col)
     T, note = None, "no calibration split (--calibrate-on ''): reported for T = 1"
     if calibrate_on:
         try:

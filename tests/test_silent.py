@@ -51,7 +51,7 @@ def test_user_errors_share_one_base_and_old_locations_still_import():
     for cls in (ConfigConflict, EncoderError, CheckpointError, ExportError, OutputError, StoreError,
                 errors.DataError, errors.RecipeError, errors.ConfigError):
         assert issubclass(cls, errors.UserError) and getattr(errors, cls.__name__) is cls
-    with pytest.raises(errors.ConfigError, match="solver='sgd' is not one of"):
+    with pytest.raises(errors.ConfigError, match="--solver 'sgd' is not one of"):
         from orm_cache.config import HeadConfig
         HeadConfig(solver="sgd")
 
@@ -383,3 +383,45 @@ def test_text_that_cannot_be_utf8_is_named_by_row(tmp_path):
     from orm_cache.data import trace_key
     with pytest.raises(errors.DataError, match="unpaired surrogate U\\+D800"):
         trace_key("abc\ud800")
+
+
+# ------------------------------------------------------------------ item 6: messages say what is wrong
+
+@pytest.mark.parametrize("solver", ["adamw", "lbfgs"])
+def test_non_finite_training_vectors_are_named_not_blamed_on_the_lr(solver):
+    from orm_cache.config import HeadConfig
+    from orm_cache.head import train
+    from orm_cache.head.train import check_trained
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 8)).astype(np.float32)
+    X[[3, 17]] = np.nan
+    ci, ri = np.arange(0, 40, 2), np.arange(1, 40, 2)
+    res = train(X, ci, ri, HeadConfig(solver=solver, steps=20))
+    with pytest.raises(errors.StoreError, match="2 of the 40 training vectors hold NaN or Inf: the store is damaged, "
+                                                "training did not diverge"):
+        check_trained(res, X)
+
+
+def test_eval_by_group_explains_that_the_group_is_the_problem_id(world):
+    out = one_line(run("eval", "--head", world["head"], "--data", world["data"], "--split", "test", "--cache-dir",
+                       world["cache"], "--by", "group"))
+    assert "'group' is the group column, the problem id each candidate answers" in out and "rank --group-by" in out
+
+
+@pytest.mark.parametrize("args, flag", [
+    (("fit-head", "--lr", "-1"), "--lr -1.0 must be positive"),
+    (("fit-head", "--steps", "0"), "--steps 0 must be positive"),
+    (("fit-head", "--betas", "0.9,1.5"), "--betas"),
+    (("fit-head", "--negatives", "0"), "--negatives 0 must be at least 1"),
+    (("score", "--chunk-rows", "0"), "'--chunk-rows': 0 is not in the range"),
+])
+def test_a_bad_option_value_names_the_option(world, tmp_path, args, flag):
+    if args[0] == "score":
+        inp = write_jsonl(tmp_path / "in.jsonl", pointwise_rows(1))
+        extra = ("--head", world["head"], "--input", inp, "--output", tmp_path / "o.jsonl", "--cache-dir", world["cache"])
+    else:
+        extra = ("--data", world["data"], "--model", world["model"], "--cache-dir", world["cache"], "--out",
+                 tmp_path / "h.pt")
+    r = run(*args, *extra)
+    assert r.exit_code in (1, 2) and "Traceback" not in r.output and flag in r.output, r.output

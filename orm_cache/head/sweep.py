@@ -142,6 +142,8 @@ def expand(base: HeadConfig, grids: Grid | list[Grid]) -> list[HeadConfig]:
                 cfgs.append(replace(base, **dict(zip(keys, combo))))
             except ConfigConflict as e:  # e.g. head=mlp x solver=lbfgs: not a configuration
                 conflicts.append(str(e))
+            except ConfigError as e:  # a value no configuration takes: name the grid field
+                raise ConfigError(f"grid {' '.join(f'{k}={v}' for k, v in zip(keys, combo))}: {e}") from None
         if conflicts:
             if not cfgs:
                 raise ConfigError(f"no combination of the grid can train: {conflicts[0]}")

@@ -114,10 +114,19 @@ def finish_members(head: Head, X, ci, ri, cfgs: list[HeadConfig], seconds: list[
             for k, m in enumerate(members)]
 
 
-def check_trained(res: TrainResult) -> TrainResult:
-    """``res`` when its head scored its training traces with numbers; else the one-line reason
-    (:meth:`Head.finite`): the weights diverged, or the vectors hold NaN or Inf."""
+def check_trained(res: TrainResult, X=None) -> TrainResult:
+    """``res`` when its head scored its training traces with numbers; else the one-line reason:
+    the training vectors ``X`` hold NaN or Inf (a damaged store, named as such: lowering --lr
+    would not help), or else the weights diverged (:meth:`Head.finite`)."""
     if not np.isfinite(res.final_loss):
+        if X is not None:
+            bad = sum(int((~np.isfinite(block).all(axis=1)).sum()) for _, block in as_rows(X).blocks(np.float32))
+            if bad:
+                from ..errors import StoreError
+
+                raise StoreError(f"{bad:,} of the {len(X):,} training vectors hold NaN or Inf: the store is damaged, "
+                                 "training did not diverge; run orm-cache cache check --fix, then embed again "
+                                 "(no head was saved)")
         res.head.finite(np.array([np.nan]))
     return res
 
