@@ -425,3 +425,40 @@ def test_a_bad_option_value_names_the_option(world, tmp_path, args, flag):
                  tmp_path / "h.pt")
     r = run(*args, *extra)
     assert r.exit_code in (1, 2) and "Traceback" not in r.output and flag in r.output, r.output
+
+
+# ------------------------------------------------------------------ item 3: a score is a function of text and head
+
+def test_cached_scores_are_bit_identical_whatever_the_chunking_order_or_door(world, tmp_path):
+    from orm_cache.data.ingest import trace_key
+    from orm_cache.head import Head
+    from orm_cache.store import VectorStore, store_dir
+
+    rows = [r for name in ("train", "validation", "test")
+            for r in map(json.loads, open(world["data"] / f"{name}.jsonl"))]
+    inp = write_jsonl(tmp_path / "in.jsonl", rows)
+    rev = write_jsonl(tmp_path / "rev.jsonl", rows[::-1])
+    common = ("--head", world["head"], "--cache-dir", world["cache"], "-q")
+
+    def scores(path, out, *extra, command="score"):
+        r = ok(command, *common, "--input", path, "--output", out, *extra)
+        assert "0 embedded now" in r.output or "embedded" not in r.output, r.output
+        return {trace_key(x["text"]): np.float32(x["score"]) for x in map(json.loads, open(out))}
+
+    want = scores(inp, tmp_path / "a.jsonl", "--chunk-rows", "1000")
+    for chunk in ("1", "7", "13", "50"):
+        got = scores(inp, tmp_path / f"c{chunk}.jsonl", "--chunk-rows", chunk)
+        assert all(got[k].tobytes() == want[k].tobytes() for k in want), chunk
+    got = scores(rev, tmp_path / "rev-out.jsonl", "--chunk-rows", "7")
+    assert all(got[k].tobytes() == want[k].tobytes() for k in want)
+    got = scores(rev, tmp_path / "rank.jsonl", "--group-by", "group", command="rank")
+    assert all(got[k].tobytes() == want[k].tobytes() for k in want)
+    # the library: one vector at a time, or all at once, in any order
+    head = Head.load(world["head"])
+    vs = VectorStore(store_dir(world["cache"], head.fingerprint), head.fingerprint)
+    keys = list(want)
+    X = vs.matrix_at(vs.locate(keys), head.feature).to_numpy()
+    for k, x in zip(keys, X):
+        assert head.score(x[None])[0].tobytes() == want[k].tobytes()
+    perm = np.random.default_rng(0).permutation(len(keys))
+    assert head.score(X[perm]).tobytes() == np.array([want[keys[i]] for i in perm], np.float32).tobytes()
