@@ -758,7 +758,8 @@ def cache_compact(cache_dir, target_rows):
     """Merge many small shards (interrupted or incremental runs) into few large ones.
 
     Safe beside readers and against crashes: merged shards are complete before the originals
-    are deleted, and duplicate keys collapse on read.
+    are deleted, and duplicate keys collapse on read. Every shard, merged or kept, is verified
+    in full first; one that fails is moved to <store>/corrupt/ and listed.
     """
     from .store import list_stores
     from .store.check import compact_store
@@ -767,8 +768,11 @@ def cache_compact(cache_dir, target_rows):
     if not stores:
         click.echo(f"no vector stores under {cache_dir}")
     for s in stores:
-        before, after = compact_store(s, target_rows)
+        report: list[str] = []
+        before, after = compact_store(s, target_rows, report)
         click.echo(f"{s['dir']}: {before} shards -> {after}")
+        for line in report:
+            click.echo(f"  {line}")
 
 
 def main():

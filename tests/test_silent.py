@@ -462,3 +462,96 @@ def test_cached_scores_are_bit_identical_whatever_the_chunking_order_or_door(wor
         assert head.score(x[None])[0].tobytes() == want[k].tobytes()
     perm = np.random.default_rng(0).permutation(len(keys))
     assert head.score(X[perm]).tobytes() == np.array([want[keys[i]] for i in perm], np.float32).tobytes()
+
+
+# ------------------------------------------------------------------ item 1: every vector used is checked
+
+def _damaged_copy(world, tmp_path):
+    """A copy of the world's cache whose shards are remembered as verified (verified.json), then
+    one vector of the test split rewritten in place with the shard's size and mtime kept."""
+    import os
+
+    from orm_cache.data.ingest import trace_key
+    from orm_cache.head import Head
+    from orm_cache.store import VectorStore, shards, store_dir
+
+    cache = tmp_path / "cache"
+    shutil.copytree(world["cache"], cache)
+    head = Head.load(world["head"])
+    d = store_dir(cache, head.fingerprint)
+    (d / shards.VERIFIED).write_text(json.dumps({p.name: shards._stat_key(p) for p in shards.list_shards(d)}))
+    key = trace_key(json.loads(open(world["data"] / "test.jsonl").readline())["text"])
+    vs = VectorStore(d, head.fingerprint)
+    stored = vs.matrix([key], head.feature).parts[0].dtype  # float32 on a CPU
+    vec = vs.vectors([key], head.feature, dtype=stored)[0]
+    for path in shards.list_shards(d):
+        data = bytearray(path.read_bytes())
+        at = data.find(vec.tobytes())
+        if at >= 0:
+            st = path.stat()
+            patch = (vec[:4] * stored.type(-1.5)).tobytes()  # finite, plausible, wrong
+            data[at:at + len(patch)] = patch
+            path.write_bytes(bytes(data))
+            os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+            return cache, path
+    raise AssertionError("vector not found")
+
+
+def test_a_shard_changed_in_place_with_size_and_mtime_kept_stops_the_command_naming_it(world, tmp_path):
+    cache, bad = _damaged_copy(world, tmp_path)
+    before = ok("eval", "--head", world["head"], "--data", world["data"], "--split", "test", "--cache-dir",
+                world["cache"], "-q")
+    assert "accuracy" in before.output
+    out = one_line(run("eval", "--head", world["head"], "--data", world["data"], "--split", "test", "--cache-dir",
+                       cache, "-q"))
+    assert f"shard {bad}" in out and "do not match the checksum written with them" in out
+    inp = write_jsonl(tmp_path / "in.jsonl", [json.loads(x) for x in open(world["data"] / "test.jsonl")])
+    out = one_line(run("score", "--head", world["head"], "--input", inp, "--output", tmp_path / "o.jsonl",
+                       "--cache-dir", cache, "-q"))
+    assert bad.name in out and not (tmp_path / "o.jsonl").exists()
+    out = one_line(run("fit-head", "--data", world["data"], "--split", "test", "--model", world["model"],
+                       "--cache-dir", cache, "--out", tmp_path / "h.pt", "--eval-split", "", "-q"))
+    assert bad.name in out and not (tmp_path / "h.pt").exists()
+    # a command that uses no vector of the damaged block is not stopped by it
+    out = ok("eval", "--head", world["head"], "--data", world["data"], "--split", "train", "--cache-dir", cache, "-q")
+    # cache check names it, compact quarantines it; afterwards the rows are simply missing (embed again)
+    r = run("cache", "check", "--cache-dir", cache)
+    assert r.exit_code == 1 and f"BAD {bad}" in r.output
+    r = ok("cache", "compact", "--cache-dir", cache)
+    assert f"moved {bad.name} to corrupt/" in r.output and not bad.exists()
+
+
+def test_a_shard_without_block_checksums_stays_readable_and_is_checked_whole(tmp_path):
+    import zlib
+
+    import pyarrow as pa
+
+    from orm_cache.store import ShardWriter, VectorStore, shards
+    from orm_cache.store.blocks import META_BLOCKS
+
+    d = tmp_path / "s"
+    d.mkdir()
+    w = ShardWriter(d, "f" * 64, {"schema_version": 1}, ("last@-1",), 4, "float16", shard_rows=100)
+    X = np.arange(12, dtype=np.float16).reshape(3, 4)
+    w.add(["a" * 64, "b" * 64, "c" * 64], np.ones(3), np.zeros(3, bool), {"last@-1": X})
+    new = w.flush()
+    table = pa.ipc.open_file(pa.memory_map(str(new))).read_all()
+    assert META_BLOCKS in table.schema.metadata
+    # the same rows as an older orm-cache wrote them: one batch, no block checksums
+    old_schema = table.schema.with_metadata({k: v for k, v in table.schema.metadata.items() if k != META_BLOCKS})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, old_schema) as writer:
+        writer.write_table(table.cast(old_schema))
+    data = sink.getvalue().to_pybytes()
+    new.unlink()
+    old = d / f"0000-old.{zlib.crc32(data):08x}.arrow"
+    old.write_bytes(data)
+    vs = VectorStore(d, "f" * 64)
+    assert vs.skipped == [] and vs.vectors(["b" * 64], dtype=np.float16).tolist() == [X[1].tolist()]
+    damaged = bytearray(data)
+    at = damaged.find(X[1].tobytes())
+    damaged[at] ^= 1
+    old.write_bytes(bytes(damaged))  # a new mtime: the whole-file checksum is read again and fails
+    with pytest.warns(UserWarning, match="checksum mismatch"):
+        vs = VectorStore(d, "f" * 64)
+    assert "b" * 64 not in vs

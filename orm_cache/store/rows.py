@@ -250,10 +250,21 @@ class StoreRows(Rows):
         jump[1:] = (np.diff(self.part) != 0) | (np.diff(self.row) != 1)
         self._jumps = np.cumsum(jump)  # (U,): rows a..b-1 are one slice iff _jumps[a] == _jumps[b-1]
         self._tparts: dict[int, torch.Tensor] = {}
+        self._verified = np.zeros(len(parts), bool)  # parts checked against their block checksums
+
+    def _verify(self, p: int) -> None:
+        """Check part ``p`` (one record batch of one shard) against the checksum written with it,
+        the first time it is read (:func:`~orm_cache.store.blocks.verify`; once per process)."""
+        if not self._verified[p]:
+            from .blocks import verify
+
+            verify(self.parts[p])
+            self._verified[p] = True
 
     def _read(self, a, b, out, tout):
         if self._jumps[a] == self._jumps[b - 1]:  # one slice of one part: read in place
             p, r = int(self.part[a]), int(self.row[a])
+            self._verify(p)
             src = self.parts[p][r:r + b - a]  # (b - a, D) view of the map
             if src.dtype == out.dtype:
                 return src
@@ -270,6 +281,7 @@ class StoreRows(Rows):
 
     def _gather_into(self, part, row, out):
         for p in np.unique(part):
+            self._verify(int(p))
             sel = np.flatnonzero(part == p)
             out[sel] = self.parts[int(p)][row[sel]]  # (n, D) gathered, cast by NumPy (a few rows)
         return out
