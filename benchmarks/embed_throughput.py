@@ -36,7 +36,7 @@ from _common import GSM8K, gsm8k_pointwise, median_time, publish, table  # noqa:
 
 def load_texts(limit: int, seed: int = 0) -> tuple[list[str], str]:
     from orm_cache.config import DEFAULT_TEMPLATE
-    from orm_cache.data import render
+    from orm_cache.text import TextRecipe
 
     if (GSM8K / "model_solutions_dev.jsonl").exists():
         rows, source = gsm8k_pointwise(), "GSM8K model solutions (question + solution)"
@@ -44,7 +44,7 @@ def load_texts(limit: int, seed: int = 0) -> tuple[list[str], str]:
         from orm_cache.data.synthetic import make_pointwise
 
         rows, source = make_pointwise(max(1, limit // 6 + 1), seed, 6), "synthetic set (GSM8K data absent)"
-    texts = list(dict.fromkeys(render(DEFAULT_TEMPLATE, r["text"], r["prompt"]) for r in rows))
+    texts = list(dict.fromkeys(TextRecipe(DEFAULT_TEMPLATE).render(r["text"], r["prompt"]) for r in rows))
     random.Random(seed).shuffle(texts)
     return texts[:limit], source
 

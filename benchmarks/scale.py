@@ -295,17 +295,17 @@ def padding_waste(chunk: int, n: int) -> tuple[list[list], str]:
     from _common import GSM8K, gsm8k_pointwise
 
     from orm_cache.config import DEFAULT_TEMPLATE
-    from orm_cache.data import render
+    from orm_cache.text import TextRecipe
     from orm_cache.encode import token_budget_batches
     from orm_cache.testing import build_tokenizer
 
     if (GSM8K / "model_solutions_dev.jsonl").exists():
-        texts = [render(DEFAULT_TEMPLATE, r["text"], r["prompt"]) for r in gsm8k_pointwise()]
+        texts = [TextRecipe(DEFAULT_TEMPLATE).render(r["text"], r["prompt"]) for r in gsm8k_pointwise()]
         source = "GSM8K"
     else:
         from orm_cache.data.synthetic import make_pointwise
 
-        texts = [render(DEFAULT_TEMPLATE, r["text"], r["prompt"]) for r in make_pointwise(800, 0, 6)]
+        texts = [TextRecipe(DEFAULT_TEMPLATE).render(r["text"], r["prompt"]) for r in make_pointwise(800, 0, 6)]
         source = "the synthetic set"
     tok = build_tokenizer()
     pool = np.minimum([len(x) for x in tok(texts)["input_ids"]], 512)

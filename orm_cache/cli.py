@@ -77,6 +77,8 @@ overwrite_option = click.option(
 
 chat_template_option = _opt(DataSpec, "chat_template", "--chat-template", default=None, show_default=False,
                             metavar="FILE")
+recipe_option = _opt(DataSpec, "recipe_kind", "--recipe", default=None, show_default=False,
+                     type=click.Choice(["auto", "template", "chat", "trl"]))
 
 
 def data_options(f):
@@ -93,6 +95,7 @@ def data_options(f):
         _opt(DataSpec, "group_col", default=d.group_col),
         _opt(DataSpec, "prompt_col", default=None, show_default=False),
         chat_template_option,
+        recipe_option,
         _opt(DataSpec, "negatives", type=int, default=None, show_default=False),
         _opt(DataSpec, "pair_seed", type=int, default=d.pair_seed),
         _opt(DataSpec, "drop_duplicate_pairs", "--drop-duplicate-pairs/--keep-duplicate-pairs", default=False),
@@ -197,9 +200,10 @@ def cli():
 @encoder_options
 @run_options
 def embed(**kw):
-    """Stage 1: embed every distinct trace of a split the store lacks.
+    """Stage 1: embed every distinct trace of one or more splits the store lacks.
 
-    Reads --data/--split, keys each text by the sha256 of the exact string fed to the tokenizer,
+    Reads --data/--split (several: --split train,validation,test, one model load), builds each
+    text by the recipe (--recipe), keys it by the sha256 of the exact string fed to the tokenizer,
     and runs the frozen encoder only over keys not yet in the store for this encoder's
     fingerprint. Interrupted runs resume: the next run embeds only what is missing.
 
@@ -207,28 +211,29 @@ def embed(**kw):
     Example (GPU, reference encoder):
       orm-cache embed --data LossFunctionLover/orm-pairwise-preference-pairs --split train
     """
-    from .encode import embed_split
+    from .encode import embed_splits
     from .store import short
 
     setup_logging(kw["quiet"])
     data_spec, enc_spec = build(DataSpec, kw), build(EncoderSpec, kw)
-    split, report, dist = embed_split(data_spec, enc_spec, build(RunSpec, kw))
-    if dist is not None and not dist.is_main:
-        return
-    click.echo(f"{split.source}: {split.rows:,} rows ({split.kind}), {report.texts:,} distinct texts")
-    part = f" (this part: {report.assigned:,})" if kw["num_shards"] > 1 else ""
-    ranks = f" over {report.ranks} ranks" if report.ranks > 1 else ""
-    click.echo(f"cached already: {report.cached:,}   to embed: {report.texts - report.cached:,}{part}{ranks}")
-    if report.embedded:
-        click.echo(f"embedded {report.embedded:,} texts in {report.batches:,} batches, {report.encode_seconds:.1f}s "
-                   f"(+{report.load_seconds:.1f}s model load): "
-                   f"{report.texts_per_s:,.1f} texts/s, {report.tokens_per_s:,.0f} tokens/s "
-                   f"(padding {1 - report.tokens / max(report.padded_tokens, 1):.1%}); "
-                   f"{report.truncated:,} truncated to {enc_spec.max_length} tokens")
-    if report.response_fallback:
-        click.echo(f"response_mean: {report.response_fallback:,} texts had no response tokens to pool (start "
-                   "unknown, or truncation removed the response) and were averaged over every token")
-    click.echo(f"store: {report.store}  (fingerprint {short(report.fingerprint)}, {report.shards} new shards)")
+    for split, report, dist in embed_splits(data_spec, enc_spec, build(RunSpec, kw)):
+        if dist is not None and not dist.is_main:
+            continue
+        click.echo(f"{split.source} [{split.spec.split}]: {split.rows:,} rows ({split.kind}), {report.texts:,} distinct texts")
+        part = f" (this part: {report.assigned:,})" if kw["num_shards"] > 1 else ""
+        ranks = f" over {report.ranks} ranks" if report.ranks > 1 else ""
+        click.echo(f"cached already: {report.cached:,}   to embed: {report.texts - report.cached:,}{part}{ranks}")
+        if report.embedded:
+            click.echo(f"embedded {report.embedded:,} texts in {report.batches:,} batches, {report.encode_seconds:.1f}s "
+                       f"(+{report.load_seconds:.1f}s model load): "
+                       f"{report.texts_per_s:,.1f} texts/s, {report.tokens_per_s:,.0f} tokens/s "
+                       f"(padding {1 - report.tokens / max(report.padded_tokens, 1):.1%}); "
+                       f"{report.truncated:,} truncated to {enc_spec.max_length} tokens")
+        if report.response_fallback:
+            click.echo(f"response_mean: {report.response_fallback:,} texts had no response tokens to pool (start "
+                       "unknown, or truncation removed the response) and were averaged over every token")
+        shards = f"{report.shards} new shard" + ("" if report.shards == 1 else "s")
+        click.echo(f"store: {report.store}  (fingerprint {short(report.fingerprint)}, {shards})")
 
 
 def head_options(f):
@@ -506,10 +511,12 @@ def rescore_options(f):
         click.option("--messages-col", default="messages", show_default=True,
                      help="Column of a conversation, used when a row has no --text-col column."),
         click.option("--prompt-col", default=None,
-                     help="Column joined in front with --template ('' for none) [default: the head's recorded recipe].",
+                     help="Column of the prompt, joined to each response by the head's recipe wherever a row has it "
+                          "('' for none) [default: prompt].",
                      envvar=f"{ENV}_PROMPT_COL", show_envvar=True),
         _opt(DataSpec, "template", "--template", default=None, show_default=False),
         chat_template_option,
+        recipe_option,
         override_recipe_option,
         store_option,
         click.option("--feature", default=None, help="Vector column [default: the head's; last@-1 for a "
@@ -538,7 +545,7 @@ def _rescore_summary(s, verb: str) -> None:
 @click.option("--chunk-rows", type=click.IntRange(min=1), default=50_000, show_default=True,
               help="Rows read, scored and written at a time (bounds memory).")
 def score(head_path, input_path, output_path, text_col, messages_col, prompt_col, template, chat_template,
-          override_recipe, store, feature, cache_dir, skip_invalid, device, batch_tokens, quiet, chunk_rows):
+          recipe_kind, override_recipe, store, feature, cache_dir, skip_invalid, device, batch_tokens, quiet, chunk_rows):
     """Offline re-scoring: add a score column to every row of a file, in input order.
 
     Texts already in the store for the head's encoder are scored without loading any model;
@@ -549,7 +556,7 @@ def score(head_path, input_path, output_path, text_col, messages_col, prompt_col
 
     setup_logging(quiet)
     s = score_file(head_path, input_path, output_path, cache_dir,
-                   TextColumns(text_col, prompt_col, template, override_recipe, chat_template, messages_col),
+                   TextColumns(text_col, prompt_col, template, override_recipe, chat_template, messages_col, recipe_kind),
                    chunk_rows, skip_invalid, device,
                    batch_tokens, quiet, store, feature)
     _rescore_summary(s, "scored")
@@ -563,7 +570,7 @@ def score(head_path, input_path, output_path, text_col, messages_col, prompt_col
 @click.option("--label-col", default="label", show_default=True,
               help="When present (0/1), report best-of-N accuracy beside random and oracle.")
 def rank(head_path, input_path, output_path, text_col, messages_col, prompt_col, template, chat_template,
-         override_recipe, store, feature, cache_dir, skip_invalid, device, batch_tokens, quiet, group_by, top_k,
+         recipe_kind, override_recipe, store, feature, cache_dir, skip_invalid, device, batch_tokens, quiet, group_by, top_k,
          label_col):
     """Best-of-N: order candidates within each group by score (rank 1 = best; ties share a rank).
 
@@ -575,7 +582,7 @@ def rank(head_path, input_path, output_path, text_col, messages_col, prompt_col,
 
     setup_logging(quiet)
     s = rank_file(head_path, input_path, output_path, group_by, top_k, cache_dir,
-                  TextColumns(text_col, prompt_col, template, override_recipe, chat_template, messages_col),
+                  TextColumns(text_col, prompt_col, template, override_recipe, chat_template, messages_col, recipe_kind),
                   label_col or None, skip_invalid,
                   device, batch_tokens, quiet, store, feature)
     _rescore_summary(s, "ranked")
@@ -612,7 +619,7 @@ def export_cmd(head_path, out, quiet):
 
     setup_logging(quiet)
     r = export_head(head_path, out)
-    click.echo(f"exported a {r.model_type} reward model ({r.dtype}, pad token id {r.pad_token_id}"
+    click.echo(f"exported a reward model ({r.model_type}, {r.dtype}, pad token id {r.pad_token_id}"
                f"{', added' if r.added_pad_token else ''}) to {r.path}")
     sign = "-" if r.bias >= 0 else "+"
     click.echo(f"logits = orm-cache score {sign} {abs(r.bias):.6g} (the head's bias: this class's score layer has none; "
@@ -710,24 +717,30 @@ def cache():
 @cache_option
 def cache_info(cache_dir):
     """List the stores under --cache-dir: fingerprint, encoder, shards, rows, size."""
-    from .store import VectorStore, list_stores
+    from .store.resolve import cache_summary
 
-    stores = list_stores(cache_dir)
+    stores = cache_summary(cache_dir)
     if not stores:
         click.echo(f"no vector stores under {cache_dir}")
         return
     for s in stores:
-        if s["fingerprint"] is None:
+        if "fingerprint" not in s:
             click.echo(f"{s['dir']}  {s['problem']}; see orm-cache cache check")
             continue
-        rows = len(VectorStore(s["dir"], s["fingerprint"]))
         ident = s["identity"]
         model = ident.get("model", {})
         name = model.get("id") or f"local:{model.get('digest', '?')[:12]}"
+        shards = f"{s['shards']} shard" + ("" if s["shards"] == 1 else "s")
         click.echo(f"{s['dir']}  {name} {ident.get('dtype')} max_length={ident.get('max_length')} "
-                   f"pooling={','.join(ident.get('pooling', []))} layers={','.join(map(str, ident.get('layers', [])))}"
-                   f"  {s['shards']} shards, {rows:,} rows, {s['bytes'] / 2**20:.1f} MiB"
+                   f"truncation_side={ident.get('truncation_side')}  {shards}, {s['texts']:,} texts, "
+                   f"{s['bytes'] / 2**20:.1f} MiB"
                    + (f"  ({s['problem']}: read from the shards; cache check --fix rewrites it)" if s["problem"] else ""))
+        for col, n in s["columns"].items():
+            click.echo(f"  {col:<20} {n:>12,} texts")
+        old = [d for d in s["read_from"] if d != s["dir"]]
+        if old:
+            click.echo(f"  also read from {len(old)} store director{'y' if len(old) == 1 else 'ies'} written before "
+                       f"poolings and layers were columns: {', '.join(old)}")
 
 
 @cache.command("check")

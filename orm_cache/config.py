@@ -11,10 +11,11 @@ import math
 from dataclasses import asdict, dataclass, replace
 
 from .errors import ConfigConflict, ConfigError, RecipeError  # noqa: F401 (ConfigConflict, RecipeError: re-exported)
+from .text.recipe import (DEFAULT_TEMPLATE, TextRecipe, check_template,  # noqa: F401 (re-exported)
+                          read_chat_template)
 
 DEFAULT_MODEL = "facebook/opt-1.3b"
 DEFAULT_DATA = "LossFunctionLover/orm-pairwise-preference-pairs"
-DEFAULT_TEMPLATE = "{prompt}\n\n{response}"
 BUNDLED_MINILM = "bundled-minilm"
 
 DTYPES = ("auto", "float16", "bfloat16", "float32")
@@ -80,6 +81,20 @@ class EncoderSpec:
         """Names of the vector columns this spec stores, e.g. ``last@-1``."""
         return tuple(feature_column(p, l) for l in self.layers for p in self.pooling)
 
+    def with_feature(self, feature: str | None) -> "EncoderSpec":
+        """This spec with the poolings and layers ``feature`` reads added (a malformed feature:
+        unchanged; whoever reads it says what is wrong)."""
+        try:
+            parts = feature_parts(feature) if feature else ()
+            pooling, layers = list(self.pooling), list(self.layers)
+            for part in parts:
+                p, _, layer = part.partition("@")
+                pooling += [p] if p not in pooling else []
+                layers += [int(layer)] if int(layer) not in layers else []
+            return replace(self, pooling=tuple(pooling), layers=tuple(layers))
+        except ValueError:
+            return self
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -126,166 +141,6 @@ def feature_parts(feature: str) -> tuple[str, ...]:
     return parts
 
 
-def check_template(template: str) -> str:
-    """``template`` if it is a ``str.format`` string over ``{prompt}`` and ``{response}`` only
-    (``{response}`` required), else ValueError saying what is wrong."""
-    import string
-
-    try:
-        names = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
-    except ValueError as e:
-        raise ConfigError(f"template {template!r} is not a valid format string ({e}); "
-                         "write literal braces as {{ and }}") from None
-    unknown = sorted({n for n in names if n not in ("prompt", "response")})
-    if unknown:
-        shown = ", ".join("{" + n + "}" for n in unknown)
-        raise ConfigError(f"template {template!r} has unknown placeholder(s) {shown}; only {{prompt}} and "
-                         "{response} are filled in (write literal braces as {{ and }})")
-    if "response" not in names:
-        raise ConfigError(f"template {template!r} must contain {{response}}")
-    return template
-
-
-def read_chat_template(value: str | None) -> str | None:
-    """A chat template given as its Jinja text or as the path of a file holding it -> its text.
-    Text is recognised by Jinja markup (``{{`` or ``{%``); anything else must name a file."""
-    import os
-
-    if value is None or "{{" in value or "{%" in value:
-        return value
-    path = os.path.expanduser(value)
-    if not os.path.isfile(path):
-        raise ConfigError(f"chat template {value!r}: no such file (give a Jinja file, e.g. --chat-template "
-                         "chat.jinja, or the template text itself)")
-    with open(path, encoding="utf-8-sig") as f:
-        text = f.read()
-    if "{{" not in text and "{%" not in text:
-        raise ConfigError(f"chat template {value}: the file holds no Jinja markup ({{{{ … }}}} or {{% … %}}); "
-                         "it renders no messages")
-    return text
-
-
-@dataclass(frozen=True)
-class TextRecipe:
-    """How a row becomes the one text the encoder sees. A head records the recipe of its
-    training texts, and every scorer uses it: a text built another way is another text."""
-
-    template: str = DEFAULT_TEMPLATE
-    """``str.format`` string joining ``{prompt}`` and ``{response}`` (rows with a prompt only)."""
-    prompt_col: str | None = "prompt"
-    """Column holding the prompt; None: the text is the response alone."""
-    chat_template: str | None = None
-    """Jinja chat template that renders conversation rows (lists of ``{"role", "content"}``
-    messages) exactly as the tokenizer's ``apply_chat_template(messages, tokenize=False)`` does.
-    None: the encoder tokenizer's own, taken when the first conversation is met."""
-    chat_tokens: dict | None = None
-    """The special tokens (``bos_token``, ``eos_token``, …) a chat template may refer to, as
-    ``apply_chat_template`` passes them: the encoder tokenizer's, taken with the template."""
-
-    def __post_init__(self):
-        check_template(self.template)
-        object.__setattr__(self, "prompt_col", self.prompt_col or None)
-        if self.chat_template is not None and not isinstance(self.chat_template, str):
-            raise ConfigError(f"chat_template must be a string, got {type(self.chat_template).__name__}")
-        if self.chat_tokens is not None:
-            object.__setattr__(self, "chat_tokens", dict(self.chat_tokens))
-
-    @classmethod
-    def from_options(cls, template: str | None = None, prompt_col: str | None = None,
-                     chat_template: str | None = None) -> "TextRecipe":
-        """From options where None means "not given" (the default) and prompt_col '' means none;
-        ``chat_template`` is the template's text or a file holding it."""
-        d = cls()
-        return cls(d.template if template is None else template, d.prompt_col if prompt_col is None else prompt_col,
-                   read_chat_template(chat_template))
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TextRecipe":
-        """A recipe as a checkpoint records it (keys missing from older heads take their defaults)."""
-        return cls(d.get("template", DEFAULT_TEMPLATE), d.get("prompt_col"), d.get("chat_template"),
-                   d.get("chat_tokens"))
-
-    @classmethod
-    def for_head(cls, recorded: dict | None, template: str | None = None, prompt_col: str | None = None,
-                 override: bool = False, chat_template: str | None = None) -> "TextRecipe":
-        """The recipe to score with for a head that recorded ``recorded`` (None: an old or
-        reference-format head). Options not given (None) take the recorded values; a given
-        value that differs is refused, both shown, unless ``override``. The prompt column may be
-        renamed (another file's name for the same prompts), not dropped or added. A head that recorded no
-        chat template saw no conversations, so any chat template may render them; the chat
-        tokens are always the recorded ones (they are the tokenizer's, not an option)."""
-        if not recorded:
-            return cls.from_options(template, prompt_col, chat_template)
-        rec = cls.from_dict(recorded)
-        chat_template = read_chat_template(chat_template)
-        given = cls(rec.template if template is None else template,
-                    rec.prompt_col if prompt_col is None else prompt_col,
-                    rec.chat_template if chat_template is None else chat_template, rec.chat_tokens)
-        if rec.chat_template is None and not override:  # no conversations in training: nothing to contradict
-            rec = replace(rec, chat_template=given.chat_template)
-        if given.prompt_col and (rec.prompt_col or rec.chat_template):
-            # the column's name maps the data; joining a prompt is the recipe (and a conversation's
-            # prompt messages are part of it in either TRL shape)
-            rec = replace(rec, prompt_col=given.prompt_col)
-        if given != rec and not override:
-            diff = "; ".join(f"{name}: head {_shown(getattr(rec, name))}, given {_shown(getattr(given, name))}"
-                             for name in ("template", "prompt_col", "chat_template")
-                             if getattr(rec, name) != getattr(given, name))
-            raise RecipeError(f"the head was trained on texts built another way ({diff}); a different recipe "
-                              "gives different texts and meaningless scores. Drop the option to use the "
-                              "head's recipe, or add --override-recipe to score this way on purpose")
-        return given
-
-    def render(self, response: str, prompt: str | None) -> str:
-        """Join prompt and response; a missing or empty prompt gives the response itself."""
-        if not prompt:
-            return response
-        return self.template.format(prompt=prompt, response=response)
-
-    def response_start(self, prompt: str | None) -> int:
-        """Character offset of the response in ``render(response, prompt)`` (0 without a prompt)."""
-        if not prompt:
-            return 0
-        offset = _response_offset(self.template)
-        if offset is None:  # a format spec changes the prompt's length: find the response instead
-            mark = "\x00response\x00"
-            return self.render(mark, prompt).index(mark)
-        return offset[0] + offset[1] * len(prompt)
-
-    def to_dict(self) -> dict:
-        """Plain data for a checkpoint; the chat fields only when a chat template was used."""
-        d = asdict(self)
-        for name in ("chat_template", "chat_tokens"):
-            if d[name] is None:
-                del d[name]
-        return d
-
-
-@functools.lru_cache(maxsize=64)
-def _response_offset(template: str) -> tuple[int, int] | None:
-    """Where ``{response}`` lands in ``template`` filled in: (characters of literal text before it,
-    number of ``{prompt}`` fields before it), so the offset is ``fixed + n * len(prompt)``; None
-    when a field before it has a format spec or conversion (its length is not the prompt's)."""
-    import string
-
-    fixed = n = 0
-    for literal, name, spec, conv in string.Formatter().parse(template):
-        fixed += len(literal)
-        if name == "response":
-            break
-        if name is not None:
-            if spec or conv:
-                return None
-            n += 1
-    return fixed, n
-
-
-def _shown(value) -> str:
-    """A recipe value for a message: long chat templates are cut short."""
-    r = repr(value)
-    return r if len(r) <= 80 else r[:60] + f"…' ({len(value)} characters)"
-
-
 @dataclass(frozen=True)
 class DataSpec:
     """Where the traces come from and how they become texts and pairs."""
@@ -326,6 +181,16 @@ class DataSpec:
     chat_tokens: dict | None = None
     """Special tokens the chat template sees (a head's recorded ones; not an option: by default
     the encoder tokenizer's)."""
+    recipe_kind: str | None = None
+    """How rows become texts: template (strings joined by --template, tokenized with special
+    tokens; a one-exchange conversation is its prompt and response), chat (conversations by the
+    chat template, tokenized as apply_chat_template does; a string prompt and response are user
+    and assistant turns), trl (TRL's RewardTrainer: prompt and response joined with no separator
+    and EOS appended; conversations by the chat template), or auto (chat when the first row is a
+    conversation or --chat-template is given, else template). Default: the head's recorded recipe
+    (eval, verify, score, rank), else auto."""
+    eos: bool | None = None
+    """Append the tokenizer's EOS token to template texts (set by the trl recipe; a head's recorded rule)."""
     require_prompt: bool = False
     """Every row must have the prompt column (set for a head whose texts joined prompts: a row
     without it would silently become a bare response, another text)."""
@@ -350,8 +215,17 @@ class DataSpec:
     @property
     def recipe(self) -> "TextRecipe":
         """How this spec's rows become texts (defaults filled in)."""
-        r = TextRecipe.from_options(self.template, self.prompt_col, self.chat_template)
+        r = TextRecipe.from_options(self.template, self.prompt_col, self.chat_template, self.recipe_kind)
+        if self.eos is not None:
+            r = replace(r, eos=self.eos)
         return replace(r, chat_tokens=self.chat_tokens) if self.chat_tokens is not None else r
+
+    def with_recipe(self, recipe: "TextRecipe | dict") -> "DataSpec":
+        """This spec building texts exactly as ``recipe`` (a resolved one, e.g. what a training
+        split used) does: a validation split of the same data then gets the same texts and keys."""
+        r = recipe if isinstance(recipe, TextRecipe) else TextRecipe.from_dict(recipe)
+        return replace(self, template=r.template, chat_template=r.chat_template, chat_tokens=r.chat_tokens,
+                       recipe_kind=r.kind, eos=r.eos)
 
     @property
     def negatives_per_positive(self) -> int:
@@ -556,6 +430,7 @@ __all__ = [
     "HEAD_FIELDS",
     "TextRecipe",
     "RecipeError",
+    "DEFAULT_TEMPLATE",
     "ConfigConflict",
     "check_template",
     "read_chat_template",

@@ -24,8 +24,8 @@ import math
 
 import numpy as np
 
-from .config import EncoderSpec, TextRecipe
-from .data.chat import TextBuilder
+from .config import EncoderSpec
+from .text import TextBuilder, TextRecipe
 from .encode.embedder import encode_texts
 from .errors import DataError
 from .head import CheckpointError, Head
@@ -44,7 +44,8 @@ def encoder_for_head(head: Head, device: str = "auto", model: str | None = None)
                               "score its traces through a store, or train a head with fit-head")
     if model:
         spec["model"] = model
-    encoder = Encoder(EncoderSpec(**spec), device)
+    # the columns the head reads (the recorded spec is its store's first writer's, which may not pool them)
+    encoder = Encoder(EncoderSpec(**spec).with_feature(head.feature), device)
     if head.fingerprint and encoder.fingerprint != head.fingerprint:
         raise StoreError(f"the rebuilt encoder has fingerprint {short(encoder.fingerprint)} but the head "
                          f"was trained on {short(head.fingerprint)} (model files, dtype or tokenizer "
@@ -54,15 +55,18 @@ def encoder_for_head(head: Head, device: str = "auto", model: str | None = None)
 
 class LiveScorer:
     def __init__(self, head: Head | str, device: str = "auto", batch_tokens: int | None = None,
-                 max_batch_size: int = 256, model: str | None = None):
+                 max_batch_size: int = 256, model: str | None = None, override_recipe: bool = False,
+                 **recipe_options):
+        """``recipe_options`` (template, prompt_col, chat_template, preset) override the head's
+        recorded recipe only with ``override_recipe`` (else a difference is refused), as on the CLI."""
         self.head = head if isinstance(head, Head) else Head.load(head)
         self.encoder = encoder_for_head(self.head, device, model)
         self.batch_tokens, self.max_batch_size = batch_tokens, max_batch_size
         from .stage2 import prompt_required
 
-        self.recipe = TextRecipe.for_head(self.head.recipe)
+        self.recipe = TextRecipe.for_head(self.head.recipe, override=override_recipe, **recipe_options)
         self.builder = TextBuilder(self.recipe, self.encoder.spec.model, self.encoder.spec.revision,
-                                   require_prompt=prompt_required(self.head, self.recipe))
+                                   require_prompt=prompt_required(self.head, self.recipe, override_recipe))
 
     def texts(self, responses, prompts=None) -> list[str]:
         """The texts the encoder sees: each response (a string, or a conversation: a list of
@@ -100,12 +104,22 @@ class LiveScorer:
             out.append(self.builder.build(r, p, f"text {i}", "text"))  # DataError is a ValueError
         return out
 
-    def vectors(self, texts: list[str], one_at_a_time: bool = False,
-                starts: list[int | None] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """``(N, D)`` pooled vectors of the head's feature column, and token counts. ``starts``:
-        where each response starts in its text (response_mean; None: the texts are responses alone)."""
+    def vectors(self, texts: list[str], one_at_a_time: bool = False, starts: list[int | None] | None = None,
+                special_tokens: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(N, D)`` pooled vectors of the head's feature column, and token counts, of texts as
+        :meth:`texts` builds them. ``starts``: where each response starts in its text
+        (response_mean; None: the texts are responses alone); ``special_tokens``: whether the
+        tokenizer adds its special tokens (default: as the head's recipe tokenizes)."""
         max_batch = 1 if one_at_a_time else self.max_batch_size
-        return encode_texts(self.encoder, list(texts), self.head.feature, self.batch_tokens, max_batch, starts)
+        if special_tokens is None:
+            special_tokens = self.builder.special_tokens if self.builder.recipe.kind != "auto" else True
+        if starts is not None and None in starts and "response_mean@" in self.head.feature:
+            i = list(starts).index(None)
+            raise DataError(f"text {i}: where its response starts is not known (a string the chat recipe takes as "
+                             f"already rendered), and this head's feature {self.head.feature} pools the response "
+                             "only; give the prompt and the response separately (or the conversation)")
+        return encode_texts(self.encoder, list(texts), self.head.feature, self.batch_tokens, max_batch, starts,
+                            special_tokens)
 
     def score(self, texts: list[str], prompts: list[str | None] | None = None,
               one_at_a_time: bool = False) -> np.ndarray:

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import RunSpec, TextRecipe
-from .data.chat import TextBuilder, response_value
-from .data.ingest import FILE_EXTS, DataError, encoder_model, parse_label, prompt_field, read_rows, trace_key
+from .config import RunSpec
 from .data.groups import GroupIds
+from .data.ingest import FILE_EXTS, DataError, encoder_model, parse_label, read_rows
 from .data.readers import BadRow, file_format
 from .errors import ConfigError
+from .text import TextBuilder, TextRecipe
 from .head import Head
 from .outputs import AtomicOutputs, check_not_input
 from .progress import Progress
@@ -46,10 +46,11 @@ class TextColumns:
     override_recipe: bool = False
     chat_template: str | None = None
     messages_col: str | None = "messages"
+    recipe_kind: str | None = None
 
     def recipe_for(self, head: Head) -> TextRecipe:
         return TextRecipe.for_head(head.recipe, self.template, self.prompt_col, self.override_recipe,
-                                   self.chat_template)
+                                   self.chat_template, self.recipe_kind)
 
     def builder_for(self, head: Head) -> TextBuilder:
         """Builds texts by the head's recipe; a conversation it has no chat template for takes
@@ -76,18 +77,6 @@ class ScoreSummary:
     @property
     def rows_per_s(self) -> float:
         return self.rows / self.seconds if self.seconds else 0.0
-
-
-def row_text(row: dict, text_col: str, recipe: TextRecipe | TextBuilder, where: str,
-             messages_col: str | None = "messages") -> tuple[str, int | None]:
-    """The text of one input row (recipe applied; a conversation rendered by its chat template)
-    and where its response starts in it, or :class:`DataError` naming the row and problem."""
-    builder = recipe if isinstance(recipe, TextBuilder) else TextBuilder(recipe)
-    value, col = response_value(row, where, text_col, messages_col)
-    flag = "--text-col" if col == text_col else "--messages-col"
-    # a conversation carries its prompt in its messages; a plain response needs the column
-    prompt = prompt_field(row, builder.prompt_col_for(value), where, builder.require_prompt and isinstance(value, str))
-    return builder.build(value, prompt, where, col, flag)
 
 
 OUTPUT_EXTS = (".jsonl", ".csv", ".parquet")
@@ -211,27 +200,31 @@ class Rescorer:
         return self._encoder
 
     def scores(self, texts: dict[str, str], summary: ScoreSummary,
-               starts: dict[str, int | None] | None = None) -> dict[str, float]:
+               starts: dict[str, int | None] | None = None, special_tokens: bool = True) -> dict[str, float]:
         """key -> score for every key of ``texts``; embeds and stores the misses first. ``starts``:
         key -> where its response starts (response_mean pools from it; absent: 0); a hit pooled
-        from elsewhere is refused (:func:`~orm_cache.vectors.check_response_starts`)."""
+        from elsewhere is refused (:func:`~orm_cache.vectors.check_response_starts`).
+        ``special_tokens``: how the texts are tokenized (their keys say it too)."""
         from .encode.embedder import embed_texts
         from .vectors import check_response_starts
 
         starts = starts or {}
-        missing = self.store.missing(texts)
+        parts = self.head.feature.split("+")
+        missing = self.store.missing(texts, parts)
         summary.hits += len(texts) - len(missing)
         if missing:
             summary.misses += len(missing)
             summary.model_loaded = True
             run = RunSpec(cache_dir=str(self.cache_dir), device=self.device, batch_tokens=self.batch_tokens,
                           quiet=self.quiet)
-            embed_texts([(k, texts[k], starts.get(k, 0)) for k in missing], self.encoder, run, desc="embed misses")
+            embed_texts([(k, texts[k], starts.get(k, 0), special_tokens) for k in missing], self.encoder, run,
+                        desc="embed misses")
             self.store.refresh()
         keys = list(texts)
-        gids = self.store.locate(keys)
-        check_response_starts(self.store, gids, keys, starts, self.head.feature)
-        s = self.head.score(self.store.matrix_at(gids, self.head.feature))  # (N,), read from the map in blocks
+        found = [self.store.locate(keys, c) for c in parts]  # (N,) rows of each stored column
+        for c, gids in zip(parts, found):
+            check_response_starts(self.store, gids, keys, starts, c)
+        s = self.head.score(self.store.columns_at(found, self.head.feature))  # (N,), read from the map in blocks
         return dict(zip(keys, s.tolist()))
 
 
@@ -283,8 +276,8 @@ class _Job:
 
     def text_of(self, where: str, row: dict) -> tuple[str, str, int | None]:
         """``(key, text, response start)`` of one input row."""
-        text, start = row_text(row, self.text_col, self.builder, where, self.messages_col)
-        return trace_key(text), text, start
+        text, start = self.builder.row_text(row, where, self.text_col, self.messages_col)
+        return self.builder.key(text), text, start
 
     def outputs(self, output_path, outputs: AtomicOutputs) -> "OutputWriter":
         """The output writer, and with --skip-invalid the side file, as temporary files of
@@ -357,7 +350,7 @@ def score_file(head_path, input_path, output_path, cache_dir="cache", cols: Text
         while chunk := list(itertools.islice(rows, chunk_rows)):
             texts = {k: t for _, (k, t, _) in chunk}
             starts = {k: s for _, (k, _, s) in reversed(chunk)}  # the first row of a repeated text counts
-            scores = job.rescorer.scores(texts, job.summary, starts)
+            scores = job.rescorer.scores(texts, job.summary, starts, job.builder.special_tokens)
             out.write([{**row, "score": scores[k], **({"p_beats_average": _prob(scores[k], T)} if T else {}),
                         **({"p_correct": _prob(scores[k], 1.0)} if pointwise else {})} for row, (k, _, _) in chunk])
             job.summary.rows += len(chunk)
@@ -445,7 +438,8 @@ def rank_file(head_path, input_path, output_path, group_by: str, top_k: int | No
         valid = job.valid_rows(parse)
         while chunk := list(itertools.islice(valid, chunk_rows)):
             starts = {k: s for _, (k, _, s, _, _) in reversed(chunk)}  # the first row of a repeated text counts
-            by_key = job.rescorer.scores({k: t for _, (k, t, _, _, _) in chunk}, job.summary, starts)
+            by_key = job.rescorer.scores({k: t for _, (k, t, _, _, _) in chunk}, job.summary, starts,
+                                         job.builder.special_tokens)
             for _, (k, _, _, g, y) in chunk:
                 scores.append(by_key[k])
                 groups.append(g)

@@ -22,7 +22,7 @@ from .evaluate.metrics import fit_temperature
 from .evaluate.report import margins_of
 from .head import Head, train
 from .store import StoreError, VectorStore, find_store, short, store_dir
-from .store.resolve import store_by_prefix
+from .store.resolve import encoder_store, store_by_prefix
 from .vectors import embed_command, split_vectors
 
 log = logging.getLogger(__name__)
@@ -96,11 +96,10 @@ def store_for_head(head: Head, cache_dir, store: str | None = None) -> VectorSto
         if store and not head.fingerprint.startswith(store):
             raise StoreError(f"--store {store} is not the store of this head (it was trained on encoder "
                              f"{short(head.fingerprint)}); leave --store out for a head that records its encoder")
-        d = store_dir(cache_dir, head.fingerprint)
-        if not d.is_dir():
+        vs = encoder_store(cache_dir, head.fingerprint)
+        if not vs.shards:
             raise StoreError(f"no vectors of the head's encoder {short(head.fingerprint)} under {cache_dir}; "
                              "embed the split with that encoder first (see the head's encoder_spec)")
-        vs = VectorStore(d, head.fingerprint)
     else:
         if not store:
             raise StoreError("this head carries no encoder fingerprint (a reference-format import); "
@@ -112,21 +111,7 @@ def store_for_head(head: Head, cache_dir, store: str | None = None) -> VectorSto
 def spec_for_feature(enc_spec: EncoderSpec, feature: str | None) -> EncoderSpec:
     """``enc_spec`` with the poolings and layers ``feature`` needs added (for the embed hint of
     a feature no store holds: that command then stores it)."""
-    from .config import feature_parts
-
-    try:
-        parts = feature_parts(feature) if feature else ()
-    except ValueError:
-        return enc_spec  # find_store says what is wrong with it
-    pooling, layers = list(enc_spec.pooling), list(enc_spec.layers)
-    for part in parts:
-        p, _, layer = part.partition("@")
-        pooling += [p] if p not in pooling else []
-        layers += [int(layer)] if int(layer) not in layers else []
-    try:
-        return replace(enc_spec, pooling=tuple(pooling), layers=tuple(layers))
-    except ValueError:
-        return enc_spec
+    return enc_spec.with_feature(feature)
 
 
 def load_vectors(data_spec: DataSpec, store: VectorStore, feature: str | None, cache_dir):
@@ -134,16 +119,16 @@ def load_vectors(data_spec: DataSpec, store: VectorStore, feature: str | None, c
     into exactly this store (its model, dtype, max length, every pooling and layer). Conversation
     rows without a chat template in ``data_spec`` take the store's encoder's tokenizer's."""
     data = load_split(data_spec, store.spec())
-    return split_vectors(data, store, feature, embed_command(data_spec, store.spec() or {}, cache_dir))
+    return split_vectors(data, store, feature, embed_command(data_spec, store.spec() or {}, cache_dir, feature))
 
 
 def head_data_spec(head: Head, data_spec: DataSpec, override_recipe: bool = False) -> DataSpec:
     """``data_spec`` with the head's text recipe filled in where the options did not give one;
     a recipe given explicitly that differs from the head's is refused (RecipeError)."""
     r = TextRecipe.for_head(head.recipe, data_spec.template, data_spec.prompt_col, override_recipe,
-                            data_spec.chat_template)
-    return replace(data_spec, template=r.template, prompt_col=r.prompt_col or "", chat_template=r.chat_template,
-                   chat_tokens=r.chat_tokens, require_prompt=prompt_required(head, r, override_recipe))
+                            data_spec.chat_template, data_spec.recipe_kind)
+    return replace(data_spec.with_recipe(r), prompt_col=r.prompt_col or "",
+                   require_prompt=prompt_required(head, r, override_recipe))
 
 
 def prompt_required(head: Head, recipe: TextRecipe, override_recipe: bool = False) -> bool:
@@ -173,8 +158,8 @@ def fit_head(data_spec: DataSpec, enc_spec: EncoderSpec, cfg: HeadConfig, cache_
     head = build_head(vs, sv, cfg, res)
     report = None
     if eval_split:
-        try:
-            ev = load_vectors(replace(data_spec, split=eval_split), vs, feature, cache_dir)
+        try:  # built exactly as the training texts were (an auto recipe resolved on the training split)
+            ev = load_vectors(replace(data_spec.with_recipe(sv.data.recipe), split=eval_split), vs, feature, cache_dir)
         except (DataError, StoreError) as e:
             log.info("not evaluating on %s: %s", eval_split, e)
         else:
@@ -380,11 +365,12 @@ def sweep_heads(data_spec: DataSpec, enc_spec: EncoderSpec, base: HeadConfig, gr
                     embed_hint=embed_command(data_spec, spec_for_feature(enc_spec, base.feature), cache_dir))
     grids = [grid] if isinstance(grid, dict) else grid
     cfgs = expand(replace(base, feature=base.feature or vs.columns[0]), grids)
-    select_spec = replace(data_spec, split=select_on)
-    train_data, select_data = load_split(data_spec, vs.spec()), load_split(select_spec, vs.spec())  # read once
+    train_data = load_split(data_spec, vs.spec())
+    select_spec = replace(data_spec.with_recipe(train_data.recipe), split=select_on)  # the training texts' recipe
+    select_data = load_split(select_spec, vs.spec())  # each split read once
     check_distinct(train_data, select_data, "--select-on", "the training --split")
     if report_on:
-        report_data = load_split(replace(data_spec, split=report_on), vs.spec())
+        report_data = load_split(replace(select_spec, split=report_on), vs.spec())
         check_distinct(train_data, report_data, "--report-on", "the training --split")
         check_distinct(select_data, report_data, "--report-on", "--select-on")
     path = Path(out) if out else sweep_head_path(cache_dir, vs.fp, cfgs, select_on, select_by, refit, train_data)
@@ -402,8 +388,8 @@ def sweep_heads(data_spec: DataSpec, enc_spec: EncoderSpec, base: HeadConfig, gr
         cfgs = pairwise_only
     features, select, train_sv = {}, {}, {}
     for f in sorted({c.feature for c in cfgs}):
-        tr = split_vectors(train_data, vs, f, embed_command(data_spec, vs.spec() or {}, cache_dir))
-        se = split_vectors(select_data, vs, f, embed_command(select_spec, vs.spec() or {}, cache_dir))
+        tr = split_vectors(train_data, vs, f, embed_command(data_spec, vs.spec() or {}, cache_dir, f))
+        se = split_vectors(select_data, vs, f, embed_command(select_spec, vs.spec() or {}, cache_dir, f))
         features[f], select[f], train_sv[f] = (tr.X, tr.ci, tr.ri, labelled_points(tr)), (se.X, se.ci, se.ri), (tr, se)
     with Progress(len(cfgs), "sweep", "config", quiet) as bar:
         rows = run_sweep(features, select, cfgs, progress=bar.update)
@@ -428,7 +414,7 @@ def sweep_heads(data_spec: DataSpec, enc_spec: EncoderSpec, base: HeadConfig, gr
     best.save(path)
     report = None
     if report_on:
-        report = evaluate_split(path, replace(data_spec, split=report_on), cache_dir,
+        report = evaluate_split(path, replace(select_spec, split=report_on), cache_dir,
                                 calibrate_on=None if refit else select_on)
     return SweepResult(rows, best, path, time.perf_counter() - t0, report)
 

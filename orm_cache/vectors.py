@@ -40,19 +40,27 @@ _TEXT_FIELDS = ("template", "prompt_col", "chat_template", "chosen_col", "reject
 _ENCODER_FIELDS = ("revision", "dtype", "max_length", "truncation_side", "pooling", "layers")
 
 
-def embed_command(data_spec, encoder, cache_dir) -> str:
+def embed_command(data_spec, encoder, cache_dir, feature: str | None = None) -> str:
     """The ``orm-cache embed`` command that fills exactly this store for ``data_spec``'s split:
     ``encoder`` is an :class:`EncoderSpec` or a store's recorded spec (model path, dtype, max
     length, truncation side, every pooling and layer), so the hint never makes a second store."""
     from .config import DataSpec, EncoderSpec
+    from .text.recipe import DEFAULT_TEMPLATE, TRL_TEMPLATE
 
     enc = encoder.to_dict() if isinstance(encoder, EncoderSpec) else dict(encoder or {})
+    if feature and enc.get("pooling") and enc.get("layers"):  # the columns the feature reads are stored too
+        enc = EncoderSpec(**{k: v for k, v in enc.items() if k in EncoderSpec.__dataclass_fields__}
+                          ).with_feature(feature).to_dict()
     cmd = ["orm-cache", "embed", "--data", data_spec.data, "--split", data_spec.split]
-    default_data = DataSpec()
+    default_data, defaults = DataSpec(), {"template": DEFAULT_TEMPLATE, "prompt_col": "prompt"}
     for name in _TEXT_FIELDS:
         value = getattr(data_spec, name)
-        if value is not None and value != getattr(default_data, name):
+        if value is not None and value != getattr(default_data, name) and value != defaults.get(name):
             cmd += ["--" + name.replace("_", "-"), str(value)]
+    if data_spec.recipe_kind not in (None, "auto"):
+        kind = "trl" if data_spec.eos and data_spec.template == TRL_TEMPLATE and data_spec.recipe_kind == "template" \
+            else data_spec.recipe_kind
+        cmd += ["--recipe", kind]
     cmd += ["--model", str(enc.get("model") or EncoderSpec().model)]
     default_enc = EncoderSpec().to_dict()
     for name in _ENCODER_FIELDS:
@@ -98,24 +106,26 @@ def split_vectors(data: SplitData, store: VectorStore, feature: str | None, hint
     command to run; a ``response_mean`` feature whose texts' responses start elsewhere than
     when they were pooled is refused (:func:`check_response_starts`)."""
     keys = list(data.texts)
-    gids = store._find(keys)  # (U,) global rows, -1 where missing
-    missing = int((gids < 0).sum())
+    feature = feature or (store.columns[0] if store.columns else "last@-1")
+    parts = store.feature_columns(feature) if store.columns else feature.split("+")
+    found = [store._find(keys, c) for c in parts]  # (U,) global rows of each column, -1 where missing
+    missing = int(np.any([g < 0 for g in found], axis=0).sum())
     if missing:
-        raise StoreError(f"{missing:,} of {len(keys):,} traces of split {data.split!r} have no cached "
+        raise StoreError(f"{missing:,} of {len(keys):,} traces of split {data.split!r} have no cached {feature} "
                          f"vector in {store.dir}; run first: {hint or 'orm-cache embed'}")
-    feature = feature or store.columns[0]
-    if data.start_conflicts and any(c.startswith("response_mean@") for c in feature.split("+")):
+    if data.start_conflicts and any(c.startswith("response_mean@") for c in parts):
         k, where = next(iter(data.start_conflicts.items()))
         shown = ", ".join("unknown" if s is None else f"character {s}" for s in sorted(where, key=lambda s: (s is None, s)))
         raise StoreError(f"{len(data.start_conflicts):,} texts of split {data.split!r} have their response at two places "
                          f"in different rows (first: key {k[:16]}…, response at {shown}: the same text once as a bare "
                          f"string and once built from a prompt and a response); {feature} pools one of them, so make "
                          "those rows agree (give every row its prompt, or none)")
-    check_response_starts(store, gids, keys, data.response_starts, feature, f" of split {data.split!r}")
-    order = np.argsort(gids, kind="stable")
-    keys, gids = [keys[i] for i in order], gids[order]
-    sv = SplitVectors(data, keys, store.matrix_at(gids, feature), np.empty(0, np.int64), np.empty(0, np.int64),
-                      store.scalars_at(gids, "n_tokens"), feature)
+    for c, g in zip(parts, found):
+        check_response_starts(store, g, keys, data.response_starts, c, f" of split {data.split!r}")
+    order = np.argsort(found[0], kind="stable")
+    keys = [keys[i] for i in order]
+    sv = SplitVectors(data, keys, store.columns_at([g[order] for g in found], feature), np.empty(0, np.int64),
+                      np.empty(0, np.int64), store.scalars_at(found[0][order], "n_tokens"), feature)
     sv.ci, sv.ri = rows_of(keys, data.pairs.chosen, data.pairs.rejected)
     return sv
 

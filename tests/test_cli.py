@@ -27,7 +27,7 @@ def test_embed_writes_one_row_per_distinct_text_and_env_vars_work(tiny_opt_dir, 
     r = run("embed", "--data", pointwise_dir, "--split", "train", "-q", env=env)
     assert "cached already: 48   to embed: 0" in r.output
     info = run("cache", "info", "--cache-dir", tmp_path / "c")
-    assert "48 rows" in info.output
+    assert "48 texts" in info.output
 
 
 def test_user_errors_are_one_line_without_traceback(tmp_path):

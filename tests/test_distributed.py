@@ -32,8 +32,8 @@ def test_two_gloo_ranks_equal_one_process(tiny_opt_dir, tmp_path):
     assert "over 2 ranks" in two.stdout and two.stdout.count("store:") == 1  # rank 0 alone prints
     a, b = _store(tmp_path / "one"), _store(tmp_path / "two")
     assert a.fp == b.fp and len(b.shards) == 2  # one shard per rank, none shared
-    keys = sorted(a._index)
-    assert keys == sorted(b._index) and len(keys) == 160
+    keys = sorted(a.keys())
+    assert keys == sorted(b.keys()) and len(keys) == 160
     np.testing.assert_allclose(a.vectors(keys), b.vectors(keys), atol=1e-5, rtol=0)
 
 

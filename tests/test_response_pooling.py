@@ -65,11 +65,12 @@ class Reference:
                 return i
         return None
 
-    def kept(self, text: str, prefix: str) -> tuple[list[int], int]:
-        """The ids the encoder sees (BOS + content, truncated like the tokenizer would) and the
-        first response token among them (0: every token)."""
-        full = self.tok(text)["input_ids"]
-        lead = 1 if full[0] in self.tok.all_special_ids else 0
+    def kept(self, text: str, prefix: str, special: bool = True) -> tuple[list[int], int]:
+        """The ids the encoder sees (BOS + content, truncated like the tokenizer would; chat text,
+        ``special=False``: the content alone, as apply_chat_template tokenizes it) and the first
+        response token among them (0: every token)."""
+        full = self.tok(text, add_special_tokens=special)["input_ids"]
+        lead = 1 if special and full[0] in self.tok.all_special_ids else 0
         content = full[lead:]
         first = 0 if not prefix else self.first_token(content, prefix)
         L = self.max_length or len(full)
@@ -86,8 +87,8 @@ class Reference:
         return ids, (0 if not prefix or first is None else lead + first)
 
     @torch.inference_mode()
-    def vectors(self, text: str, prefix: str) -> dict[str, np.ndarray]:
-        ids, first = self.kept(text, prefix)
+    def vectors(self, text: str, prefix: str, special: bool = True) -> dict[str, np.ndarray]:
+        ids, first = self.kept(text, prefix, special)
         out = self.model(input_ids=torch.tensor([ids]), output_hidden_states=True)
         res = {}
         for layer in LAYERS:
@@ -193,9 +194,10 @@ def test_conversation_response_is_the_final_assistant_turn(tiny_opt_dir, tmp_pat
         text = tok.apply_chat_template(conv, chat_template=CHAT, tokenize=False)
         marked = conv[:-1] + [{"role": "assistant", "content": "\x00"}]
         prefix = tok.apply_chat_template(marked, chat_template=CHAT, tokenize=False).split("\x00")[0]
-        want = ref.vectors(text, prefix)
+        want = ref.vectors(text, prefix, special=False)  # chat text: the template's own special tokens only
+        assert ref.tok(text, add_special_tokens=False)["input_ids"][0] != ref.tok.bos_token_id  # no BOS added
         for layer in LAYERS:
-            got = store.vectors([trace_key(text)], f"response_mean@{layer}")[0]
+            got = store.vectors([trace_key(text, special_tokens=False)], f"response_mean@{layer}")[0]
             np.testing.assert_allclose(got, want[f"response_mean@{layer}"], atol=1e-5, rtol=0)
             assert not np.allclose(got, want[f"mean@{layer}"], atol=1e-3)
 

@@ -144,17 +144,18 @@ def test_interrupt_mid_write_leaves_previous_output_and_no_temp(world, tmp_path,
     real = rescore.Rescorer.scores
     calls = {"n": 0}
 
-    def flaky(self, texts, summary, starts, exc):
+    def flaky(self, texts, summary, starts, special, exc):
         calls["n"] += 1
         if calls["n"] == 2:
             raise exc
-        return real(self, texts, summary, starts)
+        return real(self, texts, summary, starts, special)
 
     for exc, code, says in ((Terminated(), 128 + signal.SIGTERM, "terminated (SIGTERM)"),
                             (KeyboardInterrupt(), 1, "Aborted")):
         calls["n"] = 0
         monkeypatch.setattr(rescore.Rescorer, "scores",
-                            lambda self, t, s, starts=None, exc=exc: flaky(self, t, s, starts, exc))
+                            lambda self, t, s, starts=None, special=True, exc=exc: flaky(self, t, s, starts, special,
+                                                                                         exc))
         r = run("score", "--head", world["head"], "--input", src, "--output", out, "--cache-dir", world["cache"],
                 "--chunk-rows", 10, "-q")
         assert r.exit_code == code and says in r.output, r.output
@@ -246,7 +247,7 @@ def test_checkpoints_are_written_atomically(world, tmp_path, monkeypatch):
 
 def test_head_records_its_recipe_and_scorers_reuse_it(world, tmp_path):
     h = Head.load(world["head"])
-    assert h.recipe == {"template": TEMPLATE, "prompt_col": "prompt"}
+    assert h.recipe == {"template": TEMPLATE, "prompt_col": "prompt", "kind": "template", "eos": False}
     model_away = world["root"] / "model-away"
     world["model"].rename(model_away)  # nothing may be embedded: every text must be a cache hit
     try:
@@ -273,7 +274,7 @@ def test_head_records_its_recipe_and_scorers_reuse_it(world, tmp_path):
         assert not (tmp_path / "new.jsonl").exists()
         r = run("score", "--head", world["head"], "--input", world["data"] / "test.jsonl", "--output", out,
                 "--cache-dir", world["cache"], "--prompt-col", "", "-q")
-        assert r.exit_code == 1 and "prompt_col: head 'prompt', given None" in r.output
+        assert r.exit_code == 1 and "--prompt-col '': the head was trained on prompts from column 'prompt'" in r.output
     finally:
         model_away.rename(world["model"])
 

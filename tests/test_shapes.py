@@ -74,6 +74,11 @@ def test_conversational_shapes_give_the_keys_of_the_rendered_strings(chat_model,
     files = shapes(tmp_path, chat_model)
     enc = EncoderSpec(model=str(chat_model))
     d = {name: load_split(DataSpec(data=str(f)), enc) for name, f in files.items()}
+    # pre-rendered strings are chat text only under the chat recipe (tokenized without adding special
+    # tokens again); under the default (template) recipe the same string is tokenized with them: another key
+    auto = d["strings"]
+    assert auto.texts.keys().isdisjoint(d["implicit"].texts) and set(auto.texts.values()) == set(d["implicit"].texts.values())
+    d["strings"] = load_split(DataSpec(data=str(files["strings"]), recipe_kind="chat"), enc)
     assert d["implicit"].pairs.chosen == d["explicit"].pairs.chosen == d["strings"].pairs.chosen
     assert d["implicit"].pairs.rejected == d["explicit"].pairs.rejected == d["strings"].pairs.rejected
     assert d["implicit"].texts == d["explicit"].texts == d["strings"].texts
@@ -105,7 +110,7 @@ def test_pointwise_messages_and_string_prompt_shapes(chat_model, tmp_path):
                                            for i, (p, g, b) in enumerate(ps) for t in (g, b)])
     d = load_split(DataSpec(data=str(f)), EncoderSpec(model=str(chat_model)))
     assert d.kind == "pointwise" and d.labels.tolist() == [1, 0] * 3
-    assert d.keys[0] == trace_key(tok.apply_chat_template(ps[0][0] + [ps[0][1]], tokenize=False))
+    assert d.keys[0] == trace_key(tok.apply_chat_template(ps[0][0] + [ps[0][1]], tokenize=False), special_tokens=False)
     # the standard explicit-prompt shape still joins strings with the template
     f = write_jsonl(tmp_path / "std.jsonl", [{"prompt": "Q", "chosen": "good", "rejected": "bad"}])
     s = load_split(DataSpec(data=str(f), template="Q: {prompt}\nA: {response}"))
@@ -121,16 +126,78 @@ def test_pointwise_messages_and_string_prompt_shapes(chat_model, tmp_path):
      "column 'chosen' message 1 has no 'role'"),
     ({"chosen": [{"role": "user"}, {"role": "assistant", "content": "a"}], "rejected": "x"},
      "column 'chosen' message 1 has no 'content'"),
-    ({"prompt": [{"role": "user", "content": "q"}], "chosen": "a", "rejected": "b"},
-     "column 'prompt' is a conversation but 'chosen' is a string"),
-    ({"prompt": "q", "chosen": [{"role": "assistant", "content": "a"}], "rejected": [{"role": "assistant", "content": "b"}]},
-     "column 'chosen' is a conversation but 'prompt' is a str"),
 ])
 def test_bad_conversations_are_one_line(chat_model, tmp_path, row, message):
     f = write_jsonl(tmp_path / "bad.jsonl", [row])
     r = run("embed", "--data", f, "--model", chat_model, "--cache-dir", tmp_path / "c", "-q")
     lines = r.output.strip().splitlines()
     assert r.exit_code == 1 and len(lines) == 1 and f"bad.jsonl:1: {message}" in lines[0], r.output
+
+
+def one_trace_every_shape(q="Problem 7: what is 3 + 4?", a="Step 1: 3 + 4 = 7. The answer is 7.",
+                          b="Step 1: 3 + 4 = 8. The answer is 8."):
+    """One preference pair in every shape a row can take (TRL's four, the mixed string/message
+    ones), and one labelled trace in every pointwise shape (text, messages, TRL unpaired)."""
+    u, ga, ba = {"role": "user", "content": q}, {"role": "assistant", "content": a}, {"role": "assistant", "content": b}
+    pairs = {
+        "standard explicit": {"prompt": q, "chosen": a, "rejected": b},
+        "conversational implicit": {"chosen": [u, ga], "rejected": [u, ba]},
+        "conversational explicit": {"prompt": [u], "chosen": [ga], "rejected": [ba]},
+        "message prompt, string responses": {"prompt": [u], "chosen": a, "rejected": b},
+        "string prompt, message responses": {"prompt": q, "chosen": [ga], "rejected": [ba]},
+    }
+    points = {
+        "text + prompt": [{"prompt": q, "text": a, "label": 1}, {"prompt": q, "text": b, "label": 0}],
+        "messages": [{"messages": [u, ga], "label": 1}, {"messages": [u, ba], "label": 0}],
+        "text as messages + message prompt": [{"prompt": [u], "text": [ga], "label": 1},
+                                              {"prompt": [u], "text": [ba], "label": 0}],
+        "TRL unpaired": [{"prompt": q, "completion": a, "label": True}, {"prompt": q, "completion": b, "label": False}],
+        "TRL unpaired conversational": [{"prompt": [u], "completion": [ga], "label": True},
+                                        {"prompt": [u], "completion": [ba], "label": False}],
+    }
+    return pairs, points
+
+
+@pytest.mark.parametrize("recipe", ["template", "chat", "trl"])
+def test_one_trace_is_one_text_and_key_in_every_shape(chat_model, tmp_path, recipe):
+    """Invariant 11: under one recipe every shape of the same trace is the same text and key
+    (chosen, rejected, and the labelled traces), whatever the first row's shape."""
+    pairs, points = one_trace_every_shape()
+    enc = EncoderSpec(model=str(chat_model))
+    seen = set()
+    for name, row in {**pairs, **{f"pointwise {k}": v for k, v in points.items()}}.items():
+        rows = row if isinstance(row, list) else [row]
+        f = write_jsonl(tmp_path / f"{len(seen)}-{name.replace(' ', '_')}.jsonl", rows)
+        d = load_split(DataSpec(data=str(f), recipe_kind=recipe), enc)
+        keys = (d.pairs.chosen[0], d.pairs.rejected[0]) if d.kind == "pairwise" else tuple(d.keys)
+        seen.add((keys, tuple(d.texts[k] for k in keys), tuple(d.response_starts[k] for k in keys)))
+    good = "Step 1: 3 + 4 = 7. The answer is 7."
+    chat_text = f"</s><|user|>\nProblem 7: what is 3 + 4?<|assistant|>\n{good}</s>"
+    if recipe == "trl":  # TRL's own rule: the data's shape (its first row) picks standard or conversational
+        assert {texts[0] for _, texts, _ in seen} == {f"Problem 7: what is 3 + 4?{good}</s>", chat_text}
+        seen = {x for x in seen if x[1][0] != chat_text}
+    assert len(seen) == 1, seen
+    (keys, texts, starts), = seen
+    if recipe == "chat":  # user and assistant turns, the template's own BOS, tokenized without special tokens
+        assert texts[0] == chat_text
+        assert keys[0] == trace_key(texts[0], special_tokens=False)
+    elif recipe == "template":  # the reference card's joiner, tokenized with special tokens
+        assert texts[0] == f"Problem 7: what is 3 + 4?\n\n{good}" and keys[0] == trace_key(texts[0])
+    else:  # TRL: no separator, EOS appended
+        assert texts[0] == f"Problem 7: what is 3 + 4?{good}</s>" and keys[0] == trace_key(texts[0])
+    assert texts[0][starts[0]:].startswith(good)
+
+
+def test_template_recipe_refuses_conversations_it_cannot_write(chat_model, tmp_path):
+    sys = {"role": "system", "content": "Be brief."}
+    u, a = {"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}
+    for msgs, why in (([sys, u, a], "a system turn"), ([u, a, u, a], "2 assistant and 2 user turns")):
+        f = write_jsonl(tmp_path / "c.jsonl", [{"chosen": "plain", "rejected": "other"},
+                                               {"chosen": msgs, "rejected": msgs[:-1] + [{"role": "assistant", "content": "b"}]}])
+        r = run("embed", "--data", f, "--model", chat_model, "--cache-dir", tmp_path / "c", "-q")
+        lines = r.output.strip().splitlines()
+        assert r.exit_code == 1 and len(lines) == 1 and "c.jsonl:2: this conversation has " + why in lines[0], r.output
+        assert "--recipe chat" in lines[0]
 
 
 def test_tokenizer_without_chat_template_and_no_flag_is_one_line(tiny_opt_dir, chat_model, tmp_path):
@@ -337,8 +404,12 @@ def test_columnar_pointwise_rows_mixing_text_and_messages(chat_model, tmp_path):
     rows = [{"text": "Step 1: 2 + 2 = 4.", "messages": None, "label": 1, "group": "a"},
             {"text": None, "messages": ps[0][0] + [ps[0][1]], "label": 0, "group": "a"}]
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "train.parquet")
-    d = load_split(DataSpec(data=str(tmp_path / "train.parquet")), EncoderSpec(model=str(chat_model)))
+    # the first row decides an auto recipe (a string: template), and the template cannot say a system turn
+    with pytest.raises(DataError, match="train.parquet:2: this conversation has a system turn"):
+        load_split(DataSpec(data=str(tmp_path / "train.parquet")), EncoderSpec(model=str(chat_model)))
+    d = load_split(DataSpec(data=str(tmp_path / "train.parquet"), recipe_kind="chat"), EncoderSpec(model=str(chat_model)))
     assert len(d.keys) == 2 and d.texts[d.keys[1]].startswith("</s><|system|>")
+    assert d.texts[d.keys[0]] == "Step 1: 2 + 2 = 4." and d.response_starts[d.keys[0]] is None  # taken as rendered
 
 
 def test_fit_head_does_not_evaluate_on_its_own_training_rows(tiny_opt_dir, tmp_path):

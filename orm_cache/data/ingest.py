@@ -3,15 +3,14 @@
 Two row kinds are accepted:
 
 * pairwise: ``chosen``, ``rejected`` (+ optional ``prompt``, ``group``; every other column is
-  kept as per-pair metadata), in any of TRL's four shapes (see :mod:`orm_cache.data.chat`);
+  kept as per-pair metadata), in any of TRL's four shapes (see :mod:`orm_cache.text.build`);
 * pointwise: ``text`` (or a ``messages`` conversation), ``label`` in {0, 1} (+ optional
   ``group``, ``prompt``); pairs are built from it as the reference data was (see
   :mod:`orm_cache.data.pairs`). Other columns are named (``SplitData.trace_columns``), and only
   those asked for (``DataSpec.keep_columns``) are kept, per row (``SplitData.trace_meta``).
 
-Every text the encoder sees is ``template.format(prompt=..., response=...)`` when the row has a
-string prompt, the rendered chat when it is a conversation, else the response itself; its key is
-the sha256 of exactly that string. Where rows come from is :mod:`orm_cache.data.readers`.
+Every text the encoder sees, and its key, is built by the recipe in :mod:`orm_cache.text` (the
+only place texts are built). Where rows come from is :mod:`orm_cache.data.readers`.
 """
 
 from __future__ import annotations
@@ -22,26 +21,12 @@ from typing import Iterator
 
 import numpy as np
 
-from ..config import DataSpec, TextRecipe
-from .chat import TextBuilder, response_value
+from ..config import DataSpec
+from ..text import TextBuilder, TextRecipe, response_column, trace_key  # noqa: F401 (trace_key re-exported)
+from ..text.build import prompt_field  # noqa: F401 (re-exported)
 from .groups import GroupIds
 from .readers import (FILE_EXTS, SPLIT_ALIASES, DataError, read_rows, source_rows,  # noqa: F401 (re-exported)
                       split_file, split_files)
-
-
-def trace_key(text: str) -> str:
-    """The content address of a trace: sha256 of the exact UTF-8 string fed to the tokenizer
-    (a string UTF-8 cannot encode, one with an unpaired surrogate, is a DataError)."""
-    try:
-        return hashlib.sha256(text.encode("utf-8")).hexdigest()
-    except UnicodeEncodeError as e:
-        raise DataError(f"text {text[max(0, e.start - 30):e.start]!r}… holds an unpaired surrogate "
-                        f"U+{ord(text[e.start]):04X} and cannot be encoded as UTF-8; fix that character") from None
-
-
-def render(template: str, response: str, prompt: str | None) -> str:
-    """Join prompt and response with ``template``; a missing or empty prompt gives the response."""
-    return TextRecipe(template).render(response, prompt)
 
 
 @dataclass
@@ -70,7 +55,7 @@ class SplitData:
     labels: np.ndarray | None = None  # pointwise: (N,) int8 in {0, 1}
     groups: list | None = None  # pointwise: one group per row (None when no group column)
     stats: dict = field(default_factory=dict)
-    recipe: dict = field(default_factory=lambda: TextRecipe(prompt_col=None).to_dict())  # how rows became texts (default: as given)
+    recipe: dict = field(default_factory=lambda: TextRecipe(prompt_col=None, kind="template").to_dict())  # how rows became texts
     # key -> character offset where the response (a conversation's final assistant content) starts
     # in the text; None where a chat template changed that content beyond recognition
     response_starts: dict[str, int | None] = field(default_factory=dict)
@@ -82,10 +67,17 @@ class SplitData:
     # in one row, the same text built from a prompt and a response in another)
     start_conflicts: dict[str, set] = field(default_factory=dict)
 
-    def items(self) -> list[tuple[str, str, int | None]]:
-        """``(key, text, response start)`` of every distinct text, as stage 1 takes them
-        (:func:`~orm_cache.encode.embedder.embed_texts`, which reads them twice)."""
-        return [(k, t, self.response_starts.get(k, 0)) for k, t in self.texts.items()]
+    @property
+    def special_tokens(self) -> bool:
+        """Whether this split's texts are tokenized with the tokenizer's special tokens (not
+        when a chat template rendered them)."""
+        return TextRecipe.from_dict(self.recipe).special_tokens
+
+    def items(self) -> list[tuple[str, str, int | None, bool]]:
+        """``(key, text, response start, special tokens)`` of every distinct text, as stage 1
+        takes them (:func:`~orm_cache.encode.embedder.embed_texts`, which reads them twice)."""
+        special = self.special_tokens
+        return [(k, t, self.response_starts.get(k, 0), special) for k, t in self.texts.items()]
 
     @property
     def identity(self) -> dict:
@@ -145,20 +137,6 @@ def text_field(row: dict, col: str, where: str, flag: str | None = None) -> str:
     return value
 
 
-def prompt_field(row: dict, col: str | None, where: str, required: bool = False):
-    """The optional prompt in ``row[col]``: None when absent, a string, or a list of messages
-    (a conversational prompt); anything else is a DataError. ``required`` (a head whose texts
-    joined prompts from ``col``): a row without that column is a DataError, not a bare response."""
-    if required and col and col not in row:
-        raise DataError(f"{where}: column {col!r} is missing, but the head was trained on prompts from it joined "
-                        f"to each response (columns: {sorted(row)}); name the prompt column with --prompt-col, or "
-                        "score bare responses on purpose with --prompt-col '' --override-recipe")
-    p = row.get(col) if col else None
-    if p is not None and not isinstance(p, (str, list, tuple)):
-        raise DataError(f"{where}: column {col!r} must be a string or a list of messages, got {type(p).__name__}")
-    return p
-
-
 def encoder_model(encoder) -> tuple[str | None, str | None]:
     """(model, revision) of an EncoderSpec, a recorded spec dict, or None."""
     if encoder is None:
@@ -211,7 +189,7 @@ def validated_rows(spec: DataSpec, encoder=None) -> tuple[str, TextBuilder, Iter
     rows. ``encoder`` (an EncoderSpec or a recorded spec dict) names the tokenizer whose chat
     template and special tokens render conversation rows when ``spec`` does not carry them."""
     source, rows = source_rows(spec.data, spec.split)
-    builder = TextBuilder(spec.recipe, *encoder_model(encoder))
+    builder = TextBuilder(spec.recipe, *encoder_model(encoder), require_prompt=spec.require_prompt)
     return source, builder, _validate(spec, source, rows, builder)
 
 
@@ -219,7 +197,6 @@ def _validate(spec: DataSpec, source: str, rows, builder: TextBuilder) -> Iterat
     kind = None
     prompt_col = builder.recipe.prompt_col
     reserved = {spec.chosen_col, spec.rejected_col, prompt_col, spec.group_col}
-    reserved_pointwise = {spec.text_col, spec.messages_col, spec.label_col, prompt_col, spec.group_col}
     group_ids = GroupIds(spec.group_col)
 
     def build(row: dict, col: str, where: str, flag: str, prompt) -> tuple[str, int | None]:
@@ -229,53 +206,56 @@ def _validate(spec: DataSpec, source: str, rows, builder: TextBuilder) -> Iterat
         if kind is None:
             if spec.chosen_col in row and spec.rejected_col in row:
                 kind = "pairwise"
-            elif (spec.text_col in row or spec.messages_col in row) and spec.label_col in row:
+            elif response_column(row, spec.text_col, spec.messages_col) and spec.label_col in row:
                 kind = "pointwise"
             else:
                 raise DataError(
                     f"{where}: neither pairwise columns ({spec.chosen_col!r}, {spec.rejected_col!r}) nor "
-                    f"pointwise columns ({spec.text_col!r} or {spec.messages_col!r}, {spec.label_col!r}) found; "
-                    f"columns are {sorted(row)}; map names with --chosen-col/--rejected-col/--text-col/"
-                    "--messages-col/--label-col")
-        first = row.get(spec.chosen_col) if kind == "pairwise" else row.get(spec.text_col, row.get(spec.messages_col))
-        # a conversation carries its prompt in its messages; a plain response needs the column
-        prompt = prompt_field(row, builder.prompt_col_for(first), where, spec.require_prompt and isinstance(first, str))
-        group = group_ids.check(row.get(spec.group_col), where)
+                    f"pointwise columns ({spec.text_col!r}, {spec.messages_col!r} or TRL's 'completion', "
+                    f"{spec.label_col!r}) found; columns are {sorted(row)}; map names with --chosen-col/"
+                    "--rejected-col/--text-col/--messages-col/--label-col")
         if kind == "pairwise":
+            prompt = builder.row_prompt(row, row.get(spec.chosen_col), where)
             (c, cs), (r, rs) = (build(row, spec.chosen_col, where, "--chosen-col", prompt),
                                 build(row, spec.rejected_col, where, "--rejected-col", prompt))
             if c == r:
                 raise DataError(f"{where}: chosen and rejected are the same text")
-            yield Row(kind, (c, r), (cs, rs), group, meta={k: v for k, v in row.items() if k not in reserved})
+            yield Row(kind, (c, r), (cs, rs), group_ids.check(row.get(spec.group_col), where),
+                      meta={k: v for k, v in row.items() if k not in reserved})
         else:
-            _, col = response_value(row, where, spec.text_col, spec.messages_col)
-            t, ts = build(row, col, where, "--text-col" if col == spec.text_col else "--messages-col", prompt)
-            yield Row(kind, (t,), (ts,), group, parse_label(row.get(spec.label_col), where, spec.label_col),
+            col = response_column(row, spec.text_col, spec.messages_col) or spec.text_col
+            t, ts = builder.row_text(row, where, spec.text_col, spec.messages_col)
+            reserved_pointwise = {col, spec.text_col, spec.messages_col, spec.label_col, prompt_col, spec.group_col}
+            yield Row(kind, (t,), (ts,), group_ids.check(row.get(spec.group_col), where),
+                      parse_label(row.get(spec.label_col), where, spec.label_col),
                       {k: v for k, v in row.items() if k not in reserved_pointwise})
     if kind is None:
         raise DataError(f"{source}: no rows for split {spec.split!r}")
 
 
 class SplitTexts:
-    """Every text of a split as ``(key, text, response start)`` (the character offset of the
-    response in the text, None when unknown; see :class:`Row`), read from its source each time
+    """Every text of a split as ``(key, text, response start, special tokens)`` (the character
+    offset of the response in the text, None when unknown; see :class:`Row`; whether the
+    tokenizer adds its special tokens), read from its source each time
     it is iterated (repeats included, in row order): stage 1 streams a split without holding its
     texts. After a complete iteration, ``source``, ``kind`` and ``rows`` describe it."""
 
     def __init__(self, spec: DataSpec, encoder=None):
         self.spec, self.encoder = spec, encoder
-        source, _, rows = validated_rows(spec, encoder)  # a missing source, or a bad or missing first row, fails here
+        source, builder, rows = validated_rows(spec, encoder)  # a missing source, or a bad or missing first row, fails here
         first = next(rows)
-        self.source, self.kind, self.rows = source, first.kind, 0
+        self.source, self.kind, self.rows, self.recipe = source, first.kind, 0, builder.used()
 
-    def __iter__(self) -> Iterator[tuple[str, str, int | None]]:
-        source, _, rows = validated_rows(self.spec, self.encoder)
+    def __iter__(self) -> Iterator[tuple[str, str, int | None, bool]]:
+        source, builder, rows = validated_rows(self.spec, self.encoder)
         n, kind = 0, self.kind
         for row in rows:
             n += 1
+            special = builder.special_tokens  # resolved by the row's first text
             for text, start in zip(row.texts, row.starts):
-                yield trace_key(text), text, start
+                yield trace_key(text, special), text, start, special
             kind = row.kind
+        self.recipe = builder.used()
         self.source, self.kind, self.rows = source, kind, n
 
 
@@ -298,7 +278,7 @@ def load_split(spec: DataSpec, encoder=None) -> SplitData:
     n_rows = 0
 
     def add(text: str, start: int | None) -> str:
-        k = trace_key(text)
+        k = builder.key(text)
         if k not in texts:
             texts[k], starts[k] = text, start
         elif starts[k] != start:  # the same text split into prompt and response two ways

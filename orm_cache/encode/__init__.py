@@ -34,7 +34,36 @@ def embed(data: DataSpec | Iterable[str] | dict, encoder=None, run: RunSpec | No
     return embed_texts(texts, encoder, run)
 
 
-def embed_split(data_spec: DataSpec, enc_spec: EncoderSpec, run: RunSpec | None = None):
+def embed_splits(data_spec: DataSpec, enc_spec: EncoderSpec, run: RunSpec | None = None):
+    """Stage 1 for each split of ``data_spec.split`` (comma-separated: ``train,validation,test``),
+    yielding :func:`embed_split`'s ``(split, report, dist)`` per split. Every split is opened (its
+    source found, its first row checked) before any work; the encoder is built once and its
+    weights loaded once. An ``auto`` recipe is resolved on the first split and used for the others,
+    so a split whose first row has another shape still gets the same texts and keys."""
+    from dataclasses import replace
+
+    from ..data.ingest import SplitTexts
+    from .model import Encoder
+
+    names = [s.strip() for s in str(data_spec.split).split(",") if s.strip()]
+    if not names:
+        raise ConfigError(f"--split {data_spec.split!r} names no split")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"--split {data_spec.split!r} names a split twice")
+    for name in names:  # a missing split, or a bad first row, fails before any model is loaded
+        SplitTexts(replace(data_spec, split=name), enc_spec)
+    encoder, first = None, None
+    for name in names:
+        spec = replace(data_spec, split=name)
+        if first is not None and data_spec.recipe_kind in (None, "auto", "trl"):
+            spec = spec.with_recipe(first)
+        split, report, dist = embed_split(spec, enc_spec, run, encoder)
+        first = first or split.recipe
+        encoder = getattr(split, "loaded", None)
+        yield split, report, dist
+
+
+def embed_split(data_spec: DataSpec, enc_spec: EncoderSpec, run: RunSpec | None = None, encoder=None):
     """Stage 1 for one split, the way the CLI runs it: returns ``(split, report, dist)``;
     ``split`` is the :class:`~orm_cache.data.ingest.SplitTexts` the texts streamed from (its
     source, kind and rows). No text of the split is held beyond one chunk.
@@ -54,7 +83,8 @@ def embed_split(data_spec: DataSpec, enc_spec: EncoderSpec, run: RunSpec | None 
     keys = distinct_keys(data)  # every row read and checked before the model is
     dist_info = dist_env()
     if dist_info is None:
-        return data, embed_texts(data, Encoder(enc_spec, run.device), run, f"embed {data_spec.split}", keys), None
+        data.loaded = encoder or Encoder(enc_spec, run.device)  # reused by the next split
+        return data, embed_texts(data, data.loaded, run, f"embed {data_spec.split}", keys), None
     if run.num_shards > 1:
         raise ConfigError("--num-shards/--shard-index split work without torch.distributed; "
                          "under torchrun the ranks split it already")
@@ -75,4 +105,4 @@ def embed_split(data_spec: DataSpec, enc_spec: EncoderSpec, run: RunSpec | None 
     return data, report, dist_info
 
 
-__all__ = ["EmbedReport", "embed", "embed_split", "embed_texts", "last_token_index", "pool", "token_budget_batches"]
+__all__ = ["EmbedReport", "embed", "embed_split", "embed_splits", "embed_texts", "last_token_index", "pool", "token_budget_batches"]

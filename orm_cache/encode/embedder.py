@@ -153,14 +153,16 @@ def encode_batches(encoder, ids: list[list[int]], n_tokens: np.ndarray, batch_to
 
 
 def encode_texts(encoder, texts: list[str], column: str, batch_tokens: int | None = None,
-                 max_batch_size: int = 256, starts: list[int | None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 max_batch_size: int = 256, starts: list[int | None] | None = None,
+                 special_tokens: bool | list[bool] = True) -> tuple[np.ndarray, np.ndarray]:
     """Vectors of ``texts`` (input order) for one feature — a column, or columns joined by '+'
     (concatenated, as a store's combined feature) — and their token counts; no store.
-    ``starts``: where each response starts in its text (response_mean; None: texts as given)."""
+    ``starts``: where each response starts in its text (response_mean; None: texts as given);
+    ``special_tokens``: whether the tokenizer adds its special tokens (the texts' recipe says)."""
     from ..config import feature_parts
 
     parts = feature_parts(column)
-    ids, n_tokens, _, first = encoder.tokenize(texts, starts)
+    ids, n_tokens, _, first = encoder.tokenize(texts, starts, special_tokens)
     out = None
     budget = batch_tokens_for(encoder.device, batch_tokens)
     for b, vectors, _, _ in encode_batches(encoder, ids, n_tokens, budget, max_batch_size, first):
@@ -196,26 +198,27 @@ def _key(digest) -> str:
     return digest.hex() if isinstance(digest, bytes) else digest
 
 
-def _stream(texts) -> Iterable[tuple[str, str, int | None]]:
-    """``(key, text, response start)`` of a ``{key: text}`` mapping (texts as given: start 0),
-    or of a re-iterable stream of ``(key, text)`` pairs (start 0) or such triples."""
+def _stream(texts) -> Iterable[tuple[str, str, int | None, bool]]:
+    """``(key, text, response start, special tokens)`` of a ``{key: text}`` mapping (texts as
+    given: start 0, tokenized with special tokens), or of a re-iterable stream of ``(key, text)``
+    pairs, ``(key, text, start)`` triples or such quadruples."""
     items = texts.items() if isinstance(texts, Mapping) else texts
     for item in items:
-        yield item if len(item) == 3 else (*item, 0)
+        yield item if len(item) == 4 else (*item, 0, True) if len(item) == 2 else (*item, True)
 
 
 def distinct_keys(texts) -> set:
     """Pass 1: the digest of every distinct key of ``texts`` (~100 bytes a text). Reading a
     streamed split validates every row, so a bad row stops the run before the model is loaded."""
-    return {_digest(key) for key, _, _ in _stream(texts)}
+    return {_digest(item[0]) for item in _stream(texts)}
 
 
 def embed_texts(texts: Mapping[str, str] | Iterable[tuple], encoder, run: RunSpec,
                 desc: str = "embed", keys: set | None = None) -> EmbedReport:
     """Embed the texts that ``run.cache_dir`` lacks for ``encoder``; return the report.
 
-    ``texts`` is a ``{key: text}`` mapping or a re-iterable of ``(key, text)`` pairs or
-    ``(key, text, response start)`` triples in which a key may repeat (the first occurrence
+    ``texts`` is a ``{key: text}`` mapping or a re-iterable of ``(key, text)`` pairs,
+    ``(key, text, response start)`` triples or ``(…, special tokens)`` quadruples in which a key may repeat (the first occurrence
     counts; :class:`~orm_cache.data.ingest.SplitTexts` reads a split from its file each time).
     The start is the character offset of the response in the text (None: unknown), which
     ``response_mean`` pools from and the store records; pairs and a mapping are texts as given
@@ -230,7 +233,7 @@ def embed_texts(texts: Mapping[str, str] | Iterable[tuple], encoder, run: RunSpe
     for a in range(0, len(every), run.chunk_texts):  # which are missing, and this process's
         part = every[a:a + run.chunk_texts]
         names = [_key(d) for d in part]
-        missing = set(store.missing(names))
+        missing = set(store.missing(names, encoder.spec.columns))  # lacking any column asked for
         for d, k in zip(part, names):
             if k not in missing:
                 todo.discard(d)
@@ -252,10 +255,11 @@ def embed_texts(texts: Mapping[str, str] | Iterable[tuple], encoder, run: RunSpe
     bar = Progress(len(todo), desc, "text", run.quiet)
     budget = batch_tokens_for(encoder.device, run.batch_tokens)
 
-    def embed_chunk(chunk: list[tuple[str, str, int | None]]):
+    def embed_chunk(chunk: list[tuple[str, str, int | None, bool]]):
         nonlocal writer
-        starts = [s for _, _, s in chunk]
-        ids, n_tokens, truncated, first = encoder.tokenize([t for _, t, _ in chunk], starts)  # this chunk's only
+        starts = [s for _, _, s, _ in chunk]
+        ids, n_tokens, truncated, first = encoder.tokenize([t for _, t, _, _ in chunk], starts,
+                                                           [sp for _, _, _, sp in chunk])  # this chunk's only
         for b, vectors, padded, recomputed in encode_batches(encoder, ids, n_tokens, budget, run.max_batch_size,
                                                              first):
             if writer is None:
@@ -284,12 +288,12 @@ def embed_texts(texts: Mapping[str, str] | Iterable[tuple], encoder, run: RunSpe
 
     finished = False
     try:
-        chunk: list[tuple[str, str, int | None]] = []
-        for key, text, start in _stream(texts):
-            d = _digest(key)
+        chunk: list[tuple[str, str, int | None, bool]] = []
+        for item in _stream(texts):
+            d = _digest(item[0])
             if d in todo:
                 todo.discard(d)
-                chunk.append((key, text, start))
+                chunk.append(item)
                 if len(chunk) >= run.chunk_texts:
                     embed_chunk(chunk)
                     chunk = []

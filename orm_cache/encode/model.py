@@ -129,9 +129,7 @@ class Encoder:
                 "dtype": str(self.torch_dtype).removeprefix("torch."),
                 "max_length": s.max_length,
                 "truncation_side": s.truncation_side,
-                "pooling": list(s.pooling),
-                "layers": list(s.layers),
-            }
+            }  # poolings and layers are the store's columns, not its identity
         return self._identity
 
     @property
@@ -157,21 +155,42 @@ class Encoder:
         """Whether ``response_mean`` is pooled (then :meth:`tokenize` finds each response's tokens)."""
         return "response_mean" in self.spec.pooling
 
-    def tokenize(self, texts: list[str], starts: list[int | None] | None = None
+    def tokenize(self, texts: list[str], starts: list[int | None] | None = None,
+                 special_tokens: bool | list[bool] = True
                  ) -> tuple[list[list[int]], np.ndarray, np.ndarray, np.ndarray]:
         """Token ids per text (truncated to max_length), their lengths, which were truncated, and
         the index of each text's first response token (:mod:`.response`; -1: not found, pool every
         token). ``starts``: the character offset of each response (None: the texts are responses
-        alone, start 0); used only when response_mean is pooled (the indices are 0 otherwise)."""
+        alone, start 0); used only when response_mean is pooled (the indices are 0 otherwise).
+        ``special_tokens``: whether the tokenizer adds its special tokens (BOS, [CLS]/[SEP]…), for
+        all texts or per text; not for chat-rendered text, which carries the template's own."""
+        if isinstance(special_tokens, bool):
+            return self._tokenize(texts, starts, special_tokens)
+        special = np.asarray(special_tokens, dtype=bool).reshape(len(texts))
+        if special.all() or not special.any():
+            return self._tokenize(texts, starts, bool(special.all()) if len(texts) else True)
+        ids: list = [None] * len(texts)
+        n, truncated, first = (np.zeros(len(texts), np.int32), np.zeros(len(texts), bool),
+                               np.zeros(len(texts), np.int32))
+        for flag in (True, False):
+            idx = np.flatnonzero(special == flag)
+            part = self._tokenize([texts[i] for i in idx], None if starts is None else [starts[i] for i in idx], flag)
+            for j, i in enumerate(idx):
+                ids[i] = part[0][j]
+            n[idx], truncated[idx], first[idx] = part[1], part[2], part[3]
+        return ids, n, truncated, first
+
+    def _tokenize(self, texts: list[str], starts: list[int | None] | None, special: bool):
         tok, L = self.tokenizer, self.spec.max_length
         offsets = self.pools_response and starts is not None and tok.is_fast
-        enc = tok(texts, truncation=False, verbose=False, return_offsets_mapping=offsets)
+        enc = tok(texts, truncation=False, verbose=False, return_offsets_mapping=offsets, add_special_tokens=special)
         ids, spans = enc["input_ids"], enc.get("offset_mapping")
         n_full = [len(x) for x in ids]
         truncated = np.array([n > L for n in n_full], dtype=bool)
         long = np.flatnonzero(truncated)
         if len(long):
-            cut = tok([texts[i] for i in long], truncation=True, max_length=L, return_offsets_mapping=offsets)
+            cut = tok([texts[i] for i in long], truncation=True, max_length=L, return_offsets_mapping=offsets,
+                      add_special_tokens=special)
             for j, i in enumerate(long):
                 ids[i] = cut["input_ids"][j]
                 if offsets:

@@ -56,7 +56,7 @@ def verify(head, sv, scorer, sample: int = 64, seed: int = 0, atol: float | None
               "device": scorer.encoder.device, "atol": atol, "feature": sv.feature}
     ok = True
     for mode, alone in (("one_at_a_time", True), ("batched", False)):
-        live, n_tok = scorer.vectors(texts, one_at_a_time=alone, starts=starts)
+        live, n_tok = scorer.vectors(texts, one_at_a_time=alone, starts=starts, special_tokens=sv.data.special_tokens)
         cs, ls, r = _compare(cached, live, head, n_tok, keys, atol)
         r["preference_flips"] = float(np.mean((cs[pc] > cs[pr]) != (ls[pc] > ls[pr])))
         report[mode] = r

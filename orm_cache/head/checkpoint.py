@@ -101,7 +101,17 @@ class Head:
 
     @property
     def fingerprint(self) -> str | None:
-        return self.meta.get("fingerprint")
+        """The fingerprint of its encoder's store. A head trained before poolings and layers
+        became columns recorded its store's schema-1 fingerprint; its recorded identity names
+        the same encoder's store today."""
+        fp = self.meta.get("fingerprint")
+        ident = self.meta.get("encoder_identity")
+        if fp and isinstance(ident, dict) and "pooling" in ident:
+            from ..store.fingerprint import encoder_fingerprint, fingerprint
+
+            if fingerprint(ident) == fp:
+                return encoder_fingerprint(ident)
+        return fp
 
     @property
     def feature(self) -> str | None:

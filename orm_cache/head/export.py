@@ -30,8 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import EncoderSpec
 from ..errors import ExportError  # noqa: F401 (re-exported: its old import location)
-from ..config import EncoderSpec, TextRecipe
+from ..text import TextRecipe
 from .checkpoint import Head
 from .kinds import LinearHead
 
@@ -183,11 +184,15 @@ def export_head(head_path, out) -> ExportResult:
 
 
 def _card(model_type: str, cls: str, bias: float, spec: EncoderSpec, recipe: TextRecipe) -> str:
-    chat = ("Conversations: render them with `tokenizer.apply_chat_template(messages, tokenize=False)` and then "
-            "tokenize that text with `tokenizer(text)` (apply_chat_template's own tokenization adds no special "
-            "tokens, which orm-cache's texts have).\n" if recipe.chat_template else "")
-    joined = (f"Texts with a prompt were built as `{recipe.template!r}.format(prompt=..., response=...)`.\n"
-              if recipe.prompt_col else "")
+    chat = ("Texts are conversations: tokenize them with `tokenizer.apply_chat_template(messages, tokenize=True)` "
+            "(or render with `tokenize=False` and call `tokenizer(text, add_special_tokens=False)`: the template "
+            "writes its own special tokens). A prompt and a response given as strings are the user and "
+            "assistant turns.\n" if recipe.kind == "chat" else "")
+    joined = (f"Texts with a prompt were built as `{recipe.template!r}.format(prompt=..., response=...)` and "
+              "tokenized with `tokenizer(text)`.\n" if recipe.kind != "chat" and recipe.prompt_col else "")
+    if recipe.kind != "chat" and recipe.eos:
+        joined += (f"The tokenizer's EOS token ({recipe.eos_token!r}) was appended to every text that did not end "
+                   "with it, as TRL's RewardTrainer does.\n")
     return (f"# Reward model exported by orm-cache\n\n"
             f"A frozen `{model_type}` encoder with a linear reward head as the `score` layer of `{cls}` "
             f"(`num_labels=1`). Load it with `AutoModelForSequenceClassification.from_pretrained(this_dir)`; the "
@@ -324,7 +329,7 @@ def import_head(model_dir, out=None, cache_dir="cache", dtype: str = "auto", max
     """An orm-cache head from the ``score`` layer of the sequence-classification reward model in
     ``model_dir``, over that model's backbone (``last@-1``); saved to ``out`` (default
     ``cache/heads/imported-<name>.pt``). Loads the config, tokenizer and score layer only."""
-    from ..data.chat import tokenizer_chat
+    from ..text import tokenizer_chat
     from ..encode.identity import EncoderError
     from ..encode.model import Encoder
     from ..store import short
@@ -354,7 +359,7 @@ def import_head(model_dir, out=None, cache_dir="cache", dtype: str = "auto", max
         log.warning("%s pads with its eos token: the model itself scores a text that ends in eos one token early "
                     "(at the last non-pad token), orm-cache at the eos; scores of such texts differ", directory)
     template, tokens = tokenizer_chat(str(directory))
-    recipe = TextRecipe(chat_template=template, chat_tokens=tokens if template else None)
+    recipe = TextRecipe(chat_template=template, chat_tokens=tokens if template else None, kind="auto")
     meta = {
         "fingerprint": encoder.fingerprint, "encoder_identity": encoder.identity,
         "encoder_spec": encoder.spec_record, "feature": "last@-1", "recipe": recipe.to_dict(),

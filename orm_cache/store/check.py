@@ -15,7 +15,7 @@ from pathlib import Path
 from .blocks import verify_table
 from .describe import list_stores, write_encoder_json
 from .fingerprint import short
-from .shards import TMP_PREFIX, StoreError, _stat_key, list_shards, open_shard, remember_verified
+from .shards import TMP_PREFIX, StoreError, _stat_key, list_shards, open_shard, remember_verified, vector_columns
 
 
 @dataclass
@@ -135,16 +135,18 @@ def compact_store(store: dict, target_rows: int = 65_536, report: list | None = 
                          "compacted (see orm-cache cache check)")
     import warnings
 
+    directory = Path(store["dir"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a shard that fails to open is reported below
-        vs = VectorStore(Path(store["dir"]), store["fingerprint"])
-    before = len(vs._paths) + len(vs.skipped)
+        vs = VectorStore(directory, store["fingerprint"])
+    mine = [(p, t) for p, t in zip(vs._paths, vs._tables) if p.parent == directory]  # not those it reads across
+    before = len(mine) + sum(p.parent == directory for p, _ in vs.skipped)
     # Every shard is checked in full first (checksums and values), not trusted from verified.json:
     # a merged shard gets a new checksum, which would hide any corruption for good, and a kept one
-    # would stay in use.
-    failed = [(p, why) for p, why in vs.skipped if p.exists()]
+    # would stay in use. One that fails is quarantined and reported.
+    failed = [(p, why) for p, why in vs.skipped if p.parent == directory and p.exists()]
     sound = []
-    for p, t in zip(vs._paths, vs._tables):
+    for p, t in mine:
         problem = _problem(p, store)
         if problem == "gone":
             continue
@@ -152,33 +154,42 @@ def compact_store(store: dict, target_rows: int = 65_536, report: list | None = 
     for p, why in failed:
         _quarantine(p, why, report)
     small = [(p, t) for p, t in sound if t.num_rows < target_rows]
-    if len(small) < 2:
-        return before, before - len(failed)
-    groups, current, rows = [], [], 0
+    # Shards merge with shards of the same columns only (one store holds shards of several column
+    # sets when poolings or layers were embedded at different times); a key's first row per set wins.
+    by_columns: dict[tuple, list] = {}
     for p, t in small:
-        if current and rows + t.num_rows > target_rows:
-            groups.append(current)
-            current, rows = [], 0
-        current.append((p, t))
-        rows += t.num_rows
-    groups.append(current)
-    seen: set[str] = set(k for p, t in sound if t.num_rows >= target_rows for k in t.column("key").to_pylist())
+        by_columns.setdefault(vector_columns(t.schema), []).append((p, t))
     stem = f"{time.time_ns():016x}-{socket.gethostname()}-{os.getpid()}-compact"
-    for i, group in enumerate(groups):
-        if len(group) < 2:
+    n = 0
+    for cols, shards in by_columns.items():
+        if len(shards) < 2:
             continue
-        table = pa.concat_tables([t for _, t in group])
-        keys = table.column("key").to_pylist()
-        keep = np.zeros(len(keys), dtype=bool)  # first occurrence of each key, as on read
-        for j, k in enumerate(keys):
-            if k not in seen:
-                seen.add(k)
-                keep[j] = True
-        write_shard(Path(store["dir"]), table.filter(pa.array(keep)) if not keep.all() else table, f"{stem}{i:03d}")
-        del table
-        for p, _ in group:
-            p.unlink(missing_ok=True)
-    return before, len(VectorStore(Path(store["dir"]), store["fingerprint"])._paths)
+        groups, current, rows = [], [], 0
+        for p, t in shards:
+            if current and rows + t.num_rows > target_rows:
+                groups.append(current)
+                current, rows = [], 0
+            current.append((p, t))
+            rows += t.num_rows
+        groups.append(current)
+        seen: set[str] = set(k for p, t in sound if t.num_rows >= target_rows and vector_columns(t.schema) == cols
+                             for k in t.column("key").to_pylist())
+        for group in groups:
+            if len(group) < 2:
+                continue
+            table = pa.concat_tables([t for _, t in group])
+            keys = table.column("key").to_pylist()
+            keep = np.zeros(len(keys), dtype=bool)  # first occurrence of each key, as on read
+            for j, k in enumerate(keys):
+                if k not in seen:
+                    seen.add(k)
+                    keep[j] = True
+            write_shard(directory, table.filter(pa.array(keep)) if not keep.all() else table, f"{stem}{n:03d}")
+            n += 1
+            del table
+            for p, _ in group:
+                p.unlink(missing_ok=True)
+    return before, len(list_shards(directory))
 
 
 def _problem(path: Path, store: dict) -> str | None:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from .fingerprint import fingerprint, short
+from .fingerprint import encoder_fingerprint, fingerprint, short
 from .shards import (META_FINGERPRINT, META_IDENTITY, META_SPEC, StoreError, _atomic_write_bytes,
-                     list_shards)
+                     list_shards, vector_columns)
 
 ENCODER_JSON = "encoder.json"
 
@@ -99,14 +99,29 @@ def _size(path: Path) -> int | None:
         return None
 
 
+def _shard_columns(path: Path) -> tuple[str, ...]:
+    """The vector columns in one shard's schema (none when unreadable)."""
+    try:
+        return vector_columns(pa.ipc.open_file(pa.memory_map(str(path), "r")).schema)
+    except (pa.ArrowInvalid, OSError):
+        return ()
+
+
 def list_stores(cache_dir) -> list[dict]:
-    """Every store under ``cache_dir``: :func:`describe_store`'s fingerprint, identity, spec and
-    problem, and its shards and bytes on disk."""
+    """Every store directory under ``cache_dir``: :func:`describe_store`'s fingerprint, identity,
+    spec and problem; ``encoder``: the fingerprint of the store that holds its encoder's vectors
+    today (a schema-1 directory's is another one's, which reads it across); the vector
+    ``columns`` its shards hold; its shards and bytes on disk."""
     out = []
     root = Path(cache_dir) / "vectors"
     if not root.is_dir():
         return out
     for d in sorted(p for p in root.iterdir() if p.is_dir()):
-        sizes = [n for n in map(_size, list_shards(d)) if n is not None]
-        out.append({"dir": str(d), **describe_store(d), "shards": len(sizes), "bytes": sum(sizes)})
+        shards = list_shards(d)
+        sizes = [n for n in map(_size, shards) if n is not None]
+        desc = describe_store(d)
+        encoder = encoder_fingerprint(desc["identity"]) if desc["fingerprint"] else None
+        columns = tuple(dict.fromkeys(c for p in shards for c in _shard_columns(p)))
+        out.append({"dir": str(d), **desc, "encoder": encoder, "columns": columns, "shards": len(sizes),
+                    "bytes": sum(sizes)})
     return out

@@ -10,7 +10,7 @@ from __future__ import annotations
 from ..config import EncoderSpec, feature_parts
 from .describe import list_stores
 from .fingerprint import short
-from .shards import StoreError, VectorStore
+from .shards import StoreError, VectorStore, store_dir
 
 
 def _matches(identity: dict, hint: dict) -> bool:
@@ -27,29 +27,35 @@ def store_summary(s: dict) -> str:
     """``--model X`` with its dtype, max length and columns, as recorded by the store's writer."""
     spec, ident = s.get("spec") or {}, s["identity"]
     model = spec.get("model") or ident.get("model", {}).get("id") or "?"
-    cols = ",".join(f"{p}@{l}" for l in ident.get("layers", []) for p in ident.get("pooling", []))
+    cols = ",".join(s.get("columns") or ())
     return (f"--model {model} (--dtype {ident.get('dtype')} --max-length {ident.get('max_length')} "
             f"--truncation-side {ident.get('truncation_side')}; columns {cols})")
 
 
 def store_by_prefix(cache_dir, prefix: str) -> VectorStore:
-    """The one store under ``cache_dir`` whose fingerprint starts with ``prefix`` (``--store``)."""
-    chosen = [s for s in list_stores(cache_dir) if s["fingerprint"] and s["fingerprint"].startswith(prefix)]
-    if len(chosen) != 1:
-        raise StoreError(f"--store {prefix!r} matches {len(chosen)} stores under {cache_dir}")
-    return VectorStore(chosen[0]["dir"], chosen[0]["fingerprint"])
+    """The one store under ``cache_dir`` whose fingerprint starts with ``prefix`` (``--store``;
+    a schema-1 store's fingerprint names the store of its encoder, which reads it across)."""
+    found = {s["encoder"] for s in list_stores(cache_dir) if s["fingerprint"]
+             and (s["fingerprint"].startswith(prefix) or s["encoder"].startswith(prefix))}
+    if len(found) != 1:
+        raise StoreError(f"--store {prefix!r} matches {len(found)} stores under {cache_dir}")
+    return encoder_store(cache_dir, found.pop())
 
 
-def _columns(identity: dict) -> list[str]:
-    return [f"{p}@{l}" for l in identity.get("layers", []) for p in identity.get("pooling", [])]
+def encoder_store(cache_dir, fp: str) -> VectorStore:
+    """The store of the encoder whose fingerprint is ``fp`` (its directory may not exist yet when
+    only schema-1 stores of that encoder do: it reads them across)."""
+    return VectorStore(store_dir(cache_dir, fp), fp)
 
 
 def find_store(cache_dir, spec: EncoderSpec, feature: str | None = None, store: str | None = None,
                embed_hint: str = "orm-cache embed") -> VectorStore:
-    """The one store under ``cache_dir`` that holds vectors of ``spec``'s encoder (and ``feature``).
+    """The store under ``cache_dir`` that holds vectors of ``spec``'s encoder (and ``feature``).
 
-    ``store`` (a fingerprint prefix) picks one explicitly. Raises :class:`StoreError` naming the
-    command to run when there is none, and the candidates when there are several.
+    One encoder has one store; its poolings and layers are columns, found by name (directories
+    written before that, one per pooling set, are read as part of it). ``store`` (a
+    fingerprint prefix) picks one explicitly. Raises :class:`StoreError` naming the command to
+    run when there is none, and the candidates when several encoders match (another dtype).
     """
     from ..encode.identity import model_identity_hint
 
@@ -59,10 +65,10 @@ def find_store(cache_dir, spec: EncoderSpec, feature: str | None = None, store: 
     try:
         parts = feature_parts(feature) if feature else ()
     except ValueError as e:  # one line, with the columns the model's stores hold
-        held = sorted({c for s in stores for c in _columns(s["identity"])})
+        held = sorted({c for s in stores for c in s["columns"]})
         raise StoreError(f"{e}; stored columns: {', '.join(held) or 'none yet'}") from None
     hint = model_identity_hint(spec.model, spec.revision)
-    chosen = []
+    encoders: dict[str, list[dict]] = {}
     for s in stores:
         ident = s["identity"]
         if not _matches(ident, hint):
@@ -71,25 +77,40 @@ def find_store(cache_dir, spec: EncoderSpec, feature: str | None = None, store: 
             continue
         if ident.get("max_length") != spec.max_length or ident.get("truncation_side") != spec.truncation_side:
             continue
-        cols = _columns(ident)
-        if feature and not set(parts) <= set(cols):
-            continue
-        chosen.append(s)
-    if not chosen:
+        encoders.setdefault(s["encoder"], []).append(s)
+    if feature:
+        encoders = {fp: ss for fp, ss in encoders.items() if set(parts) <= {c for s in ss for c in s["columns"]}}
+    if not encoders:
         held = "; ".join(store_summary(s) for s in stores if s["shards"])
         raise StoreError(f"no cached vectors for model {spec.model!r} (max_length {spec.max_length}"
                          + (f", feature {feature}" if feature else "") + f") under {cache_dir}; "
                          + (f"the cache holds: {held} (give those options, and --feature, to use one); "
                             if held else "")
                          + f"or run first: {embed_hint}")
-    if len(chosen) > 1:  # the one embedded with exactly the poolings and layers asked for, if any
-        exact = [s for s in chosen if list(s["identity"].get("pooling", [])) == list(spec.pooling)
-                 and list(s["identity"].get("layers", [])) == list(spec.layers)]
-        chosen = exact if len(exact) == 1 else chosen
-    if len(chosen) > 1:
-        listing = "; ".join(f"{short(s['fingerprint'])} ({s['identity'].get('dtype')}, "
-                            f"pooling {','.join(s['identity'].get('pooling', []))})" for s in chosen)
+    if len(encoders) > 1:
+        listing = "; ".join(f"{short(fp)} ({ss[0]['identity'].get('dtype')}, columns "
+                            f"{','.join(dict.fromkeys(c for s in ss for c in s['columns']))})"
+                            for fp, ss in encoders.items())
         raise StoreError(f"several stores match model {spec.model!r}: {listing}; pick one with "
-                         "--store FINGERPRINT (or --dtype / --feature)")
-    s = chosen[0]
-    return VectorStore(s["dir"], s["fingerprint"])
+                         "--store FINGERPRINT (or --dtype)")
+    return encoder_store(cache_dir, next(iter(encoders)))
+
+
+def cache_summary(cache_dir) -> list[dict]:
+    """One entry per encoder under ``cache_dir`` (``cache info``): its store's directory and
+    fingerprint, identity, the directories it reads (schema-1 ones included), shards, bytes,
+    distinct texts and, per column, how many texts have it. A directory whose encoder cannot be
+    told is an entry with its ``problem``."""
+    out, by_encoder = [], {}
+    for s in list_stores(cache_dir):
+        if s["fingerprint"] is None:
+            out.append({"dir": s["dir"], "problem": s["problem"]})
+        else:
+            by_encoder.setdefault(s["encoder"], []).append(s)
+    for fp, dirs in by_encoder.items():
+        vs = encoder_store(cache_dir, fp)
+        out.append({"dir": str(vs.dir), "fingerprint": fp, "identity": vs.identity() or dirs[0]["identity"],
+                    "read_from": [s["dir"] for s in dirs], "shards": sum(s["shards"] for s in dirs),
+                    "bytes": sum(s["bytes"] for s in dirs), "texts": len(vs), "columns": vs.column_counts(),
+                    "problem": next((s["problem"] for s in dirs if s["problem"]), None)})
+    return out

@@ -253,6 +253,30 @@ def open_shard(path: Path, fp: str, checksum: bool = True) -> tuple[pa.Table | N
     return (None, problem) if problem else (table, None)
 
 
+def vector_columns(schema: pa.Schema) -> tuple[str, ...]:
+    """The vector columns (``<pooling>@<layer>``) of a shard's schema, in order."""
+    return tuple(n for n in schema.names if "@" in n)
+
+
+def legacy_sources(vectors_root: Path, fp: str, own: Path) -> list[tuple[Path, str]]:
+    """Stores under ``vectors_root`` written before poolings and layers became columns (schema 1,
+    one store per pooling set) whose encoder is ``fp``'s: ``(directory, their fingerprint)``.
+    The store of ``fp`` reads their shards beside its own, so nothing embedded before is hidden
+    or embedded again; new shards go to the store's own directory."""
+    from .describe import describe_store
+    from .fingerprint import encoder_fingerprint
+
+    out = []
+    if not Path(vectors_root).is_dir():
+        return out
+    for d in sorted(p for p in Path(vectors_root).iterdir() if p.is_dir() and p != Path(own)):
+        desc = describe_store(d)
+        ident = desc["identity"] or {}
+        if desc["fingerprint"] and "pooling" in ident and encoder_fingerprint(ident) == fp:
+            out.append((d, desc["fingerprint"]))
+    return out
+
+
 def _stat_key(path: Path) -> list[int] | None:
     try:
         st = path.stat()
@@ -301,9 +325,12 @@ class VectorStore:
         self._tables: list[pa.Table] = []
         self._paths: list[Path] = []
         self._starts: list[int] = [0]  # first row of each shard, and the total at the end
-        self._index = KeyIndex(self._keys_at)
+        # one key index per set of vector columns a shard holds (embedding another pooling or layer
+        # later writes shards with other columns into the same store): columns -> index
+        self._groups: dict[tuple[str, ...], KeyIndex] = {}
         self._parts: dict[str, tuple[list[np.ndarray], np.ndarray]] = {}  # column -> (views, first rows)
         self.skipped: list[tuple[Path, str]] = []
+        self.sources = [(self.dir, fp)] + legacy_sources(self.dir.parent, fp, self.dir)
         self.refresh()
 
     # -- opening -------------------------------------------------------------------------------
@@ -340,42 +367,49 @@ class VectorStore:
                          "listings); is something other than orm-cache deleting them?")
 
     def _open_new_shards(self) -> bool:
-        """Open the listed shards not opened (or skipped) yet; True when one was gone before it opened."""
-        if not self.dir.is_dir():
-            return False
+        """Open the listed shards not opened (or skipped) yet, of this store's directory and of
+        the schema-1 stores it reads across (:func:`legacy_sources`); True when one was gone
+        before it opened."""
         known = set(self._paths) | {p for p, _ in self.skipped}
-        new = [p for p in list_shards(self.dir) if p not in known]
-        if not new:
-            return False
-        memo, now = read_verified(self.dir), time.time_ns()
-        checked: dict[str, list[int] | None] = {}
         gone = False
-        hashes, first = [], self._starts[-1]
-        for path in new:
-            stat = _stat_key(path)
-            try:
-                if stat is not None and memo.get(path.name) == stat:
-                    table, problem = open_shard(path, self.fp, checksum=False)
-                else:
-                    table, problem = open_shard(path, self.fp)
-                    trusted = not problem and stat is not None and now - stat[1] > RACY_SECONDS * 1e9
-                    if trusted or path.name in memo:
-                        checked[path.name] = stat if trusted else None
-            except FileNotFoundError:
-                gone = True
+        added: dict[tuple[str, ...], tuple[list, list]] = {}  # columns -> (key hashes, rows) per new shard
+        for directory, fp in self.sources:
+            if not directory.is_dir():
                 continue
-            if problem:
-                self._skip(path, problem)
+            new = [p for p in list_shards(directory) if p not in known]
+            if not new:
                 continue
-            self._tables.append(table)
-            self._paths.append(path)
-            self._starts.append(self._starts[-1] + table.num_rows)
-            hashes.append(key_hashes(table.column("key").to_pylist()))
-        if hashes:
-            self._index.add(np.concatenate(hashes), np.arange(first, self._starts[-1]))
+            memo, now = read_verified(directory), time.time_ns()
+            checked: dict[str, list[int] | None] = {}
+            for path in new:
+                stat = _stat_key(path)
+                try:
+                    if stat is not None and memo.get(path.name) == stat:
+                        table, problem = open_shard(path, fp, checksum=False)
+                    else:
+                        table, problem = open_shard(path, fp)
+                        trusted = not problem and stat is not None and now - stat[1] > RACY_SECONDS * 1e9
+                        if trusted or path.name in memo:
+                            checked[path.name] = stat if trusted else None
+                except FileNotFoundError:
+                    gone = True
+                    continue
+                if problem:
+                    self._skip(path, problem)
+                    continue
+                first = self._starts[-1]
+                self._tables.append(table)
+                self._paths.append(path)
+                self._starts.append(first + table.num_rows)
+                hashes, rows = added.setdefault(vector_columns(table.schema), ([], []))
+                hashes.append(key_hashes(table.column("key").to_pylist()))
+                rows.append(np.arange(first, self._starts[-1]))
+            if checked:
+                remember_verified(directory, checked)
+        for cols, (hashes, rows) in added.items():
+            self._groups.setdefault(cols, KeyIndex(self._keys_at)).add(np.concatenate(hashes), np.concatenate(rows))
+        if added:
             self._parts.clear()
-        if checked:
-            remember_verified(self.dir, checked)
         return gone
 
     def _skip(self, path: Path, why: str) -> None:
@@ -407,14 +441,25 @@ class VectorStore:
 
     # -- queries -------------------------------------------------------------------------------
     def __len__(self) -> int:
-        return len(self._index)
+        """Distinct keys with a vector in some column."""
+        if len(self._groups) <= 1:
+            return sum(map(len, self._groups.values()))
+        return len(set(self.keys()))
 
     def __contains__(self, key: str) -> bool:
-        return key in self._index
+        return bool(self._lookup([key], None)[0] >= 0)
 
     def keys(self):
         """Every key the store holds (each once), in no particular order."""
-        return iter(self._index)
+        if len(self._groups) == 1:
+            yield from next(iter(self._groups.values()))
+            return
+        seen = set()
+        for index in self._groups.values():
+            for k in index:
+                if k not in seen:
+                    seen.add(k)
+                    yield k
 
     @property
     def shards(self) -> list[Path]:
@@ -422,50 +467,77 @@ class VectorStore:
 
     @property
     def columns(self) -> tuple[str, ...]:
-        if not self._tables:
-            return ()
-        return tuple(n for n in self._tables[0].schema.names if "@" in n)
+        """Every vector column some shard holds, in the order they were first written."""
+        return tuple(dict.fromkeys(c for cols in self._groups for c in cols))
+
+    def column_counts(self) -> dict[str, int]:
+        """Distinct keys that have each column (``cache info``)."""
+        out = {}
+        for c in self.columns:
+            indexes = [ix for cols, ix in self._groups.items() if c in cols]
+            out[c] = len(indexes[0]) if len(indexes) == 1 else len({k for ix in indexes for k in ix})
+        return out
 
     @property
     def dim(self) -> int | None:
         if not self._tables:
             return None
-        return self._tables[0].schema.field(self.columns[0]).type.list_size
+        schema = self._tables[0].schema
+        return schema.field(vector_columns(schema)[0]).type.list_size
 
-    def _find(self, keys: list[str]) -> np.ndarray:
-        """Global row of each key (-1 where none); shards added since the last refresh are
-        opened before a key is called missing."""
-        gids = self._index.find(keys)
+    def _lookup(self, keys: list[str], column: str | None) -> np.ndarray:
+        """Global row of each key among the shards that hold ``column`` (any shard: None); -1
+        where none. A key in several such shards resolves to the one opened first."""
+        out = np.full(len(keys), -1, np.int64)
+        for cols, index in self._groups.items():
+            if column is not None and column not in cols:
+                continue
+            todo = np.flatnonzero(out < 0)
+            if not len(todo):
+                break
+            out[todo] = index.find(keys if len(todo) == len(keys) else [keys[i] for i in todo.tolist()])
+        return out
+
+    def _find(self, keys: list[str], column: str | None = None) -> np.ndarray:
+        """Global row of each key that holds ``column`` (any row: None; -1 where none); shards
+        added since the last refresh are opened before a key is called missing."""
+        keys = keys if isinstance(keys, list) else list(keys)
+        gids = self._lookup(keys, column)
         if (gids < 0).any():
             self.refresh()
             miss = np.flatnonzero(gids < 0)
-            gids[miss] = self._index.find([keys[i] for i in miss])
+            gids[miss] = self._lookup([keys[i] for i in miss.tolist()], column)
         return gids
 
-    def missing(self, keys) -> list[str]:
-        """Keys without a vector; shards added since the last refresh are opened before saying so."""
+    def missing(self, keys, columns=None) -> list[str]:
+        """Keys without a vector in every one of ``columns`` (None: in any column); shards added
+        since the last refresh are opened before saying so."""
         keys = list(keys)
-        gids = self._find(keys)
-        return [keys[i] for i in np.flatnonzero(gids < 0)]
+        if not columns:
+            lacking = self._find(keys) < 0
+        else:
+            lacking = np.zeros(len(keys), bool)
+            for c in columns:
+                lacking |= self._find(keys, c) < 0
+        return [keys[i] for i in np.flatnonzero(lacking)]
 
-    def locate(self, keys) -> np.ndarray:
-        """``(N,)`` global row of each key (rows are numbered in the order they lie in the
-        shards); a missing key raises :class:`StoreError`."""
+    def locate(self, keys, column: str | None = None) -> np.ndarray:
+        """``(N,)`` global row of each key that holds ``column`` (any: None; rows are numbered
+        in the order they lie in the shards); a missing key raises :class:`StoreError`."""
         keys = list(keys)
-        gids = self._find(keys)
+        gids = self._find(keys, column)
         if (gids < 0).any():
             miss = np.flatnonzero(gids < 0)
-            raise StoreError(f"{len(miss)} of {len(keys)} keys have no vector in {self.dir} "
+            where = f" in column {column}" if column else ""
+            raise StoreError(f"{len(miss)} of {len(keys)} keys have no vector{where} in {self.dir} "
                              f"(first: {keys[miss[0]][:16]}…)")
         return gids
 
-    _locate = locate
-
-    def in_store_order(self, keys) -> list[str]:
-        """``keys`` sorted as their rows lie in the shards, so that blocks of them are read as
-        slices of the memory map (missing keys raise :class:`StoreError`)."""
+    def in_store_order(self, keys, column: str | None = None) -> list[str]:
+        """``keys`` sorted as their rows (of ``column``) lie in the shards, so that blocks of them
+        are read as slices of the memory map (missing keys raise :class:`StoreError`)."""
         keys = list(keys)
-        order = np.argsort(self.locate(keys), kind="stable")
+        order = np.argsort(self.locate(keys, column), kind="stable")
         return [keys[i] for i in order]
 
     def _column_parts(self, column: str) -> tuple[list[np.ndarray], np.ndarray]:
@@ -474,6 +546,8 @@ class VectorStore:
         if column not in self._parts:
             views, firsts = [], []
             for table, start in zip(self._tables, self._starts):
+                if column not in table.schema.names:  # a shard of other columns
+                    continue
                 offset = start
                 for chunk in table.column(column).chunks:
                     flat = chunk.flatten().to_numpy(zero_copy_only=True)  # (n*D,) view of the map
@@ -510,18 +584,31 @@ class VectorStore:
     def matrix(self, keys, column: str | None = None) -> Rows:
         """The vectors of ``keys`` (in order) as a ``(len(keys), D)`` :class:`StoreRows`, read
         from the memory map block by block: nothing is copied here. ``column`` may concatenate
-        stored columns (``mean@-4+mean@-1``: a :class:`ConcatRows` of them)."""
-        return self.matrix_at(self.locate(keys), column)
+        stored columns (``mean@-4+mean@-1``: a :class:`ConcatRows` of them), each found wherever
+        the store holds it for each key."""
+        column = self._check_column(column)
+        keys = list(keys)
+        return self.columns_at([self.locate(keys, c) for c in self.feature_columns(column)], column)
 
     def matrix_at(self, gids: np.ndarray, column: str | None = None) -> Rows:
-        """:meth:`matrix` of global rows ``gids`` (from :meth:`locate`)."""
+        """:meth:`matrix` of global rows ``gids`` (from :meth:`locate`): rows that hold every
+        column of ``column`` (for a feature whose columns lie in different shards, :meth:`matrix`)."""
         column = self._check_column(column)
         gids = np.asarray(gids, np.int64)
+        return self.columns_at([gids] * len(self.feature_columns(column)), column)
+
+    def columns_at(self, gids_per_column: list[np.ndarray], column: str) -> Rows:
+        """The rows of ``column``'s stored columns, each at its own global rows (from
+        :meth:`locate` of that column), side by side."""
         parts = []
-        for col in self.feature_columns(column):
+        for col, gids in zip(self.feature_columns(column), gids_per_column):
             views, firsts = self._column_parts(col)
             part = np.searchsorted(firsts, gids, "right") - 1
-            parts.append(StoreRows(views, part, gids - firsts[part], self.dim))
+            row = gids - firsts[np.maximum(part, 0)]
+            lens = np.fromiter(map(len, views), np.int64, len(views))
+            if len(gids) and ((part < 0) | (row >= lens[np.maximum(part, 0)])).any():
+                raise StoreError(f"rows asked of column {col} lie in shards that do not hold it")
+            parts.append(StoreRows(views, part, row, self.dim))
         return parts[0] if len(parts) == 1 else ConcatRows(parts)
 
     def vectors(self, keys, column: str | None = None, dtype=np.float32) -> np.ndarray:
@@ -559,8 +646,10 @@ class VectorStore:
 
     @property
     def has_response_starts(self) -> bool:
-        """Whether the shards record where each response starts (stores that pool response_mean)."""
-        return bool(self._tables) and RESPONSE_START in self._tables[0].schema.names
+        """Whether the shards that pool response_mean record where each response starts (every
+        writer since response_mean exists does)."""
+        return all(RESPONSE_START in t.schema.names for t in self._tables
+                   if any(c.startswith("response_mean@") for c in vector_columns(t.schema)))
 
     def identity(self) -> dict:
         return self._description()["identity"]
@@ -570,7 +659,12 @@ class VectorStore:
         return self._description()["spec"]
 
     def _description(self) -> dict:
+        """This store's encoder (from its directory, else from a schema-1 store it reads across)."""
         from .describe import describe_store
+        from .fingerprint import encoder_identity
 
-        desc = describe_store(self.dir)
-        return desc if desc["fingerprint"] == self.fp else {"identity": {}, "spec": None}
+        for directory, fp in self.sources:
+            desc = describe_store(directory) if directory.is_dir() else {"fingerprint": None}
+            if desc["fingerprint"] == fp:
+                return {**desc, "identity": encoder_identity(desc["identity"])}
+        return {"identity": {}, "spec": None}
