@@ -60,11 +60,10 @@ class LinearHead(Head):
 
     def score(self, X) -> np.ndarray:
         """One product with the mean weight (equal to the members' mean score), each row's dot
-        product summed in float64 in a fixed order and rounded once to float32: a text's score
-        is the same bits whatever chunk, batch, order or door it is scored through."""
+        product summed in a fixed order (:meth:`Rows.row_dot`): a text's score is the same bits
+        whatever chunk, batch, order or door it is scored through."""
         assert X.ndim == 2 and X.shape[1] == self.dim, (X.shape, self.dim)
-        s = as_rows(X).row_dot(self.weight) + np.float64(self.bias)  # (N,) float64
-        return self.finite(s.astype(np.float32))
+        return self.finite(as_rows(X).row_dot(self.weight) + np.float32(self.bias))  # (N,)
 
     def state(self) -> dict[str, torch.Tensor]:
         out = {"score.weight": torch.from_numpy(self.weight.copy()).reshape(1, -1),
