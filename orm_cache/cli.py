@@ -32,10 +32,7 @@ class Group(click.Group):
     """Turns the library's user-facing errors into one clear line and a non-zero exit."""
 
     def invoke(self, ctx):
-        from .data import DataError
-        from .encode.identity import EncoderError
-        from .head.checkpoint import CheckpointError
-        from .store import StoreError
+        from .errors import UserError
 
         try:
             return super().invoke(ctx)
@@ -44,9 +41,7 @@ class Group(click.Group):
             click.echo(f"terminated (SIGTERM): no output file was replaced by a partial one{kept}; run the same "
                        "command again to finish", err=True)
             ctx.exit(128 + signal.SIGTERM)
-        except (DataError, StoreError, EncoderError, ValueError, CheckpointError) as e:
-            if isinstance(e, click.ClickException):
-                raise
+        except UserError as e:  # anything else is a bug: its traceback is the report
             raise click.ClickException(str(e)) from None
         except OSError as e:  # a missing file, a read-only or full disk: what and where, in one line
             where = f": {e.filename}" if getattr(e, "filename", None) and str(e.filename) not in str(e) else ""
@@ -74,6 +69,11 @@ def _options(*opts):
         return f
     return deco
 
+
+overwrite_option = click.option(
+    "--overwrite", is_flag=True,
+    help="Replace a checkpoint that already exists at the default path (without it the command refuses before "
+         "training; a path given with --out is replaced atomically, like every output).")
 
 chat_template_option = _opt(DataSpec, "chat_template", "--chat-template", default=None, show_default=False,
                             metavar="FILE")
@@ -278,12 +278,14 @@ override_recipe_option = click.option(
 @head_options
 @store_option
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
-              help="Checkpoint path [default: cache/heads/<fingerprint>-<feature>-<solver>-seed<seed>.pt].")
+              help="Checkpoint path [default: cache/heads/<fingerprint>-<feature>-<head>-<objective>-<solver>-"
+                   "seed<seed>-<digest of the configuration and data>.pt].")
+@overwrite_option
 @click.option("--eval-split", default="validation", show_default=True,
               help="Split evaluated (and the calibration temperature fitted on) after training, when cached; "
                    "'' to skip.")
 @quiet_option
-def fit_head_cmd(out, eval_split, store, **kw):
+def fit_head_cmd(out, eval_split, store, overwrite, **kw):
     """Stage 2: train a head on cached vectors (no model is loaded).
 
     --solver adamw reproduces the reference recipe (AdamW lr 2e-5, betas 0.9,0.999, weight decay
@@ -303,7 +305,8 @@ def fit_head_cmd(out, eval_split, store, **kw):
 
     setup_logging(kw["quiet"])
     cfg = build(HeadConfig, kw)
-    r = fit_head(build(DataSpec, kw), build(EncoderSpec, kw), cfg, kw["cache_dir"], out, eval_split or None, store)
+    r = fit_head(build(DataSpec, kw), build(EncoderSpec, kw), cfg, kw["cache_dir"], out, eval_split or None, store,
+                 overwrite=overwrite)
     t = r.head.meta["train"]
     acc = "" if t["accuracy"] is None else f", train pairwise accuracy {100 * t['accuracy']:.1f}%"
     on = (f"{r.head.meta['data']['n_pairs']:,} pairs" if cfg.objective == "pairwise" else
@@ -335,7 +338,9 @@ def fit_head_cmd(out, eval_split, store, **kw):
 @click.option("--results", type=click.Path(dir_okay=False), default=None,
               help="Write every configuration's row to RESULTS.csv and RESULTS.json (give the path without extension).")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
-              help="Checkpoint of the best head [default: cache/heads/sweep-best-<fingerprint>.pt].")
+              help="Checkpoint of the best head [default: cache/heads/sweep-best-<fingerprint>-<digest of the "
+                   "grid, selection and data>.pt].")
+@overwrite_option
 @click.option("--select-by", type=click.Choice(["accuracy", "loss"]), default="accuracy", show_default=True,
               help="Rank on --select-on's pairwise accuracy (ties: lower loss) or its pairwise log-loss "
                    "-log σ(Δ) (ties: higher accuracy); loss is less noisy on a small selection split.")
@@ -344,7 +349,7 @@ def fit_head_cmd(out, eval_split, store, **kw):
                    "(the checkpoint records it; its --select-on metrics are then not held out).")
 @click.option("--top", type=click.IntRange(min=0), default=10, show_default=True, help="Leaderboard rows printed.")
 @quiet_option
-def sweep(grid, grid_file, select_on, report_on, results, out, top, store, quiet, select_by, refit, **kw):
+def sweep(grid, grid_file, select_on, report_on, results, out, top, store, quiet, select_by, refit, overwrite, **kw):
     """Train a grid of head configurations on cached vectors and pick the best on validation.
 
     AdamW configurations sharing batch size, steps and seed train together as one (K, D) weight
@@ -367,7 +372,7 @@ def sweep(grid, grid_file, select_on, report_on, results, out, top, store, quiet
         early_output_checks(f"{results}{ext}")
     base = build(HeadConfig, kw)
     r = sweep_heads(build(DataSpec, kw), build(EncoderSpec, kw), base, g, kw["cache_dir"], select_on, report_on,
-                    out, store, quiet, select_by, refit)
+                    out, store, quiet, select_by, refit, overwrite=overwrite)
     rows = sweep_table(r.rows, select_on)
     varied = grid_fields(g)
     click.echo(f"{len(rows)} configurations in {r.seconds:.1f}s, ranked on {select_on} by {select_by}:")
@@ -766,7 +771,8 @@ def cache_compact(cache_dir, target_rows):
     """Merge many small shards (interrupted or incremental runs) into few large ones.
 
     Safe beside readers and against crashes: merged shards are complete before the originals
-    are deleted, and duplicate keys collapse on read.
+    are deleted, and duplicate keys collapse on read. Every shard, merged or kept, is verified
+    in full first; one that fails is moved to <store>/corrupt/ and listed.
     """
     from .store import list_stores
     from .store.check import compact_store
@@ -775,8 +781,11 @@ def cache_compact(cache_dir, target_rows):
     if not stores:
         click.echo(f"no vector stores under {cache_dir}")
     for s in stores:
-        before, after = compact_store(s, target_rows)
+        report: list[str] = []
+        before, after = compact_store(s, target_rows, report)
         click.echo(f"{s['dir']}: {before} shards -> {after}")
+        for line in report:
+            click.echo(f"  {line}")
 
 
 def main():

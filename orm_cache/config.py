@@ -10,7 +10,7 @@ import functools
 import math
 from dataclasses import asdict, dataclass, replace
 
-from .errors import RecipeError  # noqa: F401 (re-exported)
+from .errors import ConfigConflict, ConfigError, RecipeError  # noqa: F401 (ConfigConflict, RecipeError: re-exported)
 from .text.recipe import (DEFAULT_TEMPLATE, TextRecipe, check_template,  # noqa: F401 (re-exported)
                           read_chat_template)
 
@@ -28,7 +28,7 @@ TRUNCATION_SIDES = ("right", "left")
 
 def _check_choice(name: str, value, allowed) -> None:
     if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not one of {', '.join(map(str, allowed))}")
+        raise ConfigError(f"--{name.replace('_', '-')} {value!r} is not one of {', '.join(map(str, allowed))}")
 
 
 def parse_csv(value: str | tuple | list, cast=str) -> tuple:
@@ -66,15 +66,15 @@ class EncoderSpec:
         _check_choice("dtype", self.dtype, DTYPES)
         _check_choice("truncation_side", self.truncation_side, TRUNCATION_SIDES)
         if not self.pooling:
-            raise ValueError("pooling is empty; choose from " + ", ".join(POOLINGS))
+            raise ConfigError("pooling is empty; choose from " + ", ".join(POOLINGS))
         for p in self.pooling:
             _check_choice("pooling", p, POOLINGS)
         if not self.layers:
-            raise ValueError("layers is empty; give e.g. -1 or -1,-6")
+            raise ConfigError("layers is empty; give e.g. -1 or -1,-6")
         if len(set(self.pooling)) != len(self.pooling) or len(set(self.layers)) != len(self.layers):
-            raise ValueError("pooling and layers must not repeat a value")
+            raise ConfigError("pooling and layers must not repeat a value")
         if self.max_length < 2:
-            raise ValueError(f"max_length={self.max_length} must be at least 2")
+            raise ConfigError(f"--max-length {self.max_length} must be at least 2")
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -127,17 +127,17 @@ def feature_parts(feature: str) -> tuple[str, ...]:
     parts = tuple(str(feature).split("+"))
     for p in parts:
         if p != p.strip():
-            raise ValueError(f"feature {feature!r}: {p!r} has spaces around it (write e.g. mean@-4+mean@-1)")
+            raise ConfigError(f"feature {feature!r}: {p!r} has spaces around it (write e.g. mean@-4+mean@-1)")
         pooling, at, layer = p.partition("@")
         try:
             ok = bool(at and pooling and int(layer) is not None)
         except ValueError:
             ok = False
         if not ok:
-            raise ValueError(f"feature {feature!r}: {p!r} is not a column name like mean@-1 (concatenate columns "
+            raise ConfigError(f"feature {feature!r}: {p!r} is not a column name like mean@-1 (concatenate columns "
                              "with '+', e.g. mean@-4+mean@-1)")
     if len(set(parts)) != len(parts):
-        raise ValueError(f"feature {feature!r} names a column twice")
+        raise ConfigError(f"feature {feature!r} names a column twice")
     return parts
 
 
@@ -207,9 +207,9 @@ class DataSpec:
     def __post_init__(self):
         self.recipe  # validates the template
         if self.negatives is not None and self.negatives < 1:
-            raise ValueError(f"negatives={self.negatives} must be at least 1")
+            raise ConfigError(f"--negatives {self.negatives} must be at least 1")
         if isinstance(self.keep_columns, str):
-            raise ValueError(f"keep_columns must be a sequence of column names, got the string {self.keep_columns!r}")
+            raise ConfigError(f"keep_columns must be a sequence of column names, got the string {self.keep_columns!r}")
         object.__setattr__(self, "keep_columns", tuple(self.keep_columns))
 
     @property
@@ -269,9 +269,9 @@ class RunSpec:
         _check_choice("device", self.device, DEVICES)
         for name in ("batch_tokens", "max_batch_size", "chunk_texts", "shard_rows", "num_shards"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)} must be at least 1")
+                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)} must be at least 1")
         if not 0 <= self.shard_index < self.num_shards:
-            raise ValueError(f"shard_index={self.shard_index} must be in [0, {self.num_shards})")
+            raise ConfigError(f"--shard-index {self.shard_index} must be in [0, {self.num_shards})")
 
 
 DEFAULT_BATCH_TOKENS = {"cpu": 2048, "cuda": 16384}
@@ -280,11 +280,6 @@ DEFAULT_BATCH_TOKENS = {"cpu": 2048, "cuda": 16384}
 def batch_tokens_for(device: str, batch_tokens: int | None) -> int:
     """The token budget to use on ``device`` (the explicit value when given)."""
     return batch_tokens or DEFAULT_BATCH_TOKENS["cpu" if device == "cpu" else "cuda"]
-
-
-class ConfigConflict(ValueError):
-    """Field values each valid that cannot train together (head=mlp with solver=lbfgs); a sweep
-    grid skips such combinations."""
 
 
 @dataclass(frozen=True)
@@ -345,7 +340,7 @@ class HeadConfig:
         _check_choice("ensemble_by", self.ensemble_by, ("auto", "seed", "bootstrap"))
         for name in ("hidden", "ensemble"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
+                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)} must be at least 1")
         if self.head == "mlp" and self.solver != "adamw":
             raise ConfigConflict("head=mlp trains with solver=adamw (lbfgs solves the convex linear head exactly)")
         if self.ensemble > 1 and self.solver == "lbfgs" and self.ensemble_by == "seed":
@@ -353,19 +348,19 @@ class HeadConfig:
                                  "deterministic); use ensemble_by=bootstrap")
         object.__setattr__(self, "betas", tuple(float(b) for b in parse_csv(self.betas, float)))
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise ValueError(f"betas={self.betas} must be two numbers in [0, 1)")
+            raise ConfigError(f"--betas {self.betas} must be two numbers in [0, 1)")
         for name in ("lr", "batch_size", "steps"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"{name}={getattr(self, name)} must be positive")
+                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)} must be positive")
         _check_choice("init", self.init, ("linear", "zeros"))
         for name in ("weight_decay", "warmup_steps", "grad_clip", "l2", "center_coef"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
+                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)} must be >= 0")
         for name in ("lr", "weight_decay", "grad_clip", "l2", "margin", "center_coef"):
             if not math.isfinite(getattr(self, name)):
-                raise ValueError(f"{name}={getattr(self, name)} must be a finite number")
+                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)} must be a finite number")
         if self.lbfgs_max_iter < 1:
-            raise ValueError(f"lbfgs_max_iter={self.lbfgs_max_iter} must be at least 1")
+            raise ConfigError(f"--lbfgs-max-iter {self.lbfgs_max_iter} must be at least 1")
 
     def uses(self, name: str) -> bool:
         """Whether training this configuration reads the field ``name`` (see FIELD_USED_BY)."""

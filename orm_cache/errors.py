@@ -3,6 +3,8 @@
 :class:`UserError` is the base of the errors whose message is the whole story: bad input, a
 missing vector, a checkpoint that does not fit. The CLI prints them as one line; anything else
 is a bug and keeps its traceback. Each subclass says which part of the pipeline refused.
+The older import locations (``orm_cache.store.StoreError``, ``orm_cache.head.CheckpointError``,
+…) re-export these classes.
 """
 
 from __future__ import annotations
@@ -21,4 +23,35 @@ class RecipeError(UserError):
     that cannot build a row's text."""
 
 
-__all__ = ["UserError", "DataError", "RecipeError"]
+class ConfigError(UserError):
+    """A configuration or option value that is not allowed; the message names the option."""
+
+
+class ConfigConflict(ConfigError):
+    """Field values each valid that cannot train together (head=mlp with solver=lbfgs); a sweep
+    grid skips such combinations."""
+
+
+class StoreError(UserError):
+    """A store that cannot be used as asked (wrong fingerprint, missing vectors, corrupt or
+    unreadable shards)."""
+
+
+class EncoderError(UserError):
+    """The encoder cannot be found or loaded; the message says what to do."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint that cannot be loaded or does not fit the vectors it is used with."""
+
+
+class OutputError(UserError):
+    """An output that cannot be written; the message names the file and says the previous one is intact."""
+
+
+class ExportError(UserError):
+    """A head or model that cannot become the other kind; the message says why, in one line."""
+
+
+__all__ = ["UserError", "DataError", "RecipeError", "ConfigError", "ConfigConflict", "StoreError", "EncoderError",
+           "CheckpointError", "OutputError", "ExportError"]

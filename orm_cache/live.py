@@ -27,6 +27,7 @@ import numpy as np
 from .config import EncoderSpec
 from .text import TextBuilder, TextRecipe
 from .encode.embedder import encode_texts
+from .errors import DataError
 from .head import CheckpointError, Head
 from .store import StoreError, short
 
@@ -87,19 +88,19 @@ class LiveScorer:
         responses = list(responses)
         if prompts is None:
             if self.builder.require_prompt and any(isinstance(r, str) for r in responses):
-                raise ValueError("this head was trained on prompts joined to each response by its template "
+                raise DataError("this head was trained on prompts joined to each response by its template "
                                  f"({self.recipe.template!r}); pass prompts=[…] (one per text, None where a text "
                                  "has no prompt) so the texts are the ones it was trained on")
             prompts = [None] * len(responses)
         prompts = list(prompts)
         if len(prompts) != len(responses):
-            raise ValueError(f"{len(prompts)} prompts for {len(responses)} texts; give one prompt per text")
+            raise DataError(f"{len(prompts)} prompts for {len(responses)} texts; give one prompt per text")
         out = []
         for i, (r, p) in enumerate(zip(responses, prompts)):
             if not isinstance(r, (str, list, tuple)) or (isinstance(r, str) and not r.strip()):
-                raise ValueError(f"text {i} must be a non-empty string or a list of messages, got {r!r:.60}")
+                raise DataError(f"text {i} must be a non-empty string or a list of messages, got {r!r:.60}")
             if p is not None and not isinstance(p, (str, list, tuple)):
-                raise ValueError(f"prompt {i} must be a string, a list of messages or None, got {type(p).__name__}")
+                raise DataError(f"prompt {i} must be a string, a list of messages or None, got {type(p).__name__}")
             out.append(self.builder.build(r, p, f"text {i}", "text"))  # DataError is a ValueError
         return out
 
@@ -114,7 +115,7 @@ class LiveScorer:
             special_tokens = self.builder.special_tokens if self.builder.recipe.kind != "auto" else True
         if starts is not None and None in starts and "response_mean@" in self.head.feature:
             i = list(starts).index(None)
-            raise ValueError(f"text {i}: where its response starts is not known (a string the chat recipe takes as "
+            raise DataError(f"text {i}: where its response starts is not known (a string the chat recipe takes as "
                              f"already rendered), and this head's feature {self.head.feature} pools the response "
                              "only; give the prompt and the response separately (or the conversation)")
         return encode_texts(self.encoder, list(texts), self.head.feature, self.batch_tokens, max_batch, starts,
@@ -139,4 +140,4 @@ class LiveScorer:
         """P(a beats b) = σ((s_a - s_b) / T), with the checkpoint's calibration T (else T = 1)."""
         sa, sb = self.score([a, b], None if prompt is None else [prompt, prompt])
         T = self.head.temperature or 1.0
-        return 1.0 / (1.0 + math.exp(-(float(sa) - float(sb)) / T))
+        return 0.5 * (1.0 + math.tanh(0.5 * (float(sa) - float(sb)) / T))  # σ without overflow: 0 or 1 at the ends

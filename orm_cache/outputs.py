@@ -22,13 +22,11 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from .errors import OutputError  # noqa: F401 (re-exported: its old import location)
+
 TMP_MARK = ".orm-tmp-"
 # Errors of writing a file (space, quota, size, read-only or failing disk, permissions).
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM}
-
-
-class OutputError(ValueError):
-    """An output that cannot be written; the message names the file and says the previous one is intact."""
 
 
 def check_output_path(path: str | os.PathLike) -> Path:
@@ -49,6 +47,13 @@ def check_output_path(path: str | os.PathLike) -> Path:
     return path
 
 
+def through_links(path: str | os.PathLike) -> Path:
+    """``path``, or the file or directory it links to when it is a symbolic link: an output
+    written through a link replaces the link's target and keeps the link a link."""
+    path = Path(path)
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
 def temp_path_for(path: Path) -> Path:
     """A hidden temporary name beside ``path``, unique to this process and call."""
     return path.with_name(f"{TMP_MARK}{os.getpid()}.{secrets.token_hex(4)}.{path.name}")  # keeps the extension
@@ -67,7 +72,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` for the caller to write; on a clean exit fsync it
     and rename it onto ``path``; on any exception (KeyboardInterrupt and SIGTERM included)
     delete it and leave ``path`` untouched. An OSError (full disk, permissions) becomes one line."""
-    path = check_output_path(path)
+    path = check_output_path(through_links(path))
     tmp = temp_path_for(path)
     try:
         yield tmp
@@ -123,7 +128,7 @@ def atomic_dir(path: str | os.PathLike, replaceable=lambda d: (d / "config.json"
     before anything is written (it is not a previous output)."""
     import shutil
 
-    path = Path(path)
+    path = through_links(path)
     if path.exists() and not path.is_dir():
         raise OutputError(f"{path}: is a file; give a directory")
     path = check_output_path(path) if not path.is_dir() else path

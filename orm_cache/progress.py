@@ -13,6 +13,8 @@ import os
 import sys
 import time
 
+from .errors import ConfigError
+
 log = logging.getLogger("orm_cache.progress")
 
 DEFAULT_EVERY = 30.0
@@ -36,7 +38,7 @@ def progress_every() -> float:
     except ValueError:
         every = -1.0
     if not every >= 0:  # also NaN
-        raise ValueError(f"ORM_CACHE_PROGRESS_SECONDS={raw!r} is not a number of seconds (e.g. 30)")
+        raise ConfigError(f"ORM_CACHE_PROGRESS_SECONDS={raw!r} is not a number of seconds (e.g. 30)")
     return every
 
 

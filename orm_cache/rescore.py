@@ -21,9 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from .config import RunSpec
+from .data.groups import GroupIds
 from .data.ingest import FILE_EXTS, DataError, encoder_model, parse_label, read_rows
+from .data.readers import BadRow, file_format
+from .errors import ConfigError
 from .text import TextBuilder, TextRecipe
-from .data.readers import file_format
 from .head import Head
 from .outputs import AtomicOutputs, check_not_input
 from .progress import Progress
@@ -258,8 +260,10 @@ class _Job:
         """Yield ``(row, parse(where, row))`` for every row ``parse`` accepts; a DataError stops
         the run, or with --skip-invalid sends the row and its reason to the side file. ``again``:
         a second reading of the same input, whose bad rows were sent there the first time."""
-        for lineno, row in read_rows(self.input_path):
+        for lineno, row in read_rows(self.input_path, lenient=self.rejected is not None):
             try:
+                if isinstance(row, BadRow):  # a line that is not a readable JSON object
+                    raise DataError(row.reason)
                 parsed = parse(f"{self.input_path}:{lineno}", row)
             except DataError as e:
                 if self.rejected is None:
@@ -295,6 +299,7 @@ def _job(head_path, input_path, output_path, cache_dir, cols, skip_invalid, devi
          store, feature) -> _Job:
     t0 = time.perf_counter()
     input_path = Path(input_path)
+    check_not_input(output_path, input=input_path, head=head_path)  # before anything is read
     _check_input(input_path)
     check_output_ext(Path(output_path))
     head = Head.load(head_path)
@@ -334,7 +339,7 @@ def score_file(head_path, input_path, output_path, cache_dir="cache", cols: Text
     σ(score) for a pointwise head, whose score is a log-odds) to every row of ``input_path``, in input order, streaming ``chunk_rows`` rows at a time. The output (and
     the side file of rejected rows) replaces an existing file only once its last row is written."""
     if chunk_rows < 1:
-        raise ValueError(f"chunk_rows={chunk_rows} must be at least 1")
+        raise ConfigError(f"--chunk-rows {chunk_rows} must be at least 1")
     job = _job(head_path, input_path, output_path, cache_dir, cols, skip_invalid, device, batch_tokens, quiet, store,
                feature)
     T = job.head.temperature
@@ -406,12 +411,13 @@ def rank_file(head_path, input_path, output_path, group_by: str, top_k: int | No
     from .evaluate.metrics import best_of_n, best_of_n_curve
 
     if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k={top_k} must be at least 1 (leave it out to write every row)")
+        raise ConfigError(f"--top-k {top_k} must be at least 1 (leave it out to write every row)")
     if chunk_rows < 1:
-        raise ValueError(f"chunk_rows={chunk_rows} must be at least 1")
+        raise ConfigError(f"--chunk-rows {chunk_rows} must be at least 1")
     job = _job(head_path, input_path, output_path, cache_dir, cols, skip_invalid, device, batch_tokens, quiet, store,
                feature)
     has_labels = None
+    group_ids = GroupIds(group_by)
 
     def parse(where, row):
         nonlocal has_labels
@@ -419,14 +425,12 @@ def rank_file(head_path, input_path, output_path, group_by: str, top_k: int | No
         if g is None:
             state = "missing" if group_by not in row else "null"
             raise DataError(f"{where}: group column {group_by!r} is {state} (columns: {sorted(row)})")
-        if not isinstance(g, (str, int, float, bool)):
-            raise DataError(f"{where}: group column {group_by!r} must be a string or a number, got "
-                            f"{type(g).__name__}")
+        g = group_ids.check(g, where)
         key, text, start = job.text_of(where, row)
         if has_labels is None:
             has_labels = bool(label_col) and label_col in row
         label = parse_label(row.get(label_col), where, label_col) if has_labels else None
-        return key, text, start, row[group_by], label
+        return key, text, start, g, label
 
     with AtomicOutputs() as outputs:
         out = job.outputs(output_path, outputs)

@@ -5,6 +5,7 @@ The CLI calls these; so can a notebook.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import warnings
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from .config import DataSpec, EncoderSpec, HeadConfig, TextRecipe
 from .data import DataError, load_split
+from .errors import OutputError, UserError
 from .evaluate import evaluate
 from .evaluate.metrics import fit_temperature
 from .evaluate.report import margins_of
@@ -44,8 +46,48 @@ def check_outputs(data_spec: DataSpec, *outputs) -> None:
             check_not_input(out, data_file=data_spec.data if Path(data_spec.data).is_file() else None)
 
 
-def default_head_path(cache_dir, fp: str, feature: str, cfg: HeadConfig) -> Path:
-    return Path(cache_dir) / "heads" / f"{short(fp)[:8]}-{feature.replace('@', '')}-{cfg.solver}-seed{cfg.seed}.pt"
+def default_head_path(cache_dir, fp: str, feature: str, cfg: HeadConfig, data: dict | None = None) -> Path:
+    """``cache/heads/<fingerprint>-<feature>-<kind>[xK]-<objective>-<solver>-seed<seed>-<digest>.pt``:
+    the digest covers every field of the effective configuration and the training pairs, so two
+    heads that differ in anything (head kind, objective, ensemble, lr, data) never share a name."""
+    from .store.fingerprint import canonical_json
+
+    what = {"config": replace(cfg, feature=feature).effective().to_dict(),
+            "data": (data or {}).get("pairs_sha256")}
+    digest = hashlib.sha256(canonical_json(what).encode()).hexdigest()[:8]
+    kind = cfg.head + (f"x{cfg.ensemble}" if cfg.ensemble > 1 else "")
+    return Path(cache_dir) / "heads" / (f"{short(fp)[:8]}-{feature.replace('@', '').replace('+', '_')}-{kind}-"
+                                        f"{cfg.objective}-{cfg.solver}-seed{cfg.seed}-{digest}.pt")
+
+
+def check_distinct(a, b, flag: str, other: str) -> None:
+    """Refuse split ``b`` (named by ``flag``) when it holds the same rows as split ``a``: a file
+    without a split column is read whole for every --split, and selecting or reporting on the
+    training rows would measure how well the head fits them (and --refit would count them twice)."""
+    if a.identity["pairs_sha256"] == b.identity["pairs_sha256"] or a.texts.keys() == b.texts.keys():
+        why = (f"{b.source} has no split column, so every --split reads all of it" if a.source == b.source else
+               f"{a.source} and {b.source} hold the same rows")
+        raise UserError(f"{flag} {b.split} is the same rows as {other} {a.split} ({why}); give data with separate "
+                        "splits (a directory of split files, or a 'split' column)")
+
+
+def sweep_head_path(cache_dir, fp: str, cfgs, select_on: str, select_by: str, refit: bool, data) -> Path:
+    """``cache/heads/sweep-best-<fingerprint>-<digest>.pt``; the digest covers the configurations,
+    the selection rule and the training pairs."""
+    from .store.fingerprint import canonical_json
+
+    what = {"configs": sorted(canonical_json(c.effective().to_dict()) for c in cfgs), "select_on": select_on,
+            "select_by": select_by, "refit": refit, "data": data.identity["pairs_sha256"]}
+    digest = hashlib.sha256(canonical_json(what).encode()).hexdigest()[:8]
+    return Path(cache_dir) / "heads" / f"sweep-best-{short(fp)[:8]}-{digest}.pt"
+
+
+def check_head_target(path: Path, overwrite: bool, given: bool) -> None:
+    """Before training: refuse to replace an existing checkpoint at a default path unless
+    ``overwrite`` (a path given with --out is replaced atomically, like every output)."""
+    if not given and not overwrite and Path(path).exists():
+        raise OutputError(f"{path} exists (a head trained with this exact configuration and data); pass "
+                          "--overwrite to replace it, or --out another path")
 
 
 def store_for_head(head: Head, cache_dir, store: str | None = None) -> VectorStore:
@@ -99,9 +141,10 @@ def prompt_required(head: Head, recipe: TextRecipe, override_recipe: bool = Fals
 
 def fit_head(data_spec: DataSpec, enc_spec: EncoderSpec, cfg: HeadConfig, cache_dir="cache",
              out: str | Path | None = None, eval_split: str | None = "validation",
-             store: str | None = None) -> FitResult:
+             store: str | None = None, overwrite: bool = False) -> FitResult:
     """Train a head on ``data_spec``'s pairs; evaluate on ``eval_split`` when it is cached (and fit
-    the calibration temperature there); save the checkpoint."""
+    the calibration temperature there); save the checkpoint (an existing one at the default path
+    only with ``overwrite``)."""
     check_outputs(data_spec, out)
     vs = find_store(cache_dir, enc_spec, cfg.feature, store,
                     embed_hint=embed_command(data_spec, spec_for_feature(enc_spec, cfg.feature), cache_dir))
@@ -109,6 +152,8 @@ def fit_head(data_spec: DataSpec, enc_spec: EncoderSpec, cfg: HeadConfig, cache_
     feature = sv.feature
     if cfg.feature is None:
         cfg = replace(cfg, feature=feature)
+    path = Path(out) if out else default_head_path(cache_dir, vs.fp, feature, cfg, sv.data.identity)
+    check_head_target(path, overwrite, given=out is not None)
     res = train(sv.X, sv.ci, sv.ri, cfg, training_points(sv, cfg))
     head = build_head(vs, sv, cfg, res)
     report = None
@@ -123,7 +168,6 @@ def fit_head(data_spec: DataSpec, enc_spec: EncoderSpec, cfg: HeadConfig, cache_
                             "without a split column is used whole for every --split)", eval_split)
             else:
                 report = calibrate_and_evaluate(head, ev)
-    path = Path(out) if out else default_head_path(cache_dir, vs.fp, feature, cfg)
     head.save(path)
     return FitResult(head, path, res, report)
 
@@ -154,7 +198,7 @@ def build_head(vs: VectorStore, sv, cfg: HeadConfig, res) -> Head:
     (refused in one line when training diverged or the vectors are not finite)."""
     from .head.train import check_trained
 
-    check_trained(res)
+    check_trained(res, sv.X)
     train_acc = res.accuracy if res.accuracy is not None else float((margins_of(res.head.score(sv.X), sv.ci, sv.ri) > 0).mean())
     meta = {
         "fingerprint": vs.fp, "encoder_identity": vs.identity(), "encoder_spec": vs.spec(), "feature": sv.feature,
@@ -218,7 +262,7 @@ def evaluate_split(head_path, data_spec: DataSpec, cache_dir="cache", calibrate_
     if by:
         data_spec = replace(data_spec, keep_columns=tuple(dict.fromkeys((*data_spec.keep_columns, *by))))
     sv = load_vectors(data_spec, vs, feature, cache_dir)
-    check_columns(sv.data, by)
+    check_columns(sv.data, by, data_spec.group_col)
     T, note = None, "no calibration split (--calibrate-on ''): reported for T = 1"
     if calibrate_on:
         try:
@@ -232,11 +276,11 @@ def evaluate_split(head_path, data_spec: DataSpec, cache_dir="cache", calibrate_
             note = None
             if save_calibration:
                 if not math.isfinite(T):
-                    raise ValueError(f"no finite temperature fits {calibrate_on} (no pair is misordered); "
+                    raise UserError(f"no finite temperature fits {calibrate_on} (no pair is misordered); "
                                      "the checkpoint is left as it was")
                 head.save(head_path)
     if save_calibration and T is None:
-        raise ValueError(f"--save-calibration: no temperature was fitted ({note}); the checkpoint is left as it was")
+        raise UserError(f"--save-calibration: no temperature was fitted ({note}); the checkpoint is left as it was")
     report = evaluate(head, sv, bootstrap, ci_level, seed, length_edges, temperature=T, by=by)
     if T is not None:
         report["calibration"]["fitted_on"] = calibrate_on
@@ -295,7 +339,7 @@ class SweepResult:
 def sweep_heads(data_spec: DataSpec, enc_spec: EncoderSpec, base: HeadConfig, grid: dict | list[dict],
                 cache_dir="cache", select_on: str = "validation", report_on: str | None = None, out=None,
                 store: str | None = None, quiet: bool = True, select_by: str = "accuracy",
-                refit: bool = False) -> SweepResult:
+                refit: bool = False, overwrite: bool = False) -> SweepResult:
     """Train every distinct configuration of ``grid`` (one field -> values mapping, or a list of
     sub-grids; on top of ``base``) on ``data_spec``'s split, rank them on ``select_on`` by
     ``select_by`` (accuracy or loss), save the best; evaluate only that one on ``report_on``
@@ -308,11 +352,11 @@ def sweep_heads(data_spec: DataSpec, enc_spec: EncoderSpec, base: HeadConfig, gr
     from .progress import Progress
 
     if report_on and report_on == select_on:
-        raise ValueError("--report-on must differ from --select-on: a split used for selection is not a report")
+        raise UserError("--report-on must differ from --select-on: a split used for selection is not a report")
     if report_on and report_on == data_spec.split:
-        raise ValueError("--report-on must differ from the training --split")
+        raise UserError("--report-on must differ from the training --split")
     if select_on == data_spec.split:
-        raise ValueError("--select-on must differ from the training --split: selecting on the training pairs "
+        raise UserError("--select-on must differ from the training --split: selecting on the training pairs "
                          "picks the configuration that fits them best, not the one that generalises")
     selection_key(select_by)  # a bad value is one line before any work
     check_outputs(data_spec, out)
@@ -324,13 +368,20 @@ def sweep_heads(data_spec: DataSpec, enc_spec: EncoderSpec, base: HeadConfig, gr
     train_data = load_split(data_spec, vs.spec())
     select_spec = replace(data_spec.with_recipe(train_data.recipe), split=select_on)  # the training texts' recipe
     select_data = load_split(select_spec, vs.spec())  # each split read once
+    check_distinct(train_data, select_data, "--select-on", "the training --split")
+    if report_on:
+        report_data = load_split(replace(select_spec, split=report_on), vs.spec())
+        check_distinct(train_data, report_data, "--report-on", "the training --split")
+        check_distinct(select_data, report_data, "--report-on", "--select-on")
+    path = Path(out) if out else sweep_head_path(cache_dir, vs.fp, cfgs, select_on, select_by, refit, train_data)
+    check_head_target(path, overwrite, given=out is not None)
     if refit and train_data.kind != select_data.kind:
-        raise ValueError(f"--refit trains on {data_spec.split} + {select_on} together, but one is {train_data.kind} "
+        raise UserError(f"--refit trains on {data_spec.split} + {select_on} together, but one is {train_data.kind} "
                          f"and the other {select_data.kind} data")
     if train_data.labels is None and any(c.objective == "pointwise" for c in cfgs):
         pairwise_only = [c for c in cfgs if c.objective == "pairwise"]
         if not pairwise_only:
-            raise ValueError(f"objective=pointwise trains on labelled traces, but split {data_spec.split!r} is "
+            raise UserError(f"objective=pointwise trains on labelled traces, but split {data_spec.split!r} is "
                              "pairwise (chosen/rejected rows)")
         warnings.warn(f"skipped {len(cfgs) - len(pairwise_only)} pointwise configuration(s): split "
                       f"{data_spec.split!r} is pairwise (no labels to train on)", stacklevel=2)
@@ -360,7 +411,6 @@ def sweep_heads(data_spec: DataSpec, enc_spec: EncoderSpec, base: HeadConfig, gr
                                        "are no longer held out, and it carries no calibration (fit one with "
                                        "eval --calibrate-on <another split> --save-calibration)"}
     best.meta["sweep"] = sweep_meta
-    path = Path(out) if out else Path(cache_dir) / "heads" / f"sweep-best-{short(vs.fp)[:8]}.pt"
     best.save(path)
     report = None
     if report_on:

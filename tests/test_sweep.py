@@ -88,11 +88,12 @@ def test_malformed_grids_are_one_line(tmp_path, text, path_doc, message):
 
 
 def test_nonsense_values_are_refused_when_expanded():
-    for grid, message in (("solver=sgd", "solver='sgd' is not one of adamw, lbfgs"), ("lr=-1", "lr=-1.0 must be positive"),
-                          ("lbfgs_max_iter=0", "lbfgs_max_iter=0 must be at least 1")):
+    for grid, message in (("solver=sgd", "grid solver=sgd: --solver 'sgd' is not one of adamw, lbfgs"),
+                          ("lr=-1", "grid lr=-1.0: --lr -1.0 must be positive"),
+                          ("lbfgs_max_iter=0", "grid lbfgs_max_iter=0: --lbfgs-max-iter 0 must be at least 1")):
         with pytest.raises(ValueError, match=re.escape(message)):
             expand(HeadConfig(solver="lbfgs"), parse_grid(grid))
-    with pytest.raises(ValueError, match="l2=inf must be a finite number"):
+    with pytest.raises(ValueError, match="--l2 inf must be a finite number"):
         HeadConfig(l2=float("inf"))  # fit-head --l2 inf, which the grid parser refuses before
 
 

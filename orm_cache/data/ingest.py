@@ -24,6 +24,7 @@ import numpy as np
 from ..config import DataSpec
 from ..text import TextBuilder, TextRecipe, response_column, trace_key  # noqa: F401 (trace_key re-exported)
 from ..text.build import prompt_field  # noqa: F401 (re-exported)
+from .groups import GroupIds
 from .readers import (FILE_EXTS, SPLIT_ALIASES, DataError, read_rows, source_rows,  # noqa: F401 (re-exported)
                       split_file, split_files)
 
@@ -196,6 +197,7 @@ def _validate(spec: DataSpec, source: str, rows, builder: TextBuilder) -> Iterat
     kind = None
     prompt_col = builder.recipe.prompt_col
     reserved = {spec.chosen_col, spec.rejected_col, prompt_col, spec.group_col}
+    group_ids = GroupIds(spec.group_col)
 
     def build(row: dict, col: str, where: str, flag: str, prompt) -> tuple[str, int | None]:
         return builder.build(present(row, col, where, flag), prompt, where, col, flag)
@@ -218,13 +220,13 @@ def _validate(spec: DataSpec, source: str, rows, builder: TextBuilder) -> Iterat
                                 build(row, spec.rejected_col, where, "--rejected-col", prompt))
             if c == r:
                 raise DataError(f"{where}: chosen and rejected are the same text")
-            yield Row(kind, (c, r), (cs, rs), row.get(spec.group_col),
+            yield Row(kind, (c, r), (cs, rs), group_ids.check(row.get(spec.group_col), where),
                       meta={k: v for k, v in row.items() if k not in reserved})
         else:
             col = response_column(row, spec.text_col, spec.messages_col) or spec.text_col
             t, ts = builder.row_text(row, where, spec.text_col, spec.messages_col)
             reserved_pointwise = {col, spec.text_col, spec.messages_col, spec.label_col, prompt_col, spec.group_col}
-            yield Row(kind, (t,), (ts,), row.get(spec.group_col),
+            yield Row(kind, (t,), (ts,), group_ids.check(row.get(spec.group_col), where),
                       parse_label(row.get(spec.label_col), where, spec.label_col),
                       {k: v for k, v in row.items() if k not in reserved_pointwise})
     if kind is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from ..config import DataSpec, EncoderSpec, RunSpec
+from ..errors import ConfigError
 from .embedder import EmbedReport, distinct_keys, embed_texts, token_budget_batches
 from .pooling import last_token_index, pool
 
@@ -46,9 +47,9 @@ def embed_splits(data_spec: DataSpec, enc_spec: EncoderSpec, run: RunSpec | None
 
     names = [s.strip() for s in str(data_spec.split).split(",") if s.strip()]
     if not names:
-        raise ValueError(f"--split {data_spec.split!r} names no split")
+        raise ConfigError(f"--split {data_spec.split!r} names no split")
     if len(set(names)) != len(names):
-        raise ValueError(f"--split {data_spec.split!r} names a split twice")
+        raise ConfigError(f"--split {data_spec.split!r} names a split twice")
     for name in names:  # a missing split, or a bad first row, fails before any model is loaded
         SplitTexts(replace(data_spec, split=name), enc_spec)
     encoder, first = None, None
@@ -85,7 +86,7 @@ def embed_split(data_spec: DataSpec, enc_spec: EncoderSpec, run: RunSpec | None 
         data.loaded = encoder or Encoder(enc_spec, run.device)  # reused by the next split
         return data, embed_texts(data, data.loaded, run, f"embed {data_spec.split}", keys), None
     if run.num_shards > 1:
-        raise ValueError("--num-shards/--shard-index split work without torch.distributed; "
+        raise ConfigError("--num-shards/--shard-index split work without torch.distributed; "
                          "under torchrun the ranks split it already")
     device = resolve_device(run.device)
     if device == "cuda":

@@ -8,14 +8,11 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from ..errors import EncoderError  # noqa: F401 (re-exported: its old import location)
 from ..config import BUNDLED_MINILM
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 FULL_HASH_LIMIT = 512 << 20  # bytes; above this a weight file is hashed by size, head and tail
-
-
-class EncoderError(RuntimeError):
-    """The encoder cannot be found or loaded; the message says what to do."""
 
 
 def looks_like_path(model: str) -> bool:
@@ -74,8 +71,6 @@ def local_model_digest(directory: Path) -> str:
     for p in weights:
         h.update(_file_digest(p).encode())
     return h.hexdigest()
-
-
 
 
 def model_identity_hint(model: str, revision: str | None) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..config import POOLINGS
+from ..errors import ConfigError
 
 
 def last_token_index(mask: torch.Tensor) -> torch.Tensor:
@@ -49,4 +50,4 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str,
         # Sum in float32: an fp16 sum over 512 tokens loses precision.
         total = (hidden.float() * m.float()).sum(dim=1)  # (B, D)
         return (total / m.float().sum(dim=1).clamp(min=1.0)).to(hidden.dtype)  # (B, D)
-    raise ValueError(f"pooling {how!r} is not one of {', '.join(POOLINGS)}")
+    raise ConfigError(f"pooling {how!r} is not one of {', '.join(POOLINGS)}")

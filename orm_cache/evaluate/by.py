@@ -48,11 +48,18 @@ def metadata_columns(data) -> list[str]:
     return list(seen)
 
 
-def check_columns(data, columns) -> None:
+def check_columns(data, columns, group_col: str = "group") -> None:
     """A DataError in one line for a column that no row of ``data`` has (naming the ones that
-    exist), or a pointwise column that was not kept when the split was loaded."""
+    exist), or a pointwise column that was not kept when the split was loaded; the group column
+    is the problem id, which eval uses already, and is explained as such."""
     have = metadata_columns(data)
     for c in columns:
+        if c == group_col and c not in have:
+            raise DataError(f"--by {c}: {c!r} is the group column, the problem id each candidate answers "
+                            "(--group-col): eval already uses it for best-of-N (one pick per problem) and resamples "
+                            "whole problems for its confidence intervals; a table per problem id is rank's job "
+                            "(orm-cache rank --group-by " + c + "); --by takes a metadata column"
+                            + (f" ({', '.join(have)})" if have else ""))
         if c not in have:
             listed = ", ".join(have) if have else "none (only text, label, prompt and group columns)"
             raise DataError(f"--by {c}: no row of split {data.split!r} has column {c!r}; "

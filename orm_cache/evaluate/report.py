@@ -24,9 +24,7 @@ def evaluate(head, sv, bootstrap: int = 1000, ci_level: float = 0.9, seed: int =
     check_columns(sv.data, by)
     if head.members > 1:
         member = head.member_scores(sv.X)  # (U, K)
-        scores = member.mean(axis=1, dtype=np.float64).astype(np.float32)  # (U,): the head's score
-    else:
-        scores = head.score(sv.X)  # (U,)
+    scores = head.score(sv.X)  # (U,): the head's score, as every other door computes it
     margins = margins_of(scores, sv.ci, sv.ri)  # (N,)
     swapped = margins_of(scores, sv.ri, sv.ci)  # the same pairs with chosen and rejected exchanged
     data = sv.data

@@ -20,13 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import CheckpointError  # noqa: F401 (re-exported: its old import location)
 from ..store import StoreError, short
 
 FORMAT_VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded or does not fit the vectors it is used with."""
 
 
 class Head:
@@ -184,6 +181,10 @@ class Head:
             raise CheckpointError(f"{path}: head kind {kind!r} is not one of {', '.join(KINDS)} "
                                   "(written by a newer orm-cache?)")
         head = KINDS[kind].from_state(path, state, dict(meta))
+        recorded = (meta.get("head") or {}).get("members")
+        if recorded is not None and recorded != head.members:
+            raise CheckpointError(f"{path}: it records {recorded!r} member(s) but its tensors hold {head.members}; "
+                                  "the file was edited or damaged (train or save the head again)")
         head.source = str(path)
         return head
 
@@ -205,7 +206,14 @@ def check_tensor(path, name: str, t, shape: tuple) -> torch.Tensor:
 
 def check_meta(path, meta: dict) -> None:
     """The recorded entries every command relies on must have their types: mappings where a
-    mapping is read, strings where a name is, a calibration temperature finite and positive."""
+    mapping is read, strings where a name is, a calibration temperature finite and positive,
+    a format this code knows."""
+    version = meta.get("format_version", FORMAT_VERSION)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise CheckpointError(f"{path}: its format_version {version!r} is not a version number")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format {version} was written by a newer orm-cache; this one "
+                              f"reads format {FORMAT_VERSION} and older (upgrade orm-cache)")
     for key in ("recipe", "calibration", "encoder_spec", "train", "config", "head"):
         if meta.get(key) is not None and not isinstance(meta[key], dict):
             raise CheckpointError(f"{path}: its recorded {key!r} is a {type(meta[key]).__name__}, not a mapping")

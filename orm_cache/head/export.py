@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import EncoderSpec
+from ..errors import ExportError  # noqa: F401 (re-exported: its old import location)
 from ..text import TextRecipe
 from .checkpoint import Head
 from .kinds import LinearHead
@@ -51,10 +52,6 @@ ENCODER_STYLE = ("bert", "roberta", "xlm-roberta", "distilbert", "deberta", "deb
                  "mpnet", "camembert", "modernbert")
 ABSOLUTE_POSITIONS = ("gpt2", "gptj", "gpt_neo", "bloom", "falcon", "codegen", "biogpt")
 EXPORT_PAD_TOKEN = "<|orm_cache_pad|>"
-
-
-class ExportError(ValueError):
-    """A head or model that cannot become the other kind; the message says why, in one line."""
 
 
 def check_architecture(model_type: str, what: str = "export") -> None:
@@ -234,11 +231,16 @@ def _score_layer(directory: Path) -> tuple[np.ndarray, float | None, str]:
         if f.suffix == ".safetensors":
             from safetensors import safe_open
 
-            with safe_open(str(f), framework="pt") as sf:
-                tensors.update({k: sf.get_tensor(k) for k in ("score.weight", "score.bias") if k in sf.keys()})
+            try:
+                with safe_open(str(f), framework="pt") as sf:
+                    tensors.update({k: sf.get_tensor(k) for k in ("score.weight", "score.bias") if k in sf.keys()})
+            except OSError:
+                raise
+            except Exception as e:  # safetensors' own error for a truncated or malformed file
+                raise ExportError(f"{f}: not a complete safetensors file ({' '.join(str(e).split())[:200]}); "
+                                  "save the reward model again (save_pretrained)") from None
         else:
-            state = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
-            tensors.update({k: state[k] for k in ("score.weight", "score.bias") if k in state})
+            tensors.update(_bin_score_layer(f))
     if "score.weight" not in tensors:
         raise ExportError(f"{directory}: no score.weight in its weights; import-head takes the score layer of a "
                           "sequence-classification reward model")
@@ -248,6 +250,37 @@ def _score_layer(directory: Path) -> tuple[np.ndarray, float | None, str]:
                           "(num_labels=1)")
     b = tensors.get("score.bias")
     return w.reshape(-1).numpy(), None if b is None else float(b.float().reshape(-1)[0]), str(files[0].name)
+
+
+def _bin_score_layer(f: Path) -> dict:
+    """``score.*`` of a ``pytorch_model.bin``. Only torch's zip format is read, and only with
+    ``weights_only`` (no code in the file runs); a legacy pickle, a truncated archive or anything
+    else is refused in one line before torch sees it."""
+    import pickle
+    import zipfile
+
+    import torch
+
+    fix = "save the reward model with save_pretrained(safe_serialization=True) and import that"
+    if not zipfile.is_zipfile(f):  # its central directory is at the end: a cut file has none
+        raise ExportError(f"{f}: not a complete torch zip checkpoint (truncated, or a legacy pickle, which "
+                          f"import-head never unpickles); {fix}")
+    try:
+        with zipfile.ZipFile(f) as z:
+            names = z.namelist()
+            if not any(n.endswith("/data.pkl") or n == "data.pkl" for n in names):
+                raise ExportError(f"{f}: a zip archive, but not a torch checkpoint (no data.pkl); {fix}")
+            if any(z.getinfo(n).header_offset + z.getinfo(n).compress_size > f.stat().st_size for n in names):
+                raise ExportError(f"{f}: truncated (a member ends past the end of the file); {fix}")
+        state = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
+    except ExportError:
+        raise
+    except (pickle.UnpicklingError, RuntimeError, zipfile.BadZipFile, EOFError, ValueError, KeyError,
+            AttributeError, TypeError) as e:
+        raise ExportError(f"{f}: refused ({' '.join(str(e).split())[:160]}); {fix}") from None
+    if not isinstance(state, dict):
+        raise ExportError(f"{f}: holds a {type(state).__name__}, not a state dict of tensors; {fix}")
+    return {k: state[k] for k in ("score.weight", "score.bias") if k in state and isinstance(state[k], torch.Tensor)}
 
 
 def _tokenizer_limits(directory: Path, cfg: dict, max_length: int | None, truncation_side: str | None):

@@ -59,9 +59,11 @@ class LinearHead(Head):
         return as_rows(X) @ self.W.T + self.b  # (N, K)
 
     def score(self, X) -> np.ndarray:
-        """One product with the mean weight (equal to the members' mean score)."""
+        """One product with the mean weight (equal to the members' mean score), each row's dot
+        product summed in a fixed order (:meth:`Rows.row_dot`): a text's score is the same bits
+        whatever chunk, batch, order or door it is scored through."""
         assert X.ndim == 2 and X.shape[1] == self.dim, (X.shape, self.dim)
-        return self.finite(X @ self.weight + np.float32(self.bias))
+        return self.finite(as_rows(X).row_dot(self.weight) + np.float32(self.bias))  # (N,)
 
     def state(self) -> dict[str, torch.Tensor]:
         out = {"score.weight": torch.from_numpy(self.weight.copy()).reshape(1, -1),

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from ..config import HEAD_FIELDS, ConfigConflict, HeadConfig
+from ..errors import ConfigError
 from ..store.rows import in_memory_if_small
 from .losses import pairwise_loss
 from .kinds import LinearHead
@@ -53,12 +54,12 @@ def _cast(field: str, value: str):
     try:
         x = float(value)
     except ValueError:
-        raise ValueError(f"grid field {field!r}: {value!r} is not a number") from None
+        raise ConfigError(f"grid field {field!r}: {value!r} is not a number") from None
     if not math.isfinite(x):
-        raise ValueError(f"grid field {field!r}: {value!r} is not a finite number")
+        raise ConfigError(f"grid field {field!r}: {value!r} is not a finite number")
     if isinstance(default, int):
         if not x.is_integer():
-            raise ValueError(f"grid field {field!r}: {value!r} is not a whole number")
+            raise ConfigError(f"grid field {field!r}: {value!r} is not a whole number")
         return int(x)
     return x
 
@@ -69,19 +70,19 @@ def _read_grid_file(path: str) -> list[dict]:
         try:
             import yaml
         except ImportError:
-            raise ValueError(f"{path}: reading YAML needs PyYAML (pip install pyyaml); or use JSON") from None
+            raise ConfigError(f"{path}: reading YAML needs PyYAML (pip install pyyaml); or use JSON") from None
         try:
             doc = yaml.safe_load(raw)
         except yaml.YAMLError as e:
-            raise ValueError(f"{path}: malformed YAML ({' '.join(str(e).split())})") from None
+            raise ConfigError(f"{path}: malformed YAML ({' '.join(str(e).split())})") from None
     else:
         try:
             doc = json.loads(raw)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: malformed JSON ({e.msg}, line {e.lineno})") from None
+            raise ConfigError(f"{path}: malformed JSON ({e.msg}, line {e.lineno})") from None
     docs = doc if isinstance(doc, list) else [doc]
     if not docs or not all(isinstance(d, dict) for d in docs):
-        raise ValueError(f"{path}: expected a mapping of field -> list of values, or a list of such mappings")
+        raise ConfigError(f"{path}: expected a mapping of field -> list of values, or a list of such mappings")
     return [{k: [",".join(map(str, x)) if isinstance(x, (list, tuple)) else str(x)
                  for x in (v if isinstance(v, list) else [v])] for k, v in d.items()} for d in docs]
 
@@ -92,10 +93,10 @@ def _read_grid_text(text: str) -> list[dict]:
         sub: dict[str, list] = {}
         for item in part.split():
             if "=" not in item:
-                raise ValueError(f"grid item {item!r} is not field=v1,v2,…")
+                raise ConfigError(f"grid item {item!r} is not field=v1,v2,…")
             k, v = item.split("=", 1)
             if k in sub:
-                raise ValueError(f"grid field {k!r} is given twice in one sub-grid (separate sub-grids with ';')")
+                raise ConfigError(f"grid field {k!r} is given twice in one sub-grid (separate sub-grids with ';')")
             sub[k] = [x.replace("/", ",") for x in v.split(",") if x]  # betas: 0.9/0.999
         subgrids.append(sub)
     return subgrids
@@ -109,20 +110,20 @@ def parse_grid(text: str | None = None, path: str | None = None) -> list[Grid]:
     sub-grid (``a=1;;b=2``, a trailing ``;``) is a one-line ``ValueError``.
     """
     if text and path:
-        raise ValueError("give a grid or a grid file, not both (a file may hold several sub-grids)")
+        raise ConfigError("give a grid or a grid file, not both (a file may hold several sub-grids)")
     if not text and not path:
-        raise ValueError("no grid given")
+        raise ConfigError("no grid given")
     subgrids = _read_grid_file(path) if path else _read_grid_text(text)
     for i, grid in enumerate(subgrids, 1):
         if not grid:
-            raise ValueError(f"{path}: mapping {i} is empty" if path else
+            raise ConfigError(f"{path}: mapping {i} is empty" if path else
                              f"sub-grid {i} of {text!r} is empty (an extra ';'?): give field=v1,v2,… or remove it")
         for k in grid:
             if k not in HEAD_FIELDS:
-                raise ValueError(f"unknown grid field {k!r}; sweepable fields: {', '.join(HEAD_FIELDS)}")
+                raise ConfigError(f"unknown grid field {k!r}; sweepable fields: {', '.join(HEAD_FIELDS)}")
             grid[k] = [_cast(k, v) for v in grid[k]]
             if not grid[k]:
-                raise ValueError(f"grid field {k!r} has no values")
+                raise ConfigError(f"grid field {k!r} has no values")
     return subgrids
 
 
@@ -141,9 +142,11 @@ def expand(base: HeadConfig, grids: Grid | list[Grid]) -> list[HeadConfig]:
                 cfgs.append(replace(base, **dict(zip(keys, combo))))
             except ConfigConflict as e:  # e.g. head=mlp x solver=lbfgs: not a configuration
                 conflicts.append(str(e))
+            except ConfigError as e:  # a value no configuration takes: name the grid field
+                raise ConfigError(f"grid {' '.join(f'{k}={v}' for k, v in zip(keys, combo))}: {e}") from None
         if conflicts:
             if not cfgs:
-                raise ValueError(f"no combination of the grid can train: {conflicts[0]}")
+                raise ConfigError(f"no combination of the grid can train: {conflicts[0]}")
             warnings.warn(f"skipped {len(conflicts)} grid combination(s) that cannot train ({conflicts[0]})",
                           stacklevel=2)
         for k in keys:
@@ -271,7 +274,7 @@ def selection_key(select_by: str = "accuracy"):
     selection loss (ties: higher accuracy). Loss varies smoothly where accuracy moves in steps
     of one pair, so it is the less noisy choice on a small selection split."""
     if select_by not in SELECT_BY:
-        raise ValueError(f"select_by={select_by!r} is not one of {', '.join(SELECT_BY)}")
+        raise ConfigError(f"select_by={select_by!r} is not one of {', '.join(SELECT_BY)}")
     def loss(r):  # a diverged configuration (NaN) ranks last
         return r.select_loss if np.isfinite(r.select_loss) else np.inf
 
@@ -288,7 +291,7 @@ def train_group(X, ci, ri, group: list[HeadConfig], points=None) -> list[TrainRe
     c0 = group[0]
     pts = points if c0.objective == "pointwise" else None
     if c0.objective == "pointwise" and points is None:
-        raise ValueError("objective=pointwise trains on labelled traces, but the training split is pairwise "
+        raise ConfigError("objective=pointwise trains on labelled traces, but the training split is pairwise "
                          "(chosen/rejected rows); use pointwise data (text or messages + label)")
     how = shared_trainer(c0)
     if how == "adamw":

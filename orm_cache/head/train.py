@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import HeadConfig
+from ..errors import DataError
 from ..store.rows import Rows, as_rows, in_memory_if_small
 from .checkpoint import Head
 from .kinds import KINDS, LinearHead, MLPHead
@@ -113,10 +114,19 @@ def finish_members(head: Head, X, ci, ri, cfgs: list[HeadConfig], seconds: list[
             for k, m in enumerate(members)]
 
 
-def check_trained(res: TrainResult) -> TrainResult:
-    """``res`` when its head scored its training traces with numbers; else the one-line reason
-    (:meth:`Head.finite`): the weights diverged, or the vectors hold NaN or Inf."""
+def check_trained(res: TrainResult, X=None) -> TrainResult:
+    """``res`` when its head scored its training traces with numbers; else the one-line reason:
+    the training vectors ``X`` hold NaN or Inf (a damaged store, named as such: lowering --lr
+    would not help), or else the weights diverged (:meth:`Head.finite`)."""
     if not np.isfinite(res.final_loss):
+        if X is not None:
+            bad = sum(int((~np.isfinite(block).all(axis=1)).sum()) for _, block in as_rows(X).blocks(np.float32))
+            if bad:
+                from ..errors import StoreError
+
+                raise StoreError(f"{bad:,} of the {len(X):,} training vectors hold NaN or Inf: the store is damaged, "
+                                 "training did not diverge; run orm-cache cache check --fix, then embed again "
+                                 "(no head was saved)")
         res.head.finite(np.array([np.nan]))
     return res
 
@@ -333,13 +343,13 @@ def train(X, ci, ri, cfg: HeadConfig, points: Points | None = None) -> TrainResu
     and score std are those of the members' mean score on the full training data."""
     ci, ri = np.asarray(ci, dtype=np.int64), np.asarray(ri, dtype=np.int64)
     if (cfg.objective == "pointwise") != (points is not None):
-        raise ValueError("the pointwise objective trains on labelled traces (pointwise data: text + label rows); "
+        raise DataError("the pointwise objective trains on labelled traces (pointwise data: text + label rows); "
                          "this split has only pairs" if points is None else
                          "labelled traces were given to a pairwise head; set objective=pointwise")
     if (len(ci) if points is None else len(points.rows)) == 0:
-        raise ValueError("no training pairs" if points is None else "no labelled training traces")
+        raise DataError("no training pairs" if points is None else "no labelled training traces")
     if points is not None and len(np.unique(points.labels)) < 2:
-        raise ValueError(f"the pointwise objective needs correct and incorrect traces, but all "
+        raise DataError(f"the pointwise objective needs correct and incorrect traces, but all "
                          f"{len(points.rows):,} training labels are {int(points.labels[0])}")
     if cfg.ensemble == 1:
         return _train_one(X, ci, ri, cfg, points)

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .blocks import verify_table
 from .describe import list_stores, write_encoder_json
 from .fingerprint import short
 from .shards import TMP_PREFIX, StoreError, _stat_key, list_shards, open_shard, remember_verified, vector_columns
@@ -37,7 +38,7 @@ def check_store(store: dict, stale_minutes: float = 60.0) -> tuple[list[ShardSta
         except FileNotFoundError:  # merged away by a compaction meanwhile
             continue
         if problem is None:
-            problem = non_finite(table)
+            problem = verify_table(table, path) or non_finite(table)
         statuses.append(ShardStatus(path, problem is None, table.num_rows if table is not None else 0, problem))
         verified[path.name] = stat if problem is None else None  # a bad shard is not trusted by later opens
     remember_verified(d, verified)
@@ -106,15 +107,20 @@ def check_cache(cache_dir, fix: bool = False, stale_minutes: float = 60.0) -> tu
     return lines, problems
 
 
-def compact_store(store: dict, target_rows: int = 65_536) -> tuple[int, int]:
+def compact_store(store: dict, target_rows: int = 65_536, report: list | None = None) -> tuple[int, int]:
     """Merge the verified shards smaller than ``target_rows`` into as few shards as possible.
+
+    Every shard, merged or kept, is verified in full first (its file checksum, its block
+    checksums, finite values), never trusted from ``verified.json``: one that fails is moved to
+    ``<store>/corrupt/`` (its rows are embedded again by the next run) and reported in ``report``
+    (one line each), so a damaged shard is neither merged under a new checksum nor left in use.
 
     Each merged shard is written completely (temporary name, checksum, rename) before the shards
     it replaces are deleted, so a crash in between leaves duplicate keys, which collapse on read,
     and loses nothing; a reader that listed a shard deleted before it opened it lists the
     directory again and finds the merged shard (:meth:`VectorStore.refresh`). Duplicate keys are
-    dropped from the merged shard (the first kept, as on read). Shards that fail their checks are
-    left alone for ``cache check``. Returns ``(shards before, shards after)``.
+    dropped from the merged shard (the first kept, as on read). Returns ``(shards before, shards
+    after)``.
     """
     import os
     import socket
@@ -127,13 +133,27 @@ def compact_store(store: dict, target_rows: int = 65_536) -> tuple[int, int]:
     if store["fingerprint"] is None:
         raise StoreError(f"{store['problem']}; cannot tell which encoder {store['dir']} holds, so it is not "
                          "compacted (see orm-cache cache check)")
+    import warnings
+
     directory = Path(store["dir"])
-    vs = VectorStore(directory, store["fingerprint"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a shard that fails to open is reported below
+        vs = VectorStore(directory, store["fingerprint"])
     mine = [(p, t) for p, t in zip(vs._paths, vs._tables) if p.parent == directory]  # not those it reads across
-    # Every shard merged is checked in full first (checksum and values), not trusted from
-    # verified.json: a merged shard gets a new checksum, which would hide any corruption for good.
-    small = [(p, t) for p, t in mine if t.num_rows < target_rows and _sound(p, store)]
     before = len(mine) + sum(p.parent == directory for p, _ in vs.skipped)
+    # Every shard is checked in full first (checksums and values), not trusted from verified.json:
+    # a merged shard gets a new checksum, which would hide any corruption for good, and a kept one
+    # would stay in use. One that fails is quarantined and reported.
+    failed = [(p, why) for p, why in vs.skipped if p.parent == directory and p.exists()]
+    sound = []
+    for p, t in mine:
+        problem = _problem(p, store)
+        if problem == "gone":
+            continue
+        (failed.append((p, problem)) if problem else sound.append((p, t)))
+    for p, why in failed:
+        _quarantine(p, why, report)
+    small = [(p, t) for p, t in sound if t.num_rows < target_rows]
     # Shards merge with shards of the same columns only (one store holds shards of several column
     # sets when poolings or layers were embedded at different times); a key's first row per set wins.
     by_columns: dict[tuple, list] = {}
@@ -152,7 +172,7 @@ def compact_store(store: dict, target_rows: int = 65_536) -> tuple[int, int]:
             current.append((p, t))
             rows += t.num_rows
         groups.append(current)
-        seen: set[str] = set(k for p, t in mine if t.num_rows >= target_rows and vector_columns(t.schema) == cols
+        seen: set[str] = set(k for p, t in sound if t.num_rows >= target_rows and vector_columns(t.schema) == cols
                              for k in t.column("key").to_pylist())
         for group in groups:
             if len(group) < 2:
@@ -172,10 +192,30 @@ def compact_store(store: dict, target_rows: int = 65_536) -> tuple[int, int]:
     return before, len(list_shards(directory))
 
 
-def _sound(path: Path, store: dict) -> bool:
-    """Whether a shard passes every check of ``cache check`` now (compaction merges only those)."""
+def _problem(path: Path, store: dict) -> str | None:
+    """What fails of every check ``cache check`` makes, read from the disk now (None: sound;
+    "gone": compacted away meanwhile)."""
     try:
         table, problem = open_shard(path, store["fingerprint"])
     except FileNotFoundError:
-        return False
-    return problem is None and non_finite(table) is None
+        return "gone"
+    return problem or verify_table(table, path) or non_finite(table)
+
+
+def _quarantine(path: Path, why: str, report: list | None) -> None:
+    """Move a shard that failed to ``<store>/corrupt/`` and say so (a warning, and a line in ``report``)."""
+    import warnings
+
+    dest = path.parent / "corrupt" / path.name
+    try:
+        dest.parent.mkdir(exist_ok=True)
+        path.rename(dest)
+        line = f"moved {path.name} to corrupt/: {why}; its rows are embedded again by the next run"
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        line = f"BAD {path}: {why}; could not move it to corrupt/ ({e.strerror or e})"
+    if report is not None:
+        report.append(line)
+    else:
+        warnings.warn(line, stacklevel=3)

@@ -49,6 +49,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from ..errors import StoreError  # noqa: F401 (re-exported: its old import location)
 from .fingerprint import SCHEMA_VERSION, canonical_json, short
 from .index import KeyIndex, key_hashes
 from .rows import ConcatRows, Rows, StoreRows
@@ -68,10 +69,6 @@ VERIFIED = "verified.json"  # shards whose checksum matched: name -> [size, mtim
 RACY_SECONDS = 3.0  # a shard modified more recently than this is checked, never remembered
 
 
-class StoreError(RuntimeError):
-    """A store that cannot be used as asked (wrong fingerprint, missing vectors, I/O failure)."""
-
-
 def store_dir(cache_dir: str | os.PathLike, fp: str) -> Path:
     return Path(cache_dir) / "vectors" / short(fp)
 
@@ -86,13 +83,22 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def write_shard(directory: Path, table: pa.Table, stem: str) -> Path:
-    """Write ``table`` as ``<stem>.<crc32>.arrow``: to a hidden temporary name, fsync, rename.
-    On error the temporary file is removed and the OSError propagates."""
+    """Write ``table`` as ``<stem>.<crc32>.arrow``: to a hidden temporary name, fsync, rename;
+    in record batches of at most ``blocks.BLOCK_ROWS`` rows whose vector checksums go into the
+    schema metadata (:mod:`.blocks`). On error the temporary file is removed and the OSError
+    propagates."""
+    from . import blocks
+
     tmp = Path(directory) / f"{TMP_PREFIX}{stem}{SHARD_SUFFIX}"
+    batches = table.to_batches(max_chunksize=blocks.BLOCK_ROWS)  # blocks of at most BLOCK_ROWS rows
+    meta = dict(table.schema.metadata or {})
+    meta[blocks.META_BLOCKS] = blocks.encode(blocks.batch_digests(batches, blocks.vector_columns(table.schema)))
+    schema = table.schema.with_metadata(meta)
     try:
         with pa.OSFile(str(tmp), "wb") as sink:
-            with pa.ipc.new_file(sink, table.schema) as writer:
-                writer.write_table(table)
+            with pa.ipc.new_file(sink, schema) as writer:
+                for batch in batches:
+                    writer.write_batch(pa.RecordBatch.from_arrays(batch.columns, schema=schema))
         with open(tmp, "rb") as f:
             crc = zlib.crc32(f.read())
             os.fsync(f.fileno())
@@ -241,7 +247,10 @@ def open_shard(path: Path, fp: str, checksum: bool = True) -> tuple[pa.Table | N
     got_fp = (table.schema.metadata or {}).get(META_FINGERPRINT, b"").decode()
     if got_fp != fp:
         return None, f"fingerprint {short(got_fp) or 'missing'} != store {short(fp)}"
-    return table, None
+    from .blocks import register
+
+    problem = register(table, path)  # each block is checked against its checksum when first read
+    return (None, problem) if problem else (table, None)
 
 
 def vector_columns(schema: pa.Schema) -> tuple[str, ...]:

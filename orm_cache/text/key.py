@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 
+from ..errors import DataError
+
 NO_SPECIAL_TOKENS = b"orm-cache:add_special_tokens=false\x00"  # salt of texts tokenized as they stand
 
 
@@ -20,5 +22,9 @@ def trace_key(text: str, special_tokens: bool = True) -> str:
     h = hashlib.sha256()
     if not special_tokens:
         h.update(NO_SPECIAL_TOKENS)
-    h.update(text.encode("utf-8"))
+    try:
+        h.update(text.encode("utf-8"))
+    except UnicodeEncodeError as e:  # an unpaired surrogate: no UTF-8 string, so no key
+        raise DataError(f"text {text[max(0, e.start - 30):e.start]!r}… holds an unpaired surrogate "
+                        f"U+{ord(text[e.start]):04X} and cannot be encoded as UTF-8; fix that character") from None
     return h.hexdigest()
