@@ -240,7 +240,11 @@ def parse(argv=None):
 def main(argv=None):
     args = parse(argv)
     out = levers(args) if args.levers else run(args)
-    publish(f"embed_{'levers' if args.levers else 'throughput'}:{args.model}", out, args.write)
+    import torch
+
+    where = torch.cuda.get_device_name(0).replace("NVIDIA ", "") if torch.cuda.is_available() else "CPU"
+    dtype = args.dtype if args.dtype != "auto" else ("float16" if where != "CPU" else "float32")
+    publish(f"embed_{'levers' if args.levers else 'throughput'}:{args.model} ({dtype}, {where})", out, args.write)
     return out
 
 

@@ -55,10 +55,11 @@ def run(args) -> str:
     from orm_cache.evaluate import format_report
     from orm_cache.evaluate import metrics as M
     from orm_cache.evaluate.baselines import shorter_wins, tfidf_scorer
-    from orm_cache.rescore import score_file
-    from orm_cache.stage2 import evaluate_split, sweep_heads
+    from orm_cache.pipeline.rescore import score_file
+    from orm_cache.pipeline.evaluate import evaluate_split
+    from orm_cache.pipeline.fit import sweep_heads
     from orm_cache.store import find_store
-    from orm_cache.vectors import split_vectors
+    from orm_cache.pipeline.vectors import split_vectors
 
     work = Path(tempfile.mkdtemp(prefix="gsm8k-"))
     data_dir = write_gsm8k_splits(work / "data", seed=args.seed)

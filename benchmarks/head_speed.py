@@ -108,7 +108,7 @@ def run(args) -> tuple[str, dict]:
     from orm_cache.evaluate import evaluate
     from orm_cache.head import LinearHead, train
     from orm_cache.store import VectorStore, store_dir
-    from orm_cache.vectors import split_vectors
+    from orm_cache.pipeline.vectors import split_vectors
 
     data, keys, X16 = synthetic_split(args.traces, args.dim, args.pairs)
     with tempfile.TemporaryDirectory() as d:

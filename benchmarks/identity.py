@@ -72,7 +72,7 @@ def shapes_table(model: Path, tmp: Path) -> str:
     import numpy as np
 
     from orm_cache.head import Head
-    from orm_cache.live import LiveScorer
+    from orm_cache.pipeline.live import LiveScorer
 
     out = []
     for recipe, shape in (("template", lambda q, g, b: {"prompt": q, "chosen": g, "rejected": b}),

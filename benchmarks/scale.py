@@ -119,10 +119,10 @@ def child(spec: dict) -> dict:
     from orm_cache.evaluate import evaluate
     from orm_cache.head import Head, train
     from orm_cache.head.sweep import expand, parse_grid, run_sweep
-    from orm_cache.rescore import score_file
-    from orm_cache.stage2 import build_head
+    from orm_cache.pipeline.rescore import score_file
+    from orm_cache.pipeline.fit import build_head
     from orm_cache.store import VectorStore, store_dir
-    from orm_cache.vectors import split_vectors
+    from orm_cache.pipeline.vectors import split_vectors
 
     if spec["step"] == "fit-head adamw":
         torch.optim.AdamW(torch.nn.Linear(1, 1).parameters())

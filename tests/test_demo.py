@@ -1,7 +1,7 @@
 """The demo runs every stage offline, and a second run embeds nothing."""
 
 
-from orm_cache import demo
+from orm_cache.pipeline import demo
 
 
 def test_demo_end_to_end_then_fully_cached(minilm_dir, tmp_path, monkeypatch):

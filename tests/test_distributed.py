@@ -39,7 +39,7 @@ def test_two_gloo_ranks_equal_one_process(tiny_opt_dir, tmp_path):
 
 def test_num_shards_refused_under_torchrun(monkeypatch, tiny_opt_dir, pointwise_dir):
     from orm_cache.config import DataSpec, EncoderSpec, RunSpec
-    from orm_cache.encode import embed_split
+    from orm_cache.pipeline.embed import embed_split
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")

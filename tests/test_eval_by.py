@@ -12,7 +12,8 @@ from orm_cache.evaluate import format_report
 from orm_cache.evaluate import metrics as M
 from orm_cache.evaluate.by import MISSING, value_label
 from orm_cache.head import Head
-from orm_cache.stage2 import evaluate_split, load_vectors, store_for_head
+from orm_cache.pipeline.evaluate import evaluate_split
+from orm_cache.pipeline.bind import load_vectors, store_for_head
 
 KINDS = ("easy", "hard", "easy", None, "absent")  # per row, cycling; "absent": the row has no column
 

@@ -96,7 +96,7 @@ def test_exported_logits_equal_score_minus_bias_on_both_padding_sides(world, tmp
     # and the exported directory imports back as a head that scores score - bias
     imported = tmp_path / "back.pt"
     ok("import-head", "--model", out, "--out", imported, "--cache-dir", tmp_path / "c", "--max-length", MAX_LENGTH)
-    from orm_cache.live import LiveScorer
+    from orm_cache.pipeline.live import LiveScorer
 
     back = LiveScorer(imported, "cpu")
     assert back.head.bias == 0.0
@@ -106,7 +106,7 @@ def test_exported_logits_equal_score_minus_bias_on_both_padding_sides(world, tmp
 def test_export_replaces_only_a_previous_export_and_only_when_complete(world, tmp_path, monkeypatch):
     from transformers import PreTrainedTokenizerBase
 
-    from orm_cache.head.export import export_head
+    from orm_cache.pipeline.export import export_head
 
     head = world["heads"]["last@-1"]
     other = tmp_path / "other"
@@ -180,8 +180,8 @@ def test_other_supported_architectures_export_exactly(model_type, tmp_path):
 
     from orm_cache.config import EncoderSpec
     from orm_cache.encode.model import Encoder
-    from orm_cache.head.export import EXPORT_ARCHITECTURES, export_head
-    from orm_cache.live import LiveScorer
+    from orm_cache.pipeline.export import EXPORT_ARCHITECTURES, export_head
+    from orm_cache.pipeline.live import LiveScorer
     from orm_cache.testing import build_tokenizer
 
     assert model_type in EXPORT_ARCHITECTURES
@@ -223,7 +223,7 @@ def reward_model(tmp_path_factory, tiny_opt_dir):
 
 
 def test_imported_head_scores_like_the_reward_model(reward_model, tmp_path):
-    from orm_cache.live import LiveScorer
+    from orm_cache.pipeline.live import LiveScorer
 
     expected = {side: hf_logits(reward_model, TEXTS, side)[0] for side in ("right", "left")}
     np.testing.assert_allclose(expected["right"], expected["left"], atol=1e-5)

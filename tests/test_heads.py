@@ -215,7 +215,7 @@ def test_every_command_takes_every_kind(kinds_world, name, tmp_path):
         np.testing.assert_allclose([r["p_correct"] for r in rows], 1 / (1 + np.exp(-np.array(scored))), rtol=1e-6)
     else:
         assert "p_correct" not in rows[0]
-    from orm_cache.live import LiveScorer
+    from orm_cache.pipeline.live import LiveScorer
 
     texts = [json.loads(line)["text"] for line in (w["data"] / "test.jsonl").read_text().splitlines()]
     live = LiveScorer(head, device="cpu").score(texts)

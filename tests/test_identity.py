@@ -98,7 +98,7 @@ def test_one_trace_one_score_every_shape_every_door(trained):
     rank and LiveScorer in each of its call shapes: one score (cache hits bit-identical, live
     within verify's tolerance)."""
     from orm_cache.head import Head
-    from orm_cache.live import LiveScorer
+    from orm_cache.pipeline.live import LiveScorer
 
     recipe, tmp, cache, head, _ = trained
     q, good, bad = problem(100)  # a validation trace: a cache hit for the CLI doors

@@ -256,7 +256,7 @@ def test_the_same_text_with_its_response_elsewhere_is_refused(tiny_opt_dir, tmp_
 def test_verify_and_score_a_response_mean_head_on_prompted_data(tiny_opt_dir, tmp_path):
     """Live re-scoring (verify, LiveScorer, score with misses) pools the same response tokens."""
     from orm_cache.head import Head
-    from orm_cache.live import LiveScorer
+    from orm_cache.pipeline.live import LiveScorer
 
     d = tmp_path / "data"
     train, val = prompted_rows(12, seed=1), prompted_rows(8, seed=2)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from orm_cache.cli import Terminated
+from orm_cache.cli.options import Terminated
 from orm_cache.head import Head
 from orm_cache.outputs import TMP_MARK, atomic_open, json_safe, write_json
 from orm_cache.progress import Progress
@@ -136,7 +136,7 @@ def test_csv_column_first_seen_late_is_refused_not_dropped(world, tmp_path):
 
 def test_interrupt_mid_write_leaves_previous_output_and_no_temp(world, tmp_path, monkeypatch):
     """Ctrl-C and SIGTERM (raised as Terminated) on the second chunk: the old file stays."""
-    from orm_cache import rescore
+    from orm_cache.pipeline import rescore
 
     src = bad_late(tmp_path, bad_at=None)
     out = tmp_path / "o.jsonl"
@@ -165,7 +165,7 @@ def test_interrupt_mid_write_leaves_previous_output_and_no_temp(world, tmp_path,
 def test_full_disk_mid_output_is_one_line_and_keeps_the_old_file(world, tmp_path, monkeypatch):
     import errno
 
-    from orm_cache import rescore
+    from orm_cache.pipeline import rescore
 
     out = tmp_path / "o.parquet"
     good = write_jsonl(tmp_path / "good.jsonl", [{"prompt": "Add", "text": "Step 1: 2 + 2 = 4. Answer: 4"}])
@@ -280,8 +280,8 @@ def test_head_records_its_recipe_and_scorers_reuse_it(world, tmp_path):
 
 
 def test_live_scorer_uses_the_recipe_and_refuses_a_bare_string(world):
-    from orm_cache.live import LiveScorer
-    from orm_cache.stage2 import store_for_head
+    from orm_cache.pipeline.live import LiveScorer
+    from orm_cache.pipeline.bind import store_for_head
 
     rows = [json.loads(x) for x in open(world["data"] / "test.jsonl")][:4]
     scorer = LiveScorer(world["head"], "cpu")
@@ -654,7 +654,7 @@ def test_list_stores_survives_compact_between_listing_and_stat(world, tmp_path, 
 
 
 def test_rows_without_the_heads_prompt_column_are_refused_not_scored_bare(world, tmp_path):
-    from orm_cache.live import LiveScorer
+    from orm_cache.pipeline.live import LiveScorer
 
     rows = [json.loads(x) for x in open(world["data"] / "test.jsonl")]
     renamed = write_jsonl(tmp_path / "q.jsonl", [{"question": r.pop("prompt"), **r} for r in rows])

@@ -136,7 +136,7 @@ def test_store_rows_arithmetic_equals_numpy(tmp_path, store_order):
 
 def test_split_vectors_reads_the_map_without_copying_it(tmp_path):
     from orm_cache.data.ingest import Pairs, SplitData
-    from orm_cache.vectors import split_vectors
+    from orm_cache.pipeline.vectors import split_vectors
 
     X, ci, ri = planted(U=63, D=9)
     store, keys = _store_of(tmp_path, X)
@@ -193,7 +193,7 @@ def _flip_a_vector_bit(path, X):
 
 
 def test_a_verified_shard_is_not_read_again_until_it_changes(tmp_path, monkeypatch):
-    import orm_cache.store.shards as S
+    import orm_cache.store.layout as S  # where a shard is opened and its checksum computed
 
     X, _, _ = planted(U=30, D=4)
     store, _ = _store_of(tmp_path, X, shard_rows=(10, 10, 10))
@@ -274,7 +274,7 @@ def test_a_bad_row_stops_stage1_before_the_store_is_created(tiny_opt_dir, tmp_pa
 
     from orm_cache.config import DataSpec, EncoderSpec, RunSpec
     from orm_cache.data import DataError
-    from orm_cache.encode import embed_split
+    from orm_cache.pipeline.embed import embed_split
 
     rows = pointwise_rows(20)
     rows[-1]["label"] = 7
@@ -306,7 +306,7 @@ def test_group_codes_equal_numpy_unique_inverse():
 
 @pytest.mark.parametrize("collide", [False, True])
 def test_rows_of_finds_each_key_with_and_without_hash_collisions(collide, monkeypatch):
-    import orm_cache.vectors as V
+    import orm_cache.pipeline.vectors as V
 
     if collide:
         monkeypatch.setattr(V, "key_hashes", lambda keys: np.array([len(k) for k in keys], dtype=np.int64))

@@ -205,7 +205,7 @@ def test_tokenizer_without_chat_template_and_no_flag_is_one_line(tiny_opt_dir, c
     r = run("embed", "--data", files["implicit"], "--model", tiny_opt_dir, "--cache-dir", tmp_path / "c", "-q")
     lines = r.output.strip().splitlines()
     assert r.exit_code == 1 and len(lines) == 1 and "Traceback" not in r.output
-    assert "is a conversation, but the tokenizer of" in lines[0] and "--chat-template FILE" in lines[0]
+    assert "renders column" in lines[0] and "but the tokenizer of" in lines[0] and "--chat-template FILE" in lines[0]
     r = run("embed", "--data", files["implicit"], "--model", tiny_opt_dir, "--cache-dir", tmp_path / "c", "-q",
             "--chat-template", tmp_path / "nope.jinja")
     assert r.exit_code == 1 and "nope.jinja': no such file" in r.output
@@ -217,8 +217,8 @@ def test_tokenizer_without_chat_template_and_no_flag_is_one_line(tiny_opt_dir, c
 def test_chat_head_records_its_template_and_every_scorer_reuses_it(chat_model, tmp_path):
     """embed -> fit-head on conversations; the head's recipe renders them again for eval, score,
     rank and LiveScorer with no tokenizer at hand (the model is moved away: all cache hits)."""
-    from orm_cache.live import LiveScorer
-    from orm_cache.stage2 import store_for_head
+    from orm_cache.pipeline.live import LiveScorer
+    from orm_cache.pipeline.bind import store_for_head
 
     model = tmp_path / "model"
     shutil.copytree(chat_model, model)

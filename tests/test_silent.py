@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from orm_cache import errors
-from orm_cache.live import LiveScorer
+from orm_cache.pipeline.live import LiveScorer
 
 from conftest import ok, pointwise_rows, run, write_jsonl, write_pointwise_splits
 
@@ -42,9 +42,9 @@ def one_line(r):
 
 def test_user_errors_share_one_base_and_old_locations_still_import():
     from orm_cache.config import ConfigConflict
-    from orm_cache.encode.identity import EncoderError
+    from orm_cache.models import EncoderError
     from orm_cache.head import CheckpointError
-    from orm_cache.head.export import ExportError
+    from orm_cache.pipeline.export import ExportError
     from orm_cache.outputs import OutputError
     from orm_cache.store import StoreError
 
@@ -57,7 +57,7 @@ def test_user_errors_share_one_base_and_old_locations_still_import():
 
 
 def test_a_bug_keeps_its_traceback_and_a_user_error_is_one_line(world, monkeypatch):
-    import orm_cache.stage2 as stage2
+    import orm_cache.pipeline.evaluate as stage2
 
     def bug(*a, **k):
         raise ValueError("operands could not be broadcast together with shapes (3,) (4,)")
@@ -219,7 +219,7 @@ def test_export_through_a_symlink_keeps_the_link_and_leaves_no_temporary(world, 
 
 @pytest.mark.parametrize("command", ["score", "rank"])
 def test_output_equal_to_input_is_refused_before_reading(world, tmp_path, command, monkeypatch):
-    import orm_cache.rescore as rescore
+    import orm_cache.pipeline.rescore as rescore
 
     inp = write_jsonl(tmp_path / "in.jsonl", pointwise_rows(2))
     before = inp.read_bytes()

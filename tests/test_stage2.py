@@ -78,7 +78,7 @@ def test_head_refuses_vectors_of_another_encoder(embedded, tmp_path):
     h.save(head)
     r = run("eval", "--head", head, "--data", data, "--split", "test", "--cache-dir", cache)
     assert r.exit_code == 1 and "no vectors of the head's encoder 0000000000000000" in r.output
-    from orm_cache.stage2 import store_for_head
+    from orm_cache.pipeline.bind import store_for_head
     from orm_cache.store import VectorStore, list_stores
 
     s = list_stores(cache)[0]

@@ -6,12 +6,14 @@ import itertools
 import json
 import threading
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
+import orm_cache.store.layout as layout
 import orm_cache.store.shards as shards
 from orm_cache.cli import cli
 from orm_cache.store import ShardWriter, StoreError, VectorStore, fingerprint, list_stores, short, store_dir
@@ -61,7 +63,7 @@ class SteppedCompaction:
     def __init__(self, store: dict, monkeypatch):
         self.go, self.done, self.taken, self.error = threading.Semaphore(0), threading.Semaphore(0), 0, None
         self.thread = threading.Thread(target=self._run, args=(store,), daemon=True)
-        monkeypatch.setattr(shards, "write_shard", self._gated(REAL_WRITE_SHARD))
+        monkeypatch.setattr(shards, "write_shard", self._gated(REAL_WRITE_SHARD))  # compact writes through it
         monkeypatch.setattr(Path, "unlink", self._gated(REAL_UNLINK))
         self.thread.start()
 
@@ -332,8 +334,8 @@ def test_compact_and_check_catch_damage_that_kept_size_and_mtime(tmp_path):
     cache2 = tmp_path / "c2"
     d2, shard2, keys2, vecs2 = _remembered_store(cache2)
     _damage_in_place(shard2, _vector_bytes_of([vecs2[keys2[0]]]), nan)
-    shard2.rename(shard2.with_name(shard2.name.replace(shards.shard_checksum(shard2),
-                                                       f"{shards.zlib.crc32(shard2.read_bytes()):08x}")))
+    shard2.rename(shard2.with_name(shard2.name.replace(layout.shard_checksum(shard2),
+                                                       f"{zlib.crc32(shard2.read_bytes()):08x}")))
     r = _cli("cache", "check", "--cache-dir", cache2)
     # caught by the block checksum written with the vectors (a shard without them: by the values)
     assert r.exit_code != 0 and ("non-finite" in r.output or "do not match the checksum" in r.output), r.output

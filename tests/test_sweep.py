@@ -98,7 +98,7 @@ def test_nonsense_values_are_refused_when_expanded():
 
 
 def test_table_rows_show_only_the_fields_their_solver_uses():
-    from orm_cache.stage2 import sweep_table
+    from orm_cache.pipeline.fit import sweep_table
 
     X, ci, ri = planted(U=200, D=16, N=600, seed=6, strength=5.0)
     cfgs = expand(HeadConfig(feature="last@-1", steps=20), parse_grid("solver=lbfgs,adamw l2=0.1,10 lr=1e-4,1e-3"))

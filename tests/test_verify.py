@@ -7,8 +7,8 @@ from click.testing import CliRunner
 from orm_cache.cli import cli
 from orm_cache.config import DataSpec
 from orm_cache.evaluate.verify import verify
-from orm_cache.live import LiveScorer
-from orm_cache.stage2 import load_vectors, store_for_head
+from orm_cache.pipeline.live import LiveScorer
+from orm_cache.pipeline.bind import load_vectors, store_for_head
 from orm_cache.head import Head
 
 

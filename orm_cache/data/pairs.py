@@ -15,7 +15,7 @@ import numpy as np
 
 def pairs_from_pointwise(keys: list[str], labels: np.ndarray, groups: list | None, k: int, seed: int):
     """Return ``(Pairs, stats)``; ``keys``, ``labels`` and ``groups`` are aligned per row."""
-    from .ingest import Pairs
+    from .split import Pairs
 
     rng = np.random.default_rng(seed)
     group_of = groups if groups is not None else [None] * len(keys)

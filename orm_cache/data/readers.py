@@ -6,6 +6,9 @@ or gzipped) line by line, Parquet and Arrow batch by batch from a memory map, so
 by a batch, not the file. Only a JSON *array* (``.json``/``.json.gz`` holding one list) is parsed
 whole. ``datasets`` is imported only for hub ids (a ``save_to_disk`` folder is plain Arrow, read
 with pyarrow).
+
+Over 400 lines: one reader per file format plus the rules that pick a split's rows, kept in one
+module so every command reads rows one way (split them and the rules drift apart).
 """
 
 from __future__ import annotations

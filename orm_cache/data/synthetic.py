@@ -230,7 +230,7 @@ def write_dataset(out_dir: str | Path, sizes: dict[str, int] | None = None, seed
     The pairwise form is built from the pointwise one exactly as ``embed`` would (8 negatives per
     positive for train, 4 otherwise, seeded, within problem). Returns counts per split.
     """
-    from ..config import DataSpec
+    from .spec import DataSpec
     from ..outputs import AtomicOutputs, OutputError
     from .ingest import load_split
 

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from ..config import RunSpec, batch_tokens_for
+from .spec import RunSpec, batch_tokens_for
 from ..progress import Progress
 from ..store import ShardWriter, StoreError, VectorStore, short, store_dir
 
@@ -159,7 +159,7 @@ def encode_texts(encoder, texts: list[str], column: str, batch_tokens: int | Non
     (concatenated, as a store's combined feature) — and their token counts; no store.
     ``starts``: where each response starts in its text (response_mean; None: texts as given);
     ``special_tokens``: whether the tokenizer adds its special tokens (the texts' recipe says)."""
-    from ..config import feature_parts
+    from ..store.columns import feature_parts
 
     parts = feature_parts(column)
     ids, n_tokens, _, first = encoder.tokenize(texts, starts, special_tokens)

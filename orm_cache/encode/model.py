@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import EncoderSpec
+from .spec import EncoderSpec
 from ..store.fingerprint import SCHEMA_VERSION, fingerprint
-from .identity import EncoderError, local_model_digest, resolve_model_path
+from ..models import EncoderError, local_model_digest, resolve_model_path
 from .pooling import pool
 from .response import response_token_starts
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..config import POOLINGS
+from .spec import POOLINGS
 from ..errors import ConfigError
 
 

@@ -26,6 +26,17 @@ from ..store import StoreError, short
 FORMAT_VERSION = 1
 
 
+# The head kinds by the name a checkpoint records (``["orm_cache"]["head"]["kind"]``); each kind
+# registers itself (:mod:`.kinds`), so loading dispatches on the name without importing the kinds.
+KINDS: dict[str, type] = {}
+
+
+def register(cls):
+    """Class decorator: make ``cls`` the head kind named ``cls.kind`` for :meth:`Head.load`."""
+    KINDS[cls.kind] = cls
+    return cls
+
+
 class Head:
     """A scorer of cached vectors of one encoder fingerprint and feature column: the interface
     every command goes through. Each kind (:mod:`orm_cache.head.kinds`: ``linear``, ``mlp``)
@@ -157,8 +168,6 @@ class Head:
     def load(cls, path: str | os.PathLike) -> "Head":
         """A checkpoint of any kind (the kind its metadata records; a reference-format file
         holding only ``model_state`` is a linear head), its tensors and metadata validated."""
-        from .kinds import KINDS
-
         path = Path(path)
         if not path.is_file():
             raise CheckpointError(f"{path}: no such checkpoint")

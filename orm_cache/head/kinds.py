@@ -19,13 +19,14 @@ import numpy as np
 import torch
 
 from ..store.rows import as_rows
-from .checkpoint import CheckpointError, Head, check_tensor, check_weights
+from .checkpoint import KINDS, CheckpointError, Head, check_tensor, check_weights, register  # noqa: F401 (KINDS re-exported)
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().float().numpy().copy()
 
 
+@register
 class LinearHead(Head):
     """``score(x) = weight · x + bias``; an ensemble's members are rows of ``W``."""
 
@@ -102,6 +103,7 @@ class LinearHead(Head):
         return cls(np.concatenate([m.W for m in members]), np.concatenate([m.b for m in members]), meta)
 
 
+@register
 class MLPHead(Head):
     """``score(x) = w2 · relu(W1 x + b1) + b2`` per member, the members' scores averaged."""
 
@@ -180,6 +182,5 @@ class MLPHead(Head):
         return cls(cat("W1"), cat("b1"), cat("w2"), cat("b2"), meta)
 
 
-KINDS: dict[str, type[Head]] = {"linear": LinearHead, "mlp": MLPHead}
 
 __all__ = ["KINDS", "LinearHead", "MLPHead"]

@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import HEAD_FIELDS, ConfigConflict, HeadConfig
+from .config import HEAD_FIELDS, HeadConfig
+from ..errors import ConfigConflict
 from ..errors import ConfigError
 from ..store.rows import in_memory_if_small
 from .losses import pairwise_loss

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import HeadConfig
+from .config import HeadConfig
 from ..errors import DataError
 from ..store.rows import Rows, as_rows, in_memory_if_small
 from .checkpoint import Head

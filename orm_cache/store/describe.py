@@ -13,8 +13,8 @@ from pathlib import Path
 import pyarrow as pa
 
 from .fingerprint import encoder_fingerprint, fingerprint, short
-from .shards import (META_FINGERPRINT, META_IDENTITY, META_SPEC, StoreError, _atomic_write_bytes,
-                     list_shards, vector_columns)
+from ..errors import StoreError
+from .layout import META_FINGERPRINT, META_IDENTITY, META_SPEC, _atomic_write_bytes, list_shards, vector_columns
 
 ENCODER_JSON = "encoder.json"
 

@@ -7,7 +7,11 @@ digest, or the hub id), dtype (unless auto), max_length, truncation side, and th
 
 from __future__ import annotations
 
-from ..config import EncoderSpec, feature_parts
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # an encoder spec is read by attribute here; encode/ sits above store/
+    from ..encode.spec import EncoderSpec
+from .columns import feature_parts
 from .describe import list_stores
 from .fingerprint import short
 from .shards import StoreError, VectorStore, store_dir
@@ -57,7 +61,7 @@ def find_store(cache_dir, spec: EncoderSpec, feature: str | None = None, store: 
     fingerprint prefix) picks one explicitly. Raises :class:`StoreError` naming the command to
     run when there is none, and the candidates when several encoders match (another dtype).
     """
-    from ..encode.identity import model_identity_hint
+    from ..models import model_identity_hint
 
     if store:
         return store_by_prefix(cache_dir, store)

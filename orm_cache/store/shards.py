@@ -11,7 +11,7 @@ Layout::
 ``response_start`` (int32; only in stores with a ``response_mean`` column) is the character
 offset where each text's response starts, -1 unknown: a response_mean vector depends on it, and
 it is data, not text, so a split that puts the response of the same text elsewhere is refused
-when loaded (:func:`~orm_cache.vectors.check_response_starts`).
+when loaded (:func:`~orm_cache.pipeline.vectors.check_response_starts`).
 
 A shard is written under a hidden temporary name and renamed into place, so a reader only ever
 sees complete shards; shard names are unique per process, so any number of writers (processes,
@@ -33,229 +33,27 @@ holds its rows, so the reader lists the directory again (see :meth:`VectorStore.
 Each shard's schema metadata names its fingerprint, encoder identity and (since the spec key
 was added) encoder spec, so ``encoder.json`` is only a convenience: when it is missing, not JSON
 or does not describe its directory, ``describe.describe_store`` takes the description from the shards.
+
+Over 400 lines: :class:`VectorStore` is one class (the store's read side) whose methods share its
+shard tables, key indexes and column views; its file-level helpers are in :mod:`.layout`.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import os
-import socket
+
 import time
 import warnings
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
 from ..errors import StoreError  # noqa: F401 (re-exported: its old import location)
-from .fingerprint import SCHEMA_VERSION, canonical_json, short
+from .layout import RESPONSE_START, RELIST_LIMIT, RACY_SECONDS
 from .index import KeyIndex, key_hashes
 from .rows import ConcatRows, Rows, StoreRows
+from .layout import _stat_key, list_shards, open_shard, read_verified, remember_verified, store_dir, vector_columns
 
-log = logging.getLogger(__name__)
-
-META_FINGERPRINT = b"orm_cache.fingerprint"
-META_IDENTITY = b"orm_cache.encoder_identity"
-META_SCHEMA = b"orm_cache.schema_version"
-META_SPEC = b"orm_cache.encoder_spec"  # optional: shards written before it was added lack it
-SHARD_SUFFIX = ".arrow"
-TMP_PREFIX = ".tmp-"
-RESPONSE_START = "response_start"  # scalar column of stores that pool response_mean
-UNKNOWN_START = -1  # its value where the response's start is unknown
-RELIST_LIMIT = 100  # listings one refresh may take while compactions delete shards under it
-VERIFIED = "verified.json"  # shards whose checksum matched: name -> [size, mtime_ns]
-RACY_SECONDS = 3.0  # a shard modified more recently than this is checked, never remembered
-
-
-def store_dir(cache_dir: str | os.PathLike, fp: str) -> Path:
-    return Path(cache_dir) / "vectors" / short(fp)
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_shard(directory: Path, table: pa.Table, stem: str) -> Path:
-    """Write ``table`` as ``<stem>.<crc32>.arrow``: to a hidden temporary name, fsync, rename;
-    in record batches of at most ``blocks.BLOCK_ROWS`` rows whose vector checksums go into the
-    schema metadata (:mod:`.blocks`). On error the temporary file is removed and the OSError
-    propagates."""
-    from . import blocks
-
-    tmp = Path(directory) / f"{TMP_PREFIX}{stem}{SHARD_SUFFIX}"
-    batches = table.to_batches(max_chunksize=blocks.BLOCK_ROWS)  # blocks of at most BLOCK_ROWS rows
-    meta = dict(table.schema.metadata or {})
-    meta[blocks.META_BLOCKS] = blocks.encode(blocks.batch_digests(batches, blocks.vector_columns(table.schema)))
-    schema = table.schema.with_metadata(meta)
-    try:
-        with pa.OSFile(str(tmp), "wb") as sink:
-            with pa.ipc.new_file(sink, schema) as writer:
-                for batch in batches:
-                    writer.write_batch(pa.RecordBatch.from_arrays(batch.columns, schema=schema))
-        with open(tmp, "rb") as f:
-            crc = zlib.crc32(f.read())
-            os.fsync(f.fileno())
-        final = Path(directory) / f"{stem}.{crc:08x}{SHARD_SUFFIX}"
-        os.replace(tmp, final)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        raise
-    return final
-
-
-class ShardWriter:
-    """Buffers embedded rows and writes them as complete shards (temp name, fsync, rename)."""
-
-    def __init__(self, directory: Path, fp: str, identity: dict, columns: tuple[str, ...], dim: int,
-                 vector_dtype: str, shard_rows: int = 2048, flush_seconds: float = 30.0,
-                 spec: dict | None = None):
-        self.dir = Path(directory)
-        self.fp = fp
-        self.columns = columns
-        self.dim = dim
-        self.np_dtype = np.dtype(vector_dtype)
-        self.shard_rows = shard_rows
-        self.flush_seconds = flush_seconds
-        value_type = pa.float16() if self.np_dtype == np.float16 else pa.float32()
-        fields = [pa.field("key", pa.string(), nullable=False),
-                  pa.field("n_tokens", pa.int32(), nullable=False),
-                  pa.field("truncated", pa.bool_(), nullable=False),
-                  pa.field("recomputed_fp32", pa.bool_(), nullable=False)]
-        self.has_starts = any(c.startswith("response_mean@") for c in columns)
-        if self.has_starts:
-            fields.append(pa.field(RESPONSE_START, pa.int32(), nullable=False))
-        fields += [pa.field(c, pa.list_(value_type, dim), nullable=False) for c in columns]
-        metadata = {META_FINGERPRINT: fp.encode(), META_IDENTITY: canonical_json(identity).encode(),
-                    META_SCHEMA: str(SCHEMA_VERSION).encode()}
-        if spec is not None:
-            metadata[META_SPEC] = canonical_json(spec).encode()
-        self.schema = pa.schema(fields, metadata=metadata)
-        self._reset()
-        self._seq = 0
-        self._last_flush = time.monotonic()
-        self.shards_written: list[Path] = []
-        self.rows_written = 0
-
-    def _reset(self):
-        self._keys: list[str] = []
-        self._n_tokens: list[np.ndarray] = []
-        self._truncated: list[np.ndarray] = []
-        self._recomputed: list[np.ndarray] = []
-        self._starts: list[np.ndarray] = []
-        self._vecs: dict[str, list[np.ndarray]] = {c: [] for c in self.columns}
-
-    @property
-    def buffered(self) -> int:
-        return len(self._keys)
-
-    def add(self, keys: list[str], n_tokens: np.ndarray, truncated: np.ndarray,
-            vectors: dict[str, np.ndarray], recomputed: np.ndarray | None = None,
-            response_starts: list[int | None] | None = None) -> None:
-        """Buffer one batch; ``vectors[col]`` is ``(B, D)``; ``recomputed`` flags rows whose float16
-        states overflowed and were recomputed in float32; ``response_starts``: the character offset
-        of each response (None: unknown), recorded when the store pools response_mean (None: the
-        texts as given, start 0). Flushes when the shard is full or old."""
-        for c in self.columns:
-            v = vectors[c]
-            assert v.shape == (len(keys), self.dim), (c, v.shape)  # (B, D)
-            if not np.isfinite(v).all():
-                raise StoreError(f"refusing to store non-finite values in column {c}")
-            self._vecs[c].append(np.ascontiguousarray(v, dtype=self.np_dtype))
-        self._keys.extend(keys)
-        self._n_tokens.append(np.asarray(n_tokens, dtype=np.int32))
-        self._truncated.append(np.asarray(truncated, dtype=bool))
-        self._recomputed.append(np.zeros(len(keys), bool) if recomputed is None else np.asarray(recomputed, bool))
-        if self.has_starts:
-            starts = [0] * len(keys) if response_starts is None else response_starts
-            assert len(starts) == len(keys), (len(starts), len(keys))
-            self._starts.append(np.array([UNKNOWN_START if s is None else s for s in starts], dtype=np.int32))
-        if self.buffered >= self.shard_rows or time.monotonic() - self._last_flush >= self.flush_seconds:
-            self.flush()
-
-    def flush(self) -> Path | None:
-        """Write the buffered rows as one shard; returns its path (None when nothing was buffered)."""
-        self._last_flush = time.monotonic()
-        if not self._keys:
-            return None
-        arrays = [pa.array(self._keys, pa.string()),
-                  pa.array(np.concatenate(self._n_tokens)),
-                  pa.array(np.concatenate(self._truncated)),
-                  pa.array(np.concatenate(self._recomputed))]
-        if self.has_starts:
-            arrays.append(pa.array(np.concatenate(self._starts)))
-        for c in self.columns:
-            flat = np.concatenate(self._vecs[c]).reshape(-1)  # (N*D,)
-            arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(flat), self.dim))
-        table = pa.Table.from_arrays(arrays, schema=self.schema)
-        stem = f"{time.time_ns():016x}-{socket.gethostname()}-{os.getpid()}-{self._seq:05d}"
-        self._seq += 1
-        try:
-            final = write_shard(self.dir, table, stem)
-        except OSError as e:
-            raise StoreError(f"could not write a shard to {self.dir} ({e.strerror or e}); "
-                             f"the {len(self.shards_written)} shards this run already wrote are intact, "
-                             "and the next run embeds only what is missing") from e
-        self.shards_written.append(final)
-        self.rows_written += len(self._keys)
-        self._reset()
-        return final
-
-
-def shard_checksum(path: Path) -> str | None:
-    """The CRC32 written into a shard's name (``<stem>.<crc32>.arrow``), if any."""
-    parts = path.name[: -len(SHARD_SUFFIX)].rsplit(".", 1)
-    return parts[1] if len(parts) == 2 and len(parts[1]) == 8 else None
-
-
-def list_shards(directory: Path) -> list[Path]:
-    """The complete shards of a store directory in name order (temporary files are never listed)."""
-    return sorted(p for p in Path(directory).glob(f"*{SHARD_SUFFIX}") if not p.name.startswith(TMP_PREFIX))
-
-
-def open_shard(path: Path, fp: str, checksum: bool = True) -> tuple[pa.Table | None, str | None]:
-    """Memory-map one shard and check it: checksum (unless ``checksum=False``: a shard
-    remembered as verified), Arrow validation, fingerprint. Returns ``(table, None)``, or
-    ``(None, reason)`` when it must not be read. A shard that no longer exists raises
-    FileNotFoundError: it is gone, not bad (``compact`` replaced it)."""
-    try:
-        mm = pa.memory_map(str(path), "r")
-        want = shard_checksum(path)
-        if want is None:
-            return None, "no checksum in its name (not written by orm-cache)"
-        if checksum:
-            got = f"{zlib.crc32(mm.read_buffer()):08x}"
-            if got != want:
-                return None, f"checksum mismatch (file {got}, name {want}): truncated or corrupted"
-            mm.seek(0)
-        table = pa.ipc.open_file(mm).read_all()
-        table.validate()
-        if not checksum:  # remembered as verified: still check the offsets a read would follow
-            for name in table.schema.names:
-                if "@" not in name:  # keys and scalars (small); a vector column has no offsets
-                    table.column(name).validate(full=True)
-    except FileNotFoundError:
-        raise
-    except (pa.ArrowInvalid, OSError) as e:
-        return None, f"unreadable Arrow file ({str(e).splitlines()[0]})"
-    got_fp = (table.schema.metadata or {}).get(META_FINGERPRINT, b"").decode()
-    if got_fp != fp:
-        return None, f"fingerprint {short(got_fp) or 'missing'} != store {short(fp)}"
-    from .blocks import register
-
-    problem = register(table, path)  # each block is checked against its checksum when first read
-    return (None, problem) if problem else (table, None)
-
-
-def vector_columns(schema: pa.Schema) -> tuple[str, ...]:
-    """The vector columns (``<pooling>@<layer>``) of a shard's schema, in order."""
-    return tuple(n for n in schema.names if "@" in n)
 
 
 def legacy_sources(vectors_root: Path, fp: str, own: Path) -> list[tuple[Path, str]]:
@@ -275,40 +73,6 @@ def legacy_sources(vectors_root: Path, fp: str, own: Path) -> list[tuple[Path, s
         if desc["fingerprint"] and "pooling" in ident and encoder_fingerprint(ident) == fp:
             out.append((d, desc["fingerprint"]))
     return out
-
-
-def _stat_key(path: Path) -> list[int] | None:
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return None
-    return [st.st_size, st.st_mtime_ns]
-
-
-def read_verified(directory: Path) -> dict[str, list[int]]:
-    """The shards of ``directory`` remembered as verified: name -> [size, mtime_ns] ({} when none)."""
-    try:
-        memo = json.loads((Path(directory) / VERIFIED).read_text())
-    except (OSError, ValueError):
-        return {}
-    return {k: v for k, v in memo.items() if isinstance(v, list)} if isinstance(memo, dict) else {}
-
-
-def remember_verified(directory: Path, checked: dict[str, list[int] | None]) -> None:
-    """Update ``verified.json`` (atomically) with ``checked``: name -> [size, mtime_ns] to
-    remember, or None to forget (a shard that failed, or changed too recently to be trusted);
-    entries of shards that are gone are dropped. Two processes doing this at once may lose each
-    other's additions: those shards are checked again next time, nothing worse. A read-only
-    cache is not an error."""
-    directory = Path(directory)
-    memo = read_verified(directory)
-    memo.update(checked)
-    names = {p.name for p in list_shards(directory)}
-    memo = {k: v for k, v in memo.items() if k in names and v is not None}
-    try:
-        _atomic_write_bytes(directory / VERIFIED, json.dumps(memo, sort_keys=True).encode())
-    except OSError as e:
-        log.debug("could not remember verified shards in %s: %s", directory, e)
 
 
 class VectorStore:
@@ -565,7 +329,7 @@ class VectorStore:
     def feature_columns(self, feature: str) -> tuple[str, ...]:
         """The stored columns ``feature`` concatenates (``mean@-4+mean@-1``); a malformed
         feature or a column the store lacks is a one-line StoreError listing the stored ones."""
-        from ..config import feature_parts
+        from .columns import feature_parts
 
         try:
             parts = feature_parts(feature)
@@ -668,3 +432,9 @@ class VectorStore:
             if desc["fingerprint"] == fp:
                 return {**desc, "identity": encoder_identity(desc["identity"])}
         return {"identity": {}, "spec": None}
+
+
+# What this module re-exports from the leaf modules below it (their old import location).
+from .layout import (META_FINGERPRINT, META_IDENTITY, META_SCHEMA, META_SPEC, SHARD_SUFFIX, TMP_PREFIX,  # noqa: E402,F401
+                     UNKNOWN_START, VERIFIED, _atomic_write_bytes, write_shard)
+from .writer import ShardWriter  # noqa: E402,F401

@@ -72,11 +72,14 @@ class TextBuilder:
         r = self.recipe
         if r.chat_tokens is not None and (r.chat_template is not None or not chat):
             return r
-        template, tokens = self._tokenizer_chat(where, f"column {col!r} " + ("is a conversation; rendering it"
-                                                                            if chat else "appending the EOS token"))
+        template, tokens = self._tokenizer_chat(where, f"column {col!r}: " + (
+            "rendering it with the chat template" if chat else "appending the EOS token"))
         if chat and r.chat_template is None and template is None:
-            raise DataError(f"{where}: column {col!r} is a conversation, but the tokenizer of {self.model} has no "
-                            "chat template to render it; give one with --chat-template FILE")
+            raise DataError(f"{where}: the chat recipe renders column {col!r} with a chat template, but the tokenizer of "
+                            f"{self.model} has none; give one with --chat-template FILE (or use --recipe template)")
+        if not chat and not tokens.get("eos_token"):
+            raise DataError(f"{where}: the recipe appends the tokenizer's EOS token (trl), but the tokenizer of "
+                            f"{self.model} has none; use --recipe template")
         self.recipe = replace(r, chat_template=r.chat_template or (template if chat else None),
                               chat_tokens=r.chat_tokens if r.chat_tokens is not None else tokens)
         return self.recipe
@@ -110,6 +113,9 @@ class TextBuilder:
                 raise DataError(f"{where}: column {col!r} is empty")
         elif isinstance(response, (list, tuple)):
             response = check_messages(response, where, col)
+            last = response[-1]["content"]
+            if isinstance(last, str) and not last.strip():
+                raise DataError(f"{where}: column {col!r}: the assistant turn being judged is empty")
         elif response is None:
             raise DataError(f"{where}: column {col!r} is null" + (f"; choose it with {flag}" if flag else ""))
         else:

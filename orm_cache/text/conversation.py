@@ -60,7 +60,7 @@ def tokenizer_chat(model: str, revision: str | None = None) -> tuple[str | None,
     as apply_chat_template passes them to the template. Loads the tokenizer only."""
     from transformers import AutoTokenizer
 
-    from ..encode.identity import EncoderError, resolve_model_path
+    from ..models import EncoderError, resolve_model_path
 
     try:
         tok = AutoTokenizer.from_pretrained(resolve_model_path(model), revision=revision)

@@ -158,8 +158,9 @@ class TextRecipe:
         have it (default ``prompt``), and dropped ('') only on purpose. A head that recorded no
         chat template saw no conversations, so any chat template may render them; the chat
         tokens are always the recorded ones (they are the tokenizer's, not an option)."""
-        if not recorded:
-            return cls.from_options(template, prompt_col, chat_template, preset)
+        if not recorded:  # a reference-format head: the reference card's recipe unless told otherwise
+            r = cls.from_options(template, prompt_col, chat_template, preset)
+            return r if r.kind != "auto" or r.chat_template is not None or preset else replace(r, kind="template")
         if recorded.get("chat_template") is not None and "kind" not in recorded and not override:
             raise RecipeError("this head was trained on conversations tokenized with the tokenizer's special tokens "
                               "added to the chat-rendered text (orm-cache before recipe kinds; a template that "
@@ -180,13 +181,23 @@ class TextRecipe:
         given = cls(template, prompt_col, rec.chat_template if chat_template is None else chat_template,
                     rec.chat_tokens, rec.kind if asked is None or asked.kind == "auto" else asked.kind,
                     rec.eos if asked is None else asked.eos)
+        if rec.kind == "template" and chat_template is not None and not override:
+            raise RecipeError("--chat-template: this head's recipe is template (its texts were strings joined by "
+                              f"{rec.template!r}, conversations included), so a chat template would build other texts; "
+                              "add --override-recipe to score chat-rendered texts on purpose")
         if rec.chat_template is None and not override:
             rec = replace(rec, chat_template=given.chat_template)  # no conversations in training: nothing to contradict
         rec = replace(rec, prompt_col=given.prompt_col)
-        if given != rec and not override:
+        if rec.kind == "chat" and asked is not None and asked.kind == "auto":
+            given = replace(given, kind="chat")  # trl/auto on a conversational head: the chat template, as TRL does
+        # the fields that build this kind's texts (a chat text has no template or EOS rule)
+        fields = ("kind", "chat_template") if rec.kind == "chat" and given.kind == "chat" else (
+            "kind", "template", "eos", "chat_template")
+        if rec.kind == "chat" and given.kind == "chat":
+            given = replace(given, template=rec.template, eos=rec.eos)
+        if any(getattr(given, f) != getattr(rec, f) for f in fields) and not override:
             diff = "; ".join(f"{name}: head {_shown(getattr(rec, name))}, given {_shown(getattr(given, name))}"
-                             for name in ("kind", "template", "eos", "chat_template")
-                             if getattr(rec, name) != getattr(given, name))
+                             for name in fields if getattr(rec, name) != getattr(given, name))
             raise RecipeError(f"the head was trained on texts built another way ({diff}); a different recipe "
                               "gives different texts and meaningless scores. Drop the option to use the "
                               "head's recipe, or add --override-recipe to score this way on purpose")

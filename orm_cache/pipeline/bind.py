@@ -1,0 +1,115 @@
+"""Binding a head or a data spec to its store and its texts: which store holds a head's
+vectors, the recipe a head's data is read with, and the checks every stage-2 use case makes
+before any work (outputs writable and not inputs, distinct splits, checkpoint targets)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from ..data.spec import DataSpec
+from ..encode.spec import EncoderSpec
+from ..text.recipe import TextRecipe
+from ..data import load_split
+from ..errors import OutputError, UserError
+from ..head import Head
+from ..store import StoreError, VectorStore, short
+from ..store.resolve import encoder_store, store_by_prefix
+from .vectors import embed_command, split_vectors
+
+
+def check_outputs(data_spec: DataSpec, *outputs) -> None:
+    """Before any work: each output can be created and is not the data file the command reads."""
+    from ..outputs import check_not_input, check_output_path
+
+    for out in outputs:
+        if out is not None:
+            check_output_path(out)
+            check_not_input(out, data_file=data_spec.data if Path(data_spec.data).is_file() else None)
+
+
+def check_distinct(a, b, flag: str, other: str) -> None:
+    """Refuse split ``b`` (named by ``flag``) when it holds the same rows as split ``a``: a file
+    without a split column is read whole for every --split, and selecting or reporting on the
+    training rows would measure how well the head fits them (and --refit would count them twice)."""
+    if a.identity["pairs_sha256"] == b.identity["pairs_sha256"] or a.texts.keys() == b.texts.keys():
+        why = (f"{b.source} has no split column, so every --split reads all of it" if a.source == b.source else
+               f"{a.source} and {b.source} hold the same rows")
+        raise UserError(f"{flag} {b.split} is the same rows as {other} {a.split} ({why}); give data with separate "
+                        "splits (a directory of split files, or a 'split' column)")
+
+
+def check_head_target(path: Path, overwrite: bool, given: bool) -> None:
+    """Before training: refuse to replace an existing checkpoint at a default path unless
+    ``overwrite`` (a path given with --out is replaced atomically, like every output)."""
+    if not given and not overwrite and Path(path).exists():
+        raise OutputError(f"{path} exists (a head trained with this exact configuration and data); pass "
+                          "--overwrite to replace it, or --out another path")
+
+
+def store_for_head(head: Head, cache_dir, store: str | None = None) -> VectorStore:
+    """The store a head was trained on (by its fingerprint), or ``--store`` for an imported head."""
+    if head.fingerprint:
+        if store and not head.fingerprint.startswith(store):
+            raise StoreError(f"--store {store} is not the store of this head (it was trained on encoder "
+                             f"{short(head.fingerprint)}); leave --store out for a head that records its encoder")
+        vs = encoder_store(cache_dir, head.fingerprint)
+        if not vs.shards:
+            raise StoreError(f"no vectors of the head's encoder {short(head.fingerprint)} under {cache_dir}; "
+                             "embed the split with that encoder first (see the head's encoder_spec)")
+    else:
+        if not store:
+            raise StoreError("this head carries no encoder fingerprint (a reference-format import); "
+                             "name the store of its encoder with --store FINGERPRINT")
+        vs = store_by_prefix(cache_dir, store)
+    return vs  # its width is checked against the head's feature by with_store_defaults
+
+
+def spec_for_feature(enc_spec: EncoderSpec, feature: str | None) -> EncoderSpec:
+    """``enc_spec`` with the poolings and layers ``feature`` needs added (for the embed hint of
+    a feature no store holds: that command then stores it)."""
+    return enc_spec.with_feature(feature)
+
+
+def load_vectors(data_spec: DataSpec, store: VectorStore, feature: str | None, cache_dir):
+    """A split's vectors from ``store``; a missing vector names the command that embeds them
+    into exactly this store (its model, dtype, max length, every pooling and layer). Conversation
+    rows without a chat template in ``data_spec`` take the store's encoder's tokenizer's."""
+    data = load_split(data_spec, store.spec())
+    return split_vectors(data, store, feature, embed_command(data_spec, store.spec() or {}, cache_dir, feature))
+
+
+def head_data_spec(head: Head, data_spec: DataSpec, override_recipe: bool = False) -> DataSpec:
+    """``data_spec`` with the head's text recipe filled in where the options did not give one;
+    a recipe given explicitly that differs from the head's is refused (RecipeError)."""
+    r = TextRecipe.for_head(head.recipe, data_spec.template, data_spec.prompt_col, override_recipe,
+                            data_spec.chat_template, data_spec.recipe_kind)
+    return replace(data_spec.with_recipe(r), prompt_col=r.prompt_col or "",
+                   require_prompt=prompt_required(head, r, override_recipe))
+
+
+def prompt_required(head: Head, recipe: TextRecipe, override_recipe: bool = False) -> bool:
+    """Must every scored row carry the prompt column? Yes for a head whose training texts joined
+    prompts from it (unless the recipe is overridden on purpose); an imported reward model was
+    not trained by orm-cache, so its recipe says how to join a prompt, not that one is needed."""
+    trained_with_prompts = bool((head.recipe or {}).get("prompt_col")) and "imported" not in head.meta
+    return bool(not override_recipe and recipe.prompt_col and trained_with_prompts)
+
+
+def with_store_defaults(head: Head, vs: VectorStore, feature: str | None = None) -> Head:
+    """A reference-format head (weights only) completed from the store it scores: the store's
+    encoder spec and fingerprint, and ``feature`` (default: ``last@-1``, the reference recipe's
+    pooling, when the store has it, else its first column). A head that records its own is
+    returned unchanged (``feature`` overrides)."""
+    meta = dict(head.meta)
+    if feature:
+        meta["feature"] = feature
+    if not meta.get("feature"):
+        meta["feature"] = "last@-1" if "last@-1" in vs.columns else (vs.columns[0] if vs.columns else None)
+    if not meta.get("fingerprint"):
+        meta["fingerprint"] = vs.fp
+        meta.setdefault("encoder_spec", vs.spec())
+    vs.feature_columns(meta["feature"])  # a column the store lacks is one line listing those it has
+    out = head.with_meta(meta)
+    out.check_store(vs)  # another encoder, or a feature of another width than the head takes
+    return out

@@ -1,0 +1,112 @@
+"""Use cases ``eval`` and ``verify``: a head's metric table on a split, from cached vectors only,
+with its calibration; and cached-versus-live scores on a sample (loads the encoder)."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from dataclasses import replace
+
+from ..data.spec import DataSpec
+from ..data import DataError
+from ..errors import UserError
+from ..evaluate import evaluate
+from ..evaluate.metrics import fit_temperature
+from ..evaluate.report import margins_of
+from ..head import Head
+from ..store import StoreError
+from .bind import head_data_spec, load_vectors, store_for_head, with_store_defaults
+
+log = logging.getLogger(__name__)
+
+
+def calibrate(head: Head, sv) -> float:
+    """Fit the temperature of σ(Δ/T) on ``sv``'s pairs and record it in the head (None when no
+    pair is wrong, so no finite T is optimal); returns T."""
+    T = fit_temperature(margins_of(head.score(sv.X), sv.ci, sv.ri))
+    head.meta["calibration"] = {"temperature": T if math.isfinite(T) else None, "fitted_on": sv.data.split}
+    return T
+
+
+def calibrate_and_evaluate(head: Head, ev) -> dict:
+    """Fit the temperature on ``ev``'s split, record it and the headline in the head; return the
+    full report on that split."""
+    T = calibrate(head, ev)
+    report = evaluate(head, ev, temperature=T)
+    report["calibration"]["fitted_on"] = ev.data.split
+    head.meta.setdefault("metrics", {})[ev.data.split] = _headline(report)
+    return report
+
+
+def _headline(r: dict) -> dict:
+    keys = ("accuracy", "ci", "margin", "pairs")
+    return {k: r[k] for k in keys} | ({"best_of_n": r["best_of_n"]} if "best_of_n" in r else {})
+
+
+def evaluate_split(head_path, data_spec: DataSpec, cache_dir="cache", calibrate_on: str | None = "validation",
+                   bootstrap: int = 1000, ci_level: float = 0.9, seed: int = 0, length_edges=(128, 256),
+                   store: str | None = None, feature: str | None = None, save_calibration: bool = False,
+                   override_recipe: bool = False, by=()) -> dict:
+    """The full metric table of a head on one split, with the head's text recipe.
+
+    The calibration temperature T is fitted on ``calibrate_on`` when that split is cached (the
+    evaluated split itself only when named); otherwise calibration is reported for T = 1 and
+    said so. The checkpoint is rewritten with T only when ``save_calibration`` is set. ``by``:
+    metadata columns to break the headline down by (``report["by"]``); a column no row has is a
+    DataError naming the columns there are, raised before anything is computed or saved."""
+    from ..evaluate.by import check_columns
+
+    by = list(dict.fromkeys([by] if isinstance(by, str) else by or ()))
+    head = Head.load(head_path)
+    vs = store_for_head(head, cache_dir, store)
+    head = with_store_defaults(head, vs, feature)
+    feature = head.feature
+    data_spec = head_data_spec(head, data_spec, override_recipe)
+    if by:
+        data_spec = replace(data_spec, keep_columns=tuple(dict.fromkeys((*data_spec.keep_columns, *by))))
+    sv = load_vectors(data_spec, vs, feature, cache_dir)
+    check_columns(sv.data, by, data_spec.group_col)
+    T, note = None, "no calibration split (--calibrate-on ''): reported for T = 1"
+    if calibrate_on:
+        try:
+            cal = sv if calibrate_on == data_spec.split else load_vectors(
+                replace(data_spec, split=calibrate_on), vs, feature, cache_dir)
+        except (DataError, StoreError) as e:
+            note = f"calibration split {calibrate_on!r} unavailable ({e}); reported for T = 1"
+            log.warning("not calibrating: %s", note)
+        else:
+            T = calibrate(head, cal)
+            note = None
+            if save_calibration:
+                if not math.isfinite(T):
+                    raise UserError(f"no finite temperature fits {calibrate_on} (no pair is misordered); "
+                                     "the checkpoint is left as it was")
+                head.save(head_path)
+    if save_calibration and T is None:
+        raise UserError(f"--save-calibration: no temperature was fitted ({note}); the checkpoint is left as it was")
+    report = evaluate(head, sv, bootstrap, ci_level, seed, length_edges, temperature=T, by=by)
+    if T is not None:
+        report["calibration"]["fitted_on"] = calibrate_on
+        report["calibration"]["saved_to_checkpoint"] = bool(save_calibration)
+    else:
+        report["calibration"]["note"] = note
+    report["head"] = str(head_path)
+    report["fingerprint"] = vs.fp
+    return report
+
+
+def verify_head(head_path, data_spec: DataSpec, cache_dir="cache", sample: int = 64, seed: int = 0,
+                atol: float | None = None, device: str = "auto", batch_tokens: int | None = None,
+                store: str | None = None, feature: str | None = None, override_recipe: bool = False):
+    """Cached vs live scores for a seeded sample of ``data_spec``'s pairs (loads the encoder).
+    A reference-format head (no recorded encoder) is checked against ``store``'s encoder."""
+    from ..evaluate.verify import verify
+    from .live import LiveScorer
+
+    head = Head.load(head_path)
+    vs = store_for_head(head, cache_dir, store)
+    head = with_store_defaults(head, vs, feature)
+    sv = load_vectors(head_data_spec(head, data_spec, override_recipe), vs, head.feature, cache_dir)
+    scorer = LiveScorer(head, device, batch_tokens)
+    return verify(head, sv, scorer, sample, seed, atol)
