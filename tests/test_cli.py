@@ -7,6 +7,7 @@ from pathlib import Path
 import pyarrow as pa
 from click.testing import CliRunner
 
+from conftest import ok, run
 from orm_cache.cli import cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,3 +52,47 @@ def test_entry_points_agree():
     for cmd in ([sys.executable, "cli.py", "--help"], [sys.executable, "-m", "orm_cache", "--help"]):
         out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True).stdout
         assert "Stage 1" in out and "embed" in out
+
+
+def test_config_file_sets_defaults_and_the_command_line_wins(tiny_opt_dir, pointwise_dir, tmp_path):
+    cfg = tmp_path / "orm-cache.toml"
+    cfg.write_text(f'data = "{pointwise_dir}"\nmodel = "{tiny_opt_dir}"\ncache-dir = "{tmp_path / "c"}"\n'
+                   '[fit-head]\nsolver = "lbfgs"\n')
+    ok("--config", cfg, "embed", "--split", "train,validation", "-q")
+    r = ok("--config", cfg, "fit-head", "--out", tmp_path / "h.pt")
+    assert "trained lbfgs head" in r.output
+    r = ok("--config", cfg, "fit-head", "--solver", "adamw", "--steps", 5, "--out", tmp_path / "a.pt")
+    assert "trained adamw head" in r.output
+    bad = tmp_path / "bad.toml"
+    bad.write_text('modle = "x"\n')
+    r = run("--config", bad, "cache", "info")
+    assert r.exit_code == 1 and "'modle' is no option or command" in r.output
+    bad.write_text('[fit-head]\nsolvr = "lbfgs"\n')
+    r = run("--config", bad, "cache", "info")
+    assert r.exit_code == 1 and "[fit-head] has no option 'solvr'" in r.output
+    bad.write_text('data = [\n')
+    r = run("--config", bad, "cache", "info")
+    assert r.exit_code == 1 and "bad.toml" in r.output and "Traceback" not in r.output
+
+
+def test_help_topics_list_every_option_of_their_spec():
+    from orm_cache.config import DataSpec, EncoderSpec, HeadConfig, RunSpec
+
+    for topic, spec in (("data", DataSpec), ("encoder", EncoderSpec), ("run", RunSpec), ("head", HeadConfig)):
+        out = ok("help", topic).output
+        for name in spec.__dataclass_fields__:
+            assert f"--{name.replace('_', '-')}  [default:" in out, (topic, name)
+    assert "[fit-head]" in ok("help", "config").output
+    folded = ok("fit-head", "--help").output
+    assert "--template" in folded.split("More options")[1] and "--chosen-col" not in folded.split("More options")[0]
+
+
+def test_eval_evaluates_test_by_default(tiny_opt_dir, pointwise_dir, tmp_path):
+    base = ("--data", pointwise_dir, "--model", tiny_opt_dir, "--cache-dir", tmp_path / "c")
+    ok("embed", *base, "--split", "train,validation,test", "-q")
+    ok("fit-head", *base, "--solver", "lbfgs", "--out", tmp_path / "h.pt", "-q")
+    out = tmp_path / "r.json"
+    ok("eval", "--head", tmp_path / "h.pt", "--data", pointwise_dir, "--cache-dir", tmp_path / "c", "--json", out)
+    import json
+
+    assert json.loads(out.read_text())["split"] == "test"

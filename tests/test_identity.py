@@ -390,3 +390,70 @@ def test_trl_recipe_equals_trl_reward_trainer_token_ids(chat_model, tmp_path, co
     got_c = enc.tokenize([d.texts[k] for k in d.pairs.chosen], special_tokens=special)[0]
     got_r = enc.tokenize([d.texts[k] for k in d.pairs.rejected], special_tokens=special)[0]
     assert got_c == want_c and got_r == want_r
+
+
+# ------------------------------------------------------------ found by a hostile review, fixed
+
+def test_response_mean_refuses_texts_whose_response_start_is_unknown(chat_model, tmp_path):
+    """Pre-rendered chat strings (the chat recipe takes them whole) may be embedded, but no
+    door trains or scores response_mean on them: their response's start is unknown."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(chat_model)
+    rows = [{"text": tok.apply_chat_template([u(q), a(t)], tokenize=False), "label": int(t == g), "group": i}
+            for i in range(6) for q, g, b in [problem(i)] for t in (g, b)]
+    d = tmp_path / "pre"
+    write_jsonl(d / "train.jsonl", rows)
+    cache = tmp_path / "c"
+    base = ("--model", chat_model, "--cache-dir", cache, "--recipe", "chat")
+    ok("embed", "--data", d, *base, "--pooling", "last,response_mean")
+    r = run("fit-head", "--data", d, *base, "--feature", "response_mean@-1", "--solver", "lbfgs", "--out", tmp_path / "h.pt")
+    assert r.exit_code == 1 and "where their response starts is unknown" in r.output and "Traceback" not in r.output
+    ok("fit-head", "--data", d, *base, "--feature", "last@-1", "--solver", "lbfgs", "--out", tmp_path / "l.pt")
+
+
+def test_live_scorer_refuses_a_bare_string_for_a_prompted_response_mean_head(tiny_opt_dir, tmp_path):
+    from orm_cache.errors import DataError
+    from orm_cache.head import Head
+    from orm_cache import LiveScorer
+
+    d = tmp_path / "d"
+    write_jsonl(d / "train.jsonl", [{"prompt": q, "text": t, "label": int(t == g), "group": i}
+                                    for i in range(6) for q, g, b in [problem(i)] for t in (g, b)])
+    base = ("--model", tiny_opt_dir, "--cache-dir", tmp_path / "c")
+    ok("embed", "--data", d, *base, "--pooling", "response_mean")
+    ok("fit-head", "--data", d, *base, "--feature", "response_mean@-1", "--solver", "lbfgs", "--out", tmp_path / "h.pt")
+    s = LiveScorer(Head.load(tmp_path / "h.pt"), device="cpu")
+    q, g, _ = problem(0)
+    assert s.texts([q + "\n\n" + g], prompts=[None]) == s.texts([g], prompts=[q])  # one string, two splits of it
+    with pytest.raises(DataError, match="no prompt, but this head pools the response only"):
+        s.score([q + "\n\n" + g], prompts=[None])
+    assert np.isfinite(s.score([g], prompts=[q])).all()
+
+
+@pytest.mark.parametrize("turns", [[u("q"), a("")], [a("  ")]])
+def test_an_empty_assistant_turn_is_refused_like_an_empty_string(chat_model, tmp_path, turns):
+    f = write_jsonl(tmp_path / "e.jsonl", [{"text": turns, "label": 1}])
+    r = run("embed", "--data", f, "--model", chat_model, "--cache-dir", tmp_path / "c", "--recipe", "chat")
+    assert r.exit_code == 1 and "the assistant turn being judged is empty" in r.output
+
+
+def test_recipe_options_are_compared_on_the_fields_that_build_the_head_s_texts(trained, tmp_path):
+    recipe, tmp, cache, head, model = trained
+    q, good, _ = problem(100)
+    f = write_jsonl(tmp_path / "in.jsonl", [{"prompt": q, "text": good}])
+    out = tmp_path / "o.jsonl"
+    if recipe == "chat":  # trl on a conversational head is its chat template, as TRL does: the same texts
+        r = ok("score", "--head", head, "--input", f, "--output", out, "--cache-dir", cache, "--recipe", "trl")
+        assert "(no model loaded)" in r.output
+    else:  # a chat template for a template head would build other texts: refused, never ignored
+        (tmp_path / "chat.jinja").write_text(CHAT)
+        r = run("score", "--head", head, "--input", f, "--output", out, "--cache-dir", cache,
+                "--chat-template", tmp_path / "chat.jinja")
+        assert r.exit_code == 1 and "this head's recipe is template" in r.output
+
+
+def test_embed_split_list_refuses_empty_names(tiny_opt_dir, pointwise_dir, tmp_path):
+    r = run("embed", "--data", pointwise_dir, "--split", "train,,test", "--model", tiny_opt_dir,
+            "--cache-dir", tmp_path / "c")
+    assert r.exit_code == 1 and "has an empty name" in r.output

@@ -77,31 +77,37 @@ def _params(cmd: click.Command) -> dict[str, str]:
     return out
 
 
+def _all_params(group: click.Group) -> set[str]:
+    """Every spelling of every option of every command under ``group``."""
+    out = set()
+    for cmd in group.commands.values():
+        out |= _all_params(cmd) if isinstance(cmd, click.Group) else set(_params(cmd))
+    return out
+
+
 def config_defaults(group: click.Group, data: dict, path: str, where: str = "") -> dict:
     """click's ``default_map`` from a --config mapping; a key no command knows is refused, naming it."""
     from ..errors import ConfigError
 
     shared = {k: v for k, v in data.items() if not isinstance(v, dict)}
     tables = {k: v for k, v in data.items() if isinstance(v, dict)}
-    unknown = [k for k in tables if k not in group.commands]
-    known_everywhere = set()
+    if not where:
+        unknown = [k for k in tables if k not in group.commands] + [k for k in shared if k not in _all_params(group)]
+        if unknown:
+            raise ConfigError(f"--config {path}: {', '.join(map(repr, unknown))} is no option or command of orm-cache")
     out = {}
     for name, cmd in group.commands.items():
+        table = tables.get(name, {})
         if isinstance(cmd, click.Group):
-            out[name] = config_defaults(cmd, {**shared, **tables.get(name, {})}, path, f"{where}{name}.")
-            known_everywhere |= set(shared)
+            out[name] = config_defaults(cmd, {**shared, **table}, path, f"{where}{name}.")
             continue
         params = _params(cmd)
         d = {params[k]: v for k, v in shared.items() if k in params}
-        known_everywhere |= {k for k in shared if k in params}
-        for k, v in tables.get(name, {}).items():
+        for k, v in table.items():
             if k not in params:
                 raise ConfigError(f"--config {path}: [{where}{name}] has no option {k!r}")
             d[params[k]] = v
         out[name] = d
-    unknown += [k for k in shared if k not in known_everywhere]
-    if unknown and not where:
-        raise ConfigError(f"--config {path}: {', '.join(map(repr, unknown))} is no option or command of orm-cache")
     return out
 
 
