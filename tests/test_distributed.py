@@ -17,6 +17,7 @@ def _store(cache):
     return VectorStore(s["dir"], s["fingerprint"])
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_equal_one_process(tiny_opt_dir, tmp_path):
     data = tmp_path / "data"
     write_jsonl(data / "train.jsonl", pointwise_rows(40, per_group=4, seed=3))

@@ -10,32 +10,16 @@ one store per encoder, and stores written before that keep working.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import ok, run, write_jsonl
+from conftest import CHAT, ok, run, write_jsonl
 from orm_cache.config import DataSpec, EncoderSpec
 from orm_cache.data import load_split
 from orm_cache.text import TextBuilder, TextRecipe, trace_key
 
-CHAT = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}"
-        "{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}\n{% endfor %}")
-
-
-@pytest.fixture(scope="module")
-def chat_model(tmp_path_factory, tiny_opt_dir):
-    """The tiny OPT whose tokenizer carries a Llama-style chat template (it writes its own BOS)."""
-    from transformers import AutoTokenizer
-
-    d = tmp_path_factory.mktemp("chat-id") / "model"
-    shutil.copytree(tiny_opt_dir, d)
-    tok = AutoTokenizer.from_pretrained(d)
-    tok.chat_template = CHAT
-    tok.save_pretrained(d)
-    return d
 
 
 def problem(i: int):

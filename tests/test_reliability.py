@@ -51,6 +51,7 @@ def _embed_cmd(data_dir, model, cache):
             "--cache-dir", str(cache), *SMALL]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kill_after_shards", [1, 8, 40])
 def test_kill_9_then_resume_equals_uninterrupted(tiny_opt_dir, big_dir, tmp_path, kill_after_shards):
     data, ref = _reference(tiny_opt_dir, big_dir, tmp_path / "ref")
@@ -105,6 +106,7 @@ def test_truncated_and_bit_flipped_shards_are_named_left_out_and_reembedded(tiny
     assert len(_store(cache)) == 48
 
 
+@pytest.mark.slow
 def test_two_concurrent_writers_both_finish_and_the_store_reads_consistently(tiny_opt_dir, big_dir, tmp_path):
     cache = tmp_path / "c"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -235,6 +237,7 @@ def test_bad_input_is_one_line_nonzero_no_traceback(tmp_path, name, content, mes
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in r.output
 
 
+@pytest.mark.slow
 def test_compact_merges_small_shards_and_keeps_every_vector(tiny_opt_dir, big_dir, tmp_path):
     cache = tmp_path / "c"
     data, ref = _reference(tiny_opt_dir, big_dir, tmp_path / "ref")

@@ -135,6 +135,7 @@ def test_pool_response_mean_matches_float64_numpy():
 
 
 # -- stage 1 against the reference --------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("side", ["right", "left"])
 def test_embed_response_mean_equals_slow_per_text_reference(side, tmp_path):
     """(a) every text of a batched, padded embed equals the text run alone; (b) texts without a

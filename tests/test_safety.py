@@ -372,6 +372,7 @@ def test_reference_format_head_works_with_score_rank_and_verify_through_store(wo
 
 # ------------------------------------------------------------------ 5. SIGTERM is Ctrl-C
 
+@pytest.mark.slow
 def test_sigterm_flushes_what_embed_has_done(tiny_opt_dir, tmp_path):
     data = tmp_path / "data"
     write_jsonl(data / "train.jsonl", pointwise_rows(200, per_group=4, seed=3))

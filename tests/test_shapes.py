@@ -12,27 +12,12 @@ from orm_cache.config import DataSpec, EncoderSpec
 from orm_cache.data import DataError, load_split, trace_key
 from orm_cache.head import Head
 
-from conftest import ok, pointwise_rows, run, write_jsonl
+from conftest import CHAT, ok, pointwise_rows, run, write_jsonl
 
-# A small chat template that uses the tokenizer's special tokens, as real ones do.
-CHAT = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}"
-        "{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}\n{% endfor %}")
+# Other chat templates (CHAT, in conftest, uses the tokenizer's special tokens, as real ones do).
 NAMED_CHAT = ("{% for m in messages %}<|{{ m['role'] }}|>{% if m.name is defined %}({{ m.name }}){% endif %}"
               "{{ m['content'] }}\n{% endfor %}")
 OTHER_CHAT = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
-
-
-@pytest.fixture(scope="module")
-def chat_model(tmp_path_factory, tiny_opt_dir):
-    """The tiny OPT whose tokenizer carries CHAT as its chat template."""
-    from transformers import AutoTokenizer
-
-    d = tmp_path_factory.mktemp("chat") / "model"
-    shutil.copytree(tiny_opt_dir, d)
-    tok = AutoTokenizer.from_pretrained(d)
-    tok.chat_template = CHAT
-    tok.save_pretrained(d)
-    return d
 
 
 def problems(n, offset=0):

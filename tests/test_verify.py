@@ -38,6 +38,7 @@ def test_verify_passes_on_tiny_opt_both_padding_sides(side, pointwise_dir, tmp_p
     assert "OK: cached scores equal live scores" in r.output and "float32 on cpu" in r.output
 
 
+@pytest.mark.slow
 def test_verify_with_bundled_minilm(minilm_dir, pointwise_dir, tmp_path):
     cache, head = tmp_path / "c", tmp_path / "h.pt"
     _embed_and_fit(pointwise_dir, "bundled-minilm", cache, head, pooling="mean")
@@ -45,6 +46,7 @@ def test_verify_with_bundled_minilm(minilm_dir, pointwise_dir, tmp_path):
     assert r.exit_code == 0, r.output
 
 
+@pytest.mark.slow
 def test_a_disagreeing_row_is_caught_and_named(tiny_opt_dir, pointwise_dir, tmp_path):
     cache, head_path = tmp_path / "c", tmp_path / "h.pt"
     _embed_and_fit(pointwise_dir, tiny_opt_dir, cache, head_path)
