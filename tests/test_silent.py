@@ -538,7 +538,8 @@ def test_a_shard_without_block_checksums_stays_readable_and_is_checked_whole(tmp
     table = pa.ipc.open_file(pa.memory_map(str(new))).read_all()
     assert META_BLOCKS in table.schema.metadata
     # the same rows as an older orm-cache wrote them: one batch, no block checksums
-    old_schema = table.schema.with_metadata({k: v for k, v in table.schema.metadata.items() if k != META_BLOCKS})
+    old_schema = table.schema.with_metadata({**{k: v for k, v in table.schema.metadata.items() if k != META_BLOCKS},
+                                             b"orm_cache.schema_version": b"1"})
     sink = pa.BufferOutputStream()
     with pa.ipc.new_file(sink, old_schema) as writer:
         writer.write_table(table.cast(old_schema))
@@ -555,3 +556,69 @@ def test_a_shard_without_block_checksums_stays_readable_and_is_checked_whole(tmp
     with pytest.warns(UserWarning, match="checksum mismatch"):
         vs = VectorStore(d, "f" * 64)
     assert "b" * 64 not in vs
+
+
+def _rewrite_in_place(path, edit):
+    """Apply ``edit(bytearray)`` to a shard's bytes and restore its size and mtime (bit rot)."""
+    import os
+
+    st = path.stat()
+    data = bytearray(path.read_bytes())
+    edit(data)
+    assert len(data) == st.st_size
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+@pytest.mark.parametrize("damage", ["swap two keys", "footer's block checksum key"])
+def test_damage_outside_the_vectors_is_caught_too(tmp_path, damage):
+    """Keys (which vector a text gets), token counts and the block-checksum entry itself are
+    checked when a remembered shard is opened: a shard changed there is left out, named."""
+    import warnings
+
+    from orm_cache.store import ShardWriter, VectorStore
+    from orm_cache.store.blocks import META_BLOCKS
+
+    d = tmp_path / "s"
+    d.mkdir()
+    w = ShardWriter(d, "f" * 64, {"schema_version": 2}, ("last@-1",), 4, "float16", shard_rows=100)
+    keys = [c * 64 for c in "abcd"]
+    w.add(keys, np.ones(4), np.zeros(4, bool), {"last@-1": np.arange(16, dtype=np.float16).reshape(4, 4)})
+    shard = w.flush()
+    import os
+    import time
+
+    os.utime(shard, ns=(time.time_ns() - 60 * 10**9,) * 2)  # old enough to be remembered as verified
+    assert len(VectorStore(d, "f" * 64)) == 4  # verified whole once, remembered
+    if damage == "swap two keys":
+        _rewrite_in_place(shard, lambda b: b.__setitem__(slice(b.find(b"a" * 64), b.find(b"a" * 64) + 64), b"b" * 64)
+                          or b.__setitem__(slice(b.find(b"b" * 64, b.find(b"b" * 64) + 64), b.find(b"b" * 64, b.find(b"b" * 64) + 64) + 64), b"a" * 64))
+    else:
+        _rewrite_in_place(shard, lambda b: b.__setitem__(slice(b.rfind(META_BLOCKS) + len(META_BLOCKS) - 1,
+                                                               b.rfind(META_BLOCKS) + len(META_BLOCKS)), b"r"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        vs = VectorStore(d, "f" * 64)
+    assert len(vs) == 0 and vs.skipped and "changed after it was written" in vs.skipped[0][1] or \
+        "block checksums are missing" in vs.skipped[0][1], vs.skipped
+    assert any(str(shard) in str(w.message) for w in caught)
+
+
+@pytest.mark.parametrize("args, says", [
+    (("--bootstrap", "0"), "--bootstrap"), (("--ci", "1.5"), "--ci"), (("--ci", "nan"), "--ci"),
+    (("--length-edges", "a"), "--length-edges"), (("--length-edges", "200,100"), "--length-edges"),
+    (("--bootstrap-seed", "-1"), "--bootstrap-seed"), (("--pair-seed", "-1"), "--pair-seed"), (("--split", ""), "--split"),
+])
+def test_bad_eval_option_values_are_one_line(world, args, says):
+    r = run("eval", "--head", world["head"], "--data", world["data"], "--cache-dir", world["cache"], *args)
+    assert r.exit_code != 0 and says in r.output and "Traceback" not in r.output, r.output
+
+
+def test_eval_json_onto_the_data_file_is_refused(world, tmp_path):
+    import shutil
+
+    data = tmp_path / "test.jsonl"
+    shutil.copy(world["data"] / "test.jsonl", data)
+    before = data.read_bytes()
+    r = run("eval", "--head", world["head"], "--data", data, "--cache-dir", world["cache"], "--json", data)
+    assert r.exit_code == 1 and "is the data file this command reads" in r.output and data.read_bytes() == before

@@ -283,3 +283,12 @@ def _rescore_summary(s, verb: str) -> None:
     if s.invalid:
         click.echo(f"rejected {s.invalid:,} invalid rows -> {s.rejected_path}")
     click.echo(f"output: {s.output}")
+
+
+def finite(ctx, param, value):
+    """A click callback: NaN passes a FloatRange (it compares false both ways), so refuse it here."""
+    import math
+
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a finite number")
+    return value

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from ..config import DataSpec, EncoderSpec, HeadConfig, RunSpec
 from .base import cli
-from .options import (_opt, build, cache_option, data_options, early_output_checks,
+from .options import (finite, _opt, build, cache_option, data_options, early_output_checks,
                       encoder_options, head_options, overwrite_option, override_recipe_option, quiet_option,
                       setup_logging, store_option)
 
@@ -89,7 +91,7 @@ def sweep(grid, grid_file, select_on, report_on, results, out, top, store, quiet
         raise click.UsageError("give --grid or --grid-file (one of them)")
     g = parse_grid(grid, grid_file)
     for ext in (".csv", ".json") if results else ():
-        early_output_checks(f"{results}{ext}")
+        early_output_checks(f"{results}{ext}", data_file=kw["data"] if Path(kw["data"]).is_file() else None)
     base = build(HeadConfig, kw)
     r = sweep_heads(build(DataSpec, kw), build(EncoderSpec, kw), base, g, kw["cache_dir"], select_on, report_on,
                     out, store, quiet, select_by, refit, overwrite=overwrite)
@@ -129,9 +131,10 @@ def sweep(grid, grid_file, select_on, report_on, results, out, top, store, quiet
 @click.option("--save-calibration", is_flag=True,
               help="Write the fitted T into the checkpoint (rewritten atomically); without it the head is not touched.")
 @override_recipe_option
-@click.option("--ci", "ci_level", type=float, default=0.9, show_default=True, help="Bootstrap CI level.")
-@click.option("--bootstrap", type=int, default=1000, show_default=True, help="Bootstrap resamples.")
-@click.option("--bootstrap-seed", type=int, default=0, show_default=True)
+@click.option("--ci", "ci_level", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.9,
+              show_default=True, callback=finite, help="Bootstrap CI level.")
+@click.option("--bootstrap", type=click.IntRange(min=1), default=1000, show_default=True, help="Bootstrap resamples.")
+@click.option("--bootstrap-seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--length-edges", default="128,256", show_default=True, help="Token-length bucket edges.")
 @click.option("--by", "by", multiple=True, metavar="COLUMN",
               help="Also report the headline per value of this metadata column (repeat for several): a "
@@ -150,19 +153,18 @@ def eval_cmd(head_path, store, feature, calibrate_on, save_calibration, override
     near-tie accuracy, calibration, and for pointwise data AUROC and best-of-N; --by COLUMN per
     value of a metadata column (docs/evaluation.md).
     """
-    from ..config import parse_csv
     from ..evaluate import format_report
     from ..outputs import write_json
     from ..pipeline.evaluate import evaluate_split
 
     setup_logging(quiet)
-    early_output_checks(json_path, head=head_path)
+    early_output_checks(json_path, head=head_path, data_file=kw["data"] if Path(kw["data"]).is_file() else None)
     if plot_dir:
         from ..evaluate.plots import require_matplotlib
 
         require_matplotlib()
     r = evaluate_split(head_path, build(DataSpec, kw), kw["cache_dir"], calibrate_on or None, bootstrap,
-                       ci_level, bootstrap_seed, parse_csv(length_edges, int), store, feature, save_calibration,
+                       ci_level, bootstrap_seed, length_edges_of(length_edges), store, feature, save_calibration,
                        override_recipe, by)
     click.echo(format_report(r))
     if save_calibration:
@@ -181,9 +183,9 @@ def eval_cmd(head_path, store, feature, calibrate_on, save_calibration, override
 @click.option("--head", "head_path", required=True, type=click.Path(dir_okay=False), help="Checkpoint (.pt).")
 @data_options
 @cache_option
-@click.option("--sample", type=int, default=64, show_default=True, help="Pairs re-scored live.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sample.")
-@click.option("--atol", type=float, default=None,
+@click.option("--sample", type=click.IntRange(min=1), default=64, show_default=True, help="Pairs re-scored live.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the sample.")
+@click.option("--atol", type=click.FloatRange(min=0), default=None, callback=finite,
               help="Largest allowed |cached - live| score [default: 1e-4 x train score std for float32, "
                    "2e-2 x for float16/bfloat16].")
 @click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
@@ -205,7 +207,7 @@ def verify(head_path, sample, seed, atol, device, batch_tokens, store, feature, 
     from ..pipeline.evaluate import verify_head
 
     setup_logging(quiet)
-    early_output_checks(json_path, head=head_path)
+    early_output_checks(json_path, head=head_path, data_file=kw["data"] if Path(kw["data"]).is_file() else None)
     r = verify_head(head_path, build(DataSpec, kw), kw["cache_dir"], sample, seed, atol, device, batch_tokens,
                     store, feature, override_recipe)
     click.echo(format_verify(r.report))
@@ -213,3 +215,16 @@ def verify(head_path, sample, seed, atol, device, batch_tokens, store, feature, 
         write_json(json_path, r.report)
     if not r.ok:
         raise SystemExit(1)
+
+
+def length_edges_of(value: str) -> tuple[int, ...]:
+    """``--length-edges 128,256`` as increasing positive integers, else a one-line usage error."""
+    try:
+        edges = tuple(int(x) for x in value.split(",") if x.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not comma-separated integers, e.g. 128,256",
+                                 param_hint="--length-edges") from None
+    if not edges or any(e <= 0 for e in edges) or list(edges) != sorted(set(edges)):
+        raise click.BadParameter(f"{value!r} must be increasing positive token counts, e.g. 128,256",
+                                 param_hint="--length-edges")
+    return edges

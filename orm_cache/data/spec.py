@@ -74,6 +74,10 @@ class DataSpec:
     are only named. (Pairwise rows keep all their other columns per pair.)"""
 
     def __post_init__(self):
+        if not str(self.split).strip():
+            raise ConfigError("--split '' names no split (give e.g. --split train)")
+        if self.pair_seed < 0:
+            raise ConfigError(f"--pair-seed {self.pair_seed} must be >= 0")
         self.recipe  # validates the template
         if self.negatives is not None and self.negatives < 1:
             raise ConfigError(f"--negatives {self.negatives} must be at least 1")

@@ -77,7 +77,10 @@ class HeadConfig:
         if self.ensemble > 1 and self.solver == "lbfgs" and self.ensemble_by == "seed":
             raise ConfigConflict("ensemble_by=seed with solver=lbfgs gives identical members (lbfgs is "
                                  "deterministic); use ensemble_by=bootstrap")
-        object.__setattr__(self, "betas", tuple(float(b) for b in parse_csv(self.betas, float)))
+        try:
+            object.__setattr__(self, "betas", tuple(float(b) for b in parse_csv(self.betas, float)))
+        except ValueError:
+            raise ConfigError(f"--betas {self.betas!r} must be two numbers, e.g. 0.9,0.999") from None
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"--betas {self.betas} must be two numbers in [0, 1)")
         for name in ("lr", "batch_size", "steps"):

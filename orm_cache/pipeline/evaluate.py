@@ -10,7 +10,7 @@ from dataclasses import replace
 
 from ..data.spec import DataSpec
 from ..data import DataError
-from ..errors import UserError
+from ..errors import ConfigError, UserError
 from ..evaluate import evaluate
 from ..evaluate.metrics import fit_temperature
 from ..evaluate.report import margins_of
@@ -66,6 +66,9 @@ def evaluate_split(head_path, data_spec: DataSpec, cache_dir="cache", calibrate_
     if by:
         data_spec = replace(data_spec, keep_columns=tuple(dict.fromkeys((*data_spec.keep_columns, *by))))
     sv = load_vectors(data_spec, vs, feature, cache_dir)
+    if not len(sv.ci):
+        raise DataError(f"split {sv.data.split!r} of {sv.data.source} gives no pairs to evaluate (pointwise data "
+                        "needs a correct and an incorrect trace in a group, or in the split)")
     check_columns(sv.data, by, data_spec.group_col)
     T, note = None, "no calibration split (--calibrate-on ''): reported for T = 1"
     if calibrate_on:
@@ -102,6 +105,9 @@ def verify_head(head_path, data_spec: DataSpec, cache_dir="cache", sample: int =
     """Cached vs live scores for a seeded sample of ``data_spec``'s pairs (loads the encoder).
     A reference-format head (no recorded encoder) is checked against ``store``'s encoder."""
     from ..evaluate.verify import verify
+
+    if atol is not None and not (math.isfinite(atol) and atol >= 0):
+        raise ConfigError(f"--atol {atol} must be a finite number >= 0")
     from .live import LiveScorer
 
     head = Head.load(head_path)

@@ -63,10 +63,24 @@ def _view(column_chunk) -> np.ndarray:
     return column_chunk.flatten().to_numpy(zero_copy_only=True)
 
 
+def _scalar_digest(chunk, algo: str) -> str:
+    """Digest of a non-vector column's batch: every buffer (validity, offsets, data) it holds."""
+    parts = [digest(np.frombuffer(b, dtype=np.uint8), algo) for b in chunk.buffers() if b is not None]
+    return digest(",".join(parts).encode(), algo)
+
+
+def scalar_columns(schema) -> list[str]:
+    return [n for n in schema.names if "@" not in n]
+
+
 def batch_digests(batches, columns, algo: str = ALGO) -> dict:
-    """The metadata value for ``batches`` (record batches, in file order)."""
+    """The metadata value for ``batches`` (record batches, in file order): a digest per batch of
+    every vector column (checked when a block is first read) and of every other column (keys,
+    token counts, response starts: small, checked whole when the shard is opened)."""
+    scalars = scalar_columns(batches[0].schema) if batches else []
     return {"algo": algo, "rows": [b.num_rows for b in batches],
-            "columns": {c: [digest(_view(b.column(c)), algo) for b in batches] for c in columns}}
+            "columns": {c: [digest(_view(b.column(c)), algo) for b in batches] for c in columns},
+            "scalars": {c: [_scalar_digest(b.column(c), algo) for b in batches] for c in scalars}}
 
 
 def encode(meta: dict) -> bytes:
@@ -110,7 +124,21 @@ def register(table, path: Path) -> str | None:
     except ValueError as e:
         return str(e)
     if meta is None:
-        return None  # an older shard: verified whole by the checksum in its name
+        version = (table.schema.metadata or {}).get(b"orm_cache.schema_version", b"").decode(errors="replace")
+        if version.isdigit() and int(version) < 2:
+            return None  # written before block checksums (schema 1): verified whole by the checksum in its name
+        return ("its block checksums are missing though its schema is not older than them (a damaged footer, "
+                "or not written by orm-cache)")
+    for column, want in (meta.get("scalars") or {}).items():  # keys, token counts…: small, checked now
+        if column not in table.schema.names:
+            return f"its block checksums name a column {column!r} it does not have"
+        chunks = table.column(column).chunks
+        if not isinstance(want, list) or len(want) != len(chunks):
+            return f"its block checksums do not describe its record batches of {column}"
+        for i, chunk in enumerate(chunks):
+            if _scalar_digest(chunk, meta["algo"]) != want[i]:
+                return (f"column {column} of block {i} does not match the checksum written with it: the file was "
+                        "changed after it was written")
     for column in vector_columns(table.schema):
         chunks = table.column(column).chunks
         want = meta["columns"].get(column)
