@@ -165,14 +165,18 @@ def help_cmd(topic):
         return
     spec = SPECS[topic]
     defaults = spec()
+    flags = {"recipe_kind": "recipe"}  # a field whose option reads better under another name
     for name, doc in field_docs(spec).items():
+        if name in ("chat_tokens", "require_prompt", "keep_columns"):
+            continue  # set by the library from a head, not options
         default = getattr(defaults, name, None)
-        folded = "" if name in TOPIC else "  (shown in --help)"
-        click.echo(f"--{name.replace('_', '-')}  [default: {default!r}; env ORM_CACHE_{name.upper()}]{folded}")
+        folded = "" if name in TOPIC else "  (also listed in each command's --help)"
+        flag = flags.get(name, name)
+        click.echo(f"--{flag.replace('_', '-')}  [default: {default!r}; env ORM_CACHE_{flag.upper()}]{folded}")
         click.echo(click.wrap_text(doc, 96, initial_indent="    ", subsequent_indent="    "))
 
 
-CONFIG_HELP = """--config FILE (or ORM_CACHE_CONFIG=FILE) sets option defaults for every command, so a project
+CONFIG_HELP = """orm-cache --config FILE COMMAND (or ORM_CACHE_CONFIG=FILE) sets option defaults for every command, so a project
 states its data and encoder once. TOML (YAML with PyYAML): top-level keys apply to every command
 that has the option; a [command] table (e.g. [fit-head], [cache.compact]) to that command only.
 Options given on the command line win, then environment variables, then the file.

@@ -99,7 +99,8 @@ class Command(click.Command):
             with formatter.section("More options (orm-cache help TOPIC explains them)"):
                 formatter.write_dl([(topic, " ".join(names)) for topic, names in folded.items()])
         formatter.write_paragraph()
-        formatter.write_text("Any option also reads ORM_CACHE_<OPTION> or a --config file (orm-cache help config).")
+        formatter.write_text("Any option also reads ORM_CACHE_<OPTION> or `orm-cache --config FILE COMMAND` "
+                             "(orm-cache help config).")
         super().format_epilog(ctx, formatter)
 
 
@@ -116,7 +117,7 @@ overwrite_option = click.option(
 
 chat_template_option = _opt(DataSpec, "chat_template", "--chat-template", default=None, show_default=False,
                             metavar="FILE")
-recipe_option = _opt(DataSpec, "recipe_kind", "--recipe", default=None, show_default=False,
+recipe_option = _opt(DataSpec, "recipe_kind", "--recipe", default=None, show_default=False, envvar=f"{ENV}_RECIPE",
                      type=click.Choice(["auto", "template", "chat", "trl"]))
 
 

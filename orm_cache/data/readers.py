@@ -376,6 +376,8 @@ def _saved_dict_split(directory: Path, split: str) -> Path:
 # ------------------------------------------------------------------------------------ hub ids
 
 def _hub_rows(data: str, split: str) -> Iterator[tuple[str, dict]]:
+    if data.endswith(("/", "\\")) or data.startswith((".", "/", "~")) or data.count("/") > 1:
+        raise DataError(f"{data}: no such file or directory (a hub id has the form owner/name)")
     try:
         import datasets  # imported only here: the hub is the only place it is needed
     except ImportError as e:

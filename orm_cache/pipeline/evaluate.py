@@ -75,6 +75,9 @@ def evaluate_split(head_path, data_spec: DataSpec, cache_dir="cache", calibrate_
         try:
             cal = sv if calibrate_on == data_spec.split else load_vectors(
                 replace(data_spec, split=calibrate_on), vs, feature, cache_dir)
+            if cal is not sv and cal.data.identity["pairs_sha256"] == sv.data.identity["pairs_sha256"]:
+                raise DataError(f"split {calibrate_on!r} is the evaluated rows themselves (a file without a split "
+                                "column is used whole for every --split)")
         except (DataError, StoreError) as e:
             note = f"calibration split {calibrate_on!r} unavailable ({e}); reported for T = 1"
             log.warning("not calibrating: %s", note)
