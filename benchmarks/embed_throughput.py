@@ -34,7 +34,21 @@ import torch  # noqa: E402
 from _common import GSM8K, gsm8k_pointwise, median_time, publish, table  # noqa: E402
 
 
-def load_texts(limit: int, seed: int = 0) -> tuple[list[str], str]:
+def long_tailed(texts: list[str], seed: int = 0) -> list[str]:
+    """The same texts cut or joined to a long-tailed length distribution (the reference data's
+    shape: many short traces, a tail to the 512-token cap): characters ~ 100·exp(1.1·N(0, 1))."""
+    import math
+
+    rng = random.Random(seed)
+    out, pool = [], "\n".join(texts)
+    for i, t in enumerate(texts):
+        n = max(20, int(100 * math.exp(1.1 * rng.gauss(0, 1))))
+        start = rng.randrange(max(1, len(pool) - n))
+        out.append(f"{i}: " + pool[start:start + n])
+    return out
+
+
+def load_texts(limit: int, seed: int = 0, tail: bool = False) -> tuple[list[str], str]:
     from orm_cache.config import DEFAULT_TEMPLATE
     from orm_cache.text import TextRecipe
 
@@ -46,6 +60,8 @@ def load_texts(limit: int, seed: int = 0) -> tuple[list[str], str]:
         rows, source = make_pointwise(max(1, limit // 6 + 1), seed, 6), "synthetic set (GSM8K data absent)"
     texts = list(dict.fromkeys(TextRecipe(DEFAULT_TEMPLATE).render(r["text"], r["prompt"]) for r in rows))
     random.Random(seed).shuffle(texts)
+    if tail:
+        return long_tailed(texts[:limit], seed), source + ", cut to a long-tailed length distribution"
     return texts[:limit], source
 
 
@@ -131,7 +147,7 @@ def run(args) -> str:
     from orm_cache.config import EncoderSpec, batch_tokens_for
     from orm_cache.encode.model import Encoder
 
-    texts, source = load_texts(args.limit, args.seed)
+    texts, source = load_texts(args.limit, args.seed, args.long_tail)
     loop_texts = texts[:args.loop_limit]
     with tempfile.TemporaryDirectory() as work:
         model = build_model(args.model, Path(work), args.dtype)
@@ -184,7 +200,7 @@ def levers(args) -> str:
     from orm_cache.config import EncoderSpec, batch_tokens_for
     from orm_cache.encode.model import Encoder
 
-    texts, source = load_texts(args.limit, args.seed)
+    texts, source = load_texts(args.limit, args.seed, args.long_tail)
     rows = []
     with tempfile.TemporaryDirectory() as work:
         model = build_model(args.model, Path(work), args.dtype)
@@ -233,6 +249,7 @@ def parse(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--levers", action="store_true",
                    help="instead: (c) under each token budget, sdpa vs eager attention, torch.compile")
+    p.add_argument("--long-tail", action="store_true", help="cut the texts to a long-tailed length distribution")
     p.add_argument("--write", action="store_true", help="write the table into benchmarks/RESULTS.md")
     return p.parse_args(argv)
 
@@ -244,7 +261,8 @@ def main(argv=None):
 
     where = torch.cuda.get_device_name(0).replace("NVIDIA ", "") if torch.cuda.is_available() else "CPU"
     dtype = args.dtype if args.dtype != "auto" else ("float16" if where != "CPU" else "float32")
-    publish(f"embed_{'levers' if args.levers else 'throughput'}:{args.model} ({dtype}, {where})", out, args.write)
+    tail = ", long-tailed lengths" if args.long_tail else ""
+    publish(f"embed_{'levers' if args.levers else 'throughput'}:{args.model} ({dtype}, {where}{tail})", out, args.write)
     return out
 
 
