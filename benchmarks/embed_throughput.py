@@ -147,7 +147,7 @@ def run(args) -> str:
     from orm_cache.config import EncoderSpec, batch_tokens_for
     from orm_cache.encode.model import Encoder
 
-    texts, source = load_texts(args.limit, args.seed, args.long_tail)
+    texts, source = load_texts(args.limit, args.seed, **({"tail": True} if args.long_tail else {}))
     loop_texts = texts[:args.loop_limit]
     with tempfile.TemporaryDirectory() as work:
         model = build_model(args.model, Path(work), args.dtype)
@@ -200,7 +200,7 @@ def levers(args) -> str:
     from orm_cache.config import EncoderSpec, batch_tokens_for
     from orm_cache.encode.model import Encoder
 
-    texts, source = load_texts(args.limit, args.seed, args.long_tail)
+    texts, source = load_texts(args.limit, args.seed, **({"tail": True} if args.long_tail else {}))
     rows = []
     with tempfile.TemporaryDirectory() as work:
         model = build_model(args.model, Path(work), args.dtype)
