@@ -63,6 +63,8 @@ def test_config_file_sets_defaults_and_the_command_line_wins(tiny_opt_dir, point
     assert "trained lbfgs head" in r.output
     r = ok("--config", cfg, "fit-head", "--solver", "adamw", "--steps", 5, "--out", tmp_path / "a.pt")
     assert "trained adamw head" in r.output
+    r = ok("fit-head", "--config", cfg, "--out", tmp_path / "after.pt")  # after the command name too
+    assert "trained lbfgs head" in r.output
     bad = tmp_path / "bad.toml"
     bad.write_text('modle = "x"\n')
     r = run("--config", bad, "cache", "info")

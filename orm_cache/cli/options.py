@@ -85,8 +85,28 @@ def _opt(cls, name, *decls, **kw):
     return click.option(*(decls or ("--" + name.replace("_", "-"),)), name, **kw)
 
 
+def _command_config(ctx, param, path):
+    """``COMMAND --config FILE``: this command's defaults from the file (an eager option, so it
+    runs before the other options take their defaults)."""
+    if path:
+        from .configfile import config_defaults, load_config
+
+        root = ctx.find_root()
+        defaults = config_defaults(root.command, load_config(path), path)
+        for name in ctx.command_path.split()[1:]:
+            defaults = defaults.get(name, {})
+        ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return path
+
+
 class Command(click.Command):
-    """A command whose --help ends with the folded options by topic (``orm-cache help TOPIC``)."""
+    """A command whose --help ends with the folded options by topic (``orm-cache help TOPIC``),
+    and that takes ``--config FILE`` after its name too (it is folded: every epilog names it)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.params.insert(0, click.Option(["--config"], type=click.Path(dir_okay=False, exists=True), hidden=True,
+                                           is_eager=True, expose_value=False, callback=_command_config))
 
     def format_epilog(self, ctx, formatter):
         folded: dict[str, list[str]] = {}
@@ -99,8 +119,7 @@ class Command(click.Command):
             with formatter.section("More options (orm-cache help TOPIC explains them)"):
                 formatter.write_dl([(topic, " ".join(names)) for topic, names in folded.items()])
         formatter.write_paragraph()
-        formatter.write_text("Any option also reads ORM_CACHE_<OPTION> or `orm-cache --config FILE COMMAND` "
-                             "(orm-cache help config).")
+        formatter.write_text("Any option also reads ORM_CACHE_<OPTION> or a --config FILE (orm-cache help config).")
         super().format_epilog(ctx, formatter)
 
 
