@@ -278,3 +278,22 @@ def test_import_takes_the_reward_models_own_truncation(world, tmp_path):
     r = ok("import-head", "--model", out, "--out", tmp_path / "back.pt", "--cache-dir", tmp_path / "c")
     spec = Head.load(tmp_path / "back.pt").meta["encoder_spec"]
     assert spec["max_length"] == MAX_LENGTH and spec["truncation_side"] == "right", r.output
+
+
+@pytest.mark.parametrize("damage, says", [
+    (lambda sd: sd["score.weight"].fill_(float("nan")), "holds NaN or Inf"),
+    (lambda sd: sd.__setitem__("score.weight", sd["score.weight"][:, :10].clone()), "10 wide but the backbone"),
+    (lambda sd: sd.__setitem__("score.bias", torch.zeros(2)), "score.bias has shape [2]"),
+])
+def test_import_head_refuses_a_score_layer_that_cannot_score(reward_model, tmp_path, damage, says):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    d = tmp_path / "rm"
+    shutil.copytree(reward_model, d)
+    sd = load_file(d / "model.safetensors")
+    damage(sd)
+    save_file(sd, d / "model.safetensors")
+    r = run("import-head", "--model", d, "--out", tmp_path / "h.pt", "--cache-dir", tmp_path / "c")
+    assert r.exit_code == 1 and says in r.output and "Traceback" not in r.output and not (tmp_path / "h.pt").exists()

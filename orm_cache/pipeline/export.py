@@ -243,11 +243,20 @@ def _score_layer(directory: Path) -> tuple[np.ndarray, float | None, str]:
     if "score.weight" not in tensors:
         raise ExportError(f"{directory}: no score.weight in its weights; import-head takes the score layer of a "
                           "sequence-classification reward model")
-    w = tensors["score.weight"].float()
+    import torch
+
+    w = tensors["score.weight"]
+    if not w.is_floating_point():
+        raise ExportError(f"{directory}: score.weight is {w.dtype}, not a floating-point tensor")
+    w = w.float()
     if w.ndim != 2 or w.shape[0] != 1:
         raise ExportError(f"{directory}: score.weight has shape {list(w.shape)}; a reward model has one output "
                           "(num_labels=1)")
     b = tensors.get("score.bias")
+    if b is not None and (not b.is_floating_point() or b.numel() != 1):
+        raise ExportError(f"{directory}: score.bias has shape {list(b.shape)} ({b.dtype}); a reward model's is one number")
+    if not torch.isfinite(w).all() or (b is not None and not torch.isfinite(b.float()).all()):
+        raise ExportError(f"{directory}: its score layer holds NaN or Inf; it would write NaN scores")
     return w.reshape(-1).numpy(), None if b is None else float(b.float().reshape(-1)[0]), str(files[0].name)
 
 
@@ -351,6 +360,10 @@ def import_head(model_dir, out=None, cache_dir="cache", dtype: str = "auto", max
         raise ExportError(f"{directory}: num_labels={n_labels}; a reward model scores with one output (num_labels=1)")
     check_architecture(cfg.get("model_type", "?"), "import")
     weight, bias, _ = _score_layer(directory)
+    # the width the backbone's last hidden state has (OPT projects it to word_embed_proj_dim)
+    hidden = cfg.get("word_embed_proj_dim") or cfg.get("hidden_size") or cfg.get("n_embd") or cfg.get("d_model")
+    if isinstance(hidden, int) and len(weight) != hidden:
+        raise ExportError(f"{directory}: score.weight is {len(weight)} wide but the backbone's hidden size is {hidden}")
     max_length, truncation_side = _tokenizer_limits(directory, cfg, max_length, truncation_side)
     encoder = Encoder(EncoderSpec(model=str(directory), dtype=dtype, max_length=max_length,
                                   truncation_side=truncation_side, pooling=("last",), layers=(-1,)), "auto")
