@@ -8,7 +8,6 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..data.spec import DataSpec
-from ..encode.spec import EncoderSpec
 from ..text.recipe import TextRecipe
 from ..data import load_split
 from ..errors import OutputError, UserError
@@ -63,12 +62,6 @@ def store_for_head(head: Head, cache_dir, store: str | None = None) -> VectorSto
                              "name the store of its encoder with --store FINGERPRINT")
         vs = store_by_prefix(cache_dir, store)
     return vs  # its width is checked against the head's feature by with_store_defaults
-
-
-def spec_for_feature(enc_spec: EncoderSpec, feature: str | None) -> EncoderSpec:
-    """``enc_spec`` with the poolings and layers ``feature`` needs added (for the embed hint of
-    a feature no store holds: that command then stores it)."""
-    return enc_spec.with_feature(feature)
 
 
 def load_vectors(data_spec: DataSpec, store: VectorStore, feature: str | None, cache_dir):

@@ -21,7 +21,7 @@ from ..head import Head, train
 from ..store import StoreError, VectorStore, find_store, short
 from .vectors import embed_command, split_vectors
 from .evaluate import calibrate_and_evaluate, evaluate_split
-from .bind import check_distinct, check_head_target, check_outputs, load_vectors, spec_for_feature
+from .bind import check_distinct, check_head_target, check_outputs, load_vectors
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def fit_head(data_spec: DataSpec, enc_spec: EncoderSpec, cfg: HeadConfig, cache_
     only with ``overwrite``)."""
     check_outputs(data_spec, out)
     vs = find_store(cache_dir, enc_spec, cfg.feature, store,
-                    embed_hint=embed_command(data_spec, spec_for_feature(enc_spec, cfg.feature), cache_dir))
+                    embed_hint=embed_command(data_spec, enc_spec, cache_dir, cfg.feature))
     sv = load_vectors(data_spec, vs, cfg.feature, cache_dir)
     feature = sv.feature
     if cfg.feature is None:
@@ -172,7 +172,7 @@ def sweep_heads(data_spec: DataSpec, enc_spec: EncoderSpec, base: HeadConfig, gr
     check_outputs(data_spec, out)
     t0 = time.perf_counter()
     vs = find_store(cache_dir, enc_spec, base.feature, store,
-                    embed_hint=embed_command(data_spec, spec_for_feature(enc_spec, base.feature), cache_dir))
+                    embed_hint=embed_command(data_spec, enc_spec, cache_dir, base.feature))
     grids = [grid] if isinstance(grid, dict) else grid
     cfgs = expand(replace(base, feature=base.feature or vs.columns[0]), grids)
     train_data = load_split(data_spec, vs.spec())

@@ -49,10 +49,13 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import StoreError  # noqa: F401 (re-exported: its old import location)
-from .layout import RESPONSE_START, RELIST_LIMIT, RACY_SECONDS
 from .index import KeyIndex, key_hashes
+from .layout import (META_FINGERPRINT, META_IDENTITY, META_SCHEMA, META_SPEC, RACY_SECONDS,  # noqa: F401 (re-exported)
+                     RELIST_LIMIT, RESPONSE_START, SHARD_SUFFIX, TMP_PREFIX, UNKNOWN_START, VERIFIED,
+                     _atomic_write_bytes, _stat_key, list_shards, open_shard, read_verified, remember_verified,
+                     store_dir, vector_columns, write_shard)
 from .rows import ConcatRows, Rows, StoreRows
-from .layout import _stat_key, list_shards, open_shard, read_verified, remember_verified, store_dir, vector_columns
+from .writer import ShardWriter  # noqa: F401 (re-exported: its old import location)
 
 
 
@@ -432,9 +435,3 @@ class VectorStore:
             if desc["fingerprint"] == fp:
                 return {**desc, "identity": encoder_identity(desc["identity"])}
         return {"identity": {}, "spec": None}
-
-
-# What this module re-exports from the leaf modules below it (their old import location).
-from .layout import (META_FINGERPRINT, META_IDENTITY, META_SCHEMA, META_SPEC, SHARD_SUFFIX, TMP_PREFIX,  # noqa: E402,F401
-                     UNKNOWN_START, VERIFIED, _atomic_write_bytes, write_shard)
-from .writer import ShardWriter  # noqa: E402,F401

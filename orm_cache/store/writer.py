@@ -11,10 +11,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from ..errors import StoreError  # noqa: F401 (re-exported: its old import location)
-from .layout import META_FINGERPRINT, META_IDENTITY, META_SCHEMA, META_SPEC, RESPONSE_START, UNKNOWN_START
+from ..errors import StoreError
 from .fingerprint import SCHEMA_VERSION, canonical_json
-from .layout import write_shard
+from .layout import META_FINGERPRINT, META_IDENTITY, META_SCHEMA, META_SPEC, RESPONSE_START, UNKNOWN_START, write_shard
 
 
 

@@ -190,11 +190,9 @@ class TextRecipe:
         rec = replace(rec, prompt_col=given.prompt_col)
         if rec.kind == "chat" and asked is not None and asked.kind == "auto":
             given = replace(given, kind="chat")  # trl/auto on a conversational head: the chat template, as TRL does
-        # the fields that build this kind's texts (a chat text has no template or EOS rule)
-        fields = ("kind", "chat_template") if rec.kind == "chat" and given.kind == "chat" else (
-            "kind", "template", "eos", "chat_template")
-        if rec.kind == "chat" and given.kind == "chat":
+        if rec.kind == given.kind == "chat":  # a chat text has no template or EOS rule: nothing to contradict
             given = replace(given, template=rec.template, eos=rec.eos)
+        fields = ("kind", "template", "eos", "chat_template")
         if any(getattr(given, f) != getattr(rec, f) for f in fields) and not override:
             diff = "; ".join(f"{name}: head {_shown(getattr(rec, name))}, given {_shown(getattr(given, name))}"
                              for name in fields if getattr(rec, name) != getattr(given, name))
