@@ -65,3 +65,49 @@ def tiny_opt(directory: str | Path, seed: int = 0, hidden_size: int = 64, num_hi
     model.save_pretrained(directory)
     tok.save_pretrained(directory)
     return directory
+
+
+class ServerProcess:
+    """``orm-cache serve ARGS --port 0`` in a child process, for tests and benchmarks: waits for
+    its "listening on" line and keeps every line it writes (``lines``). A context manager that
+    sends SIGTERM on exit; :meth:`stop` returns the exit status."""
+
+    def __init__(self, *args, env: dict | None = None, timeout: float = 120.0):
+        import os
+        import subprocess
+        import sys
+        import threading
+        import time
+
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen([sys.executable, "-m", "orm_cache", "serve", "--port", "0", *map(str, args)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                     env={**os.environ, **(env or {})})
+        self._listening = threading.Event()
+        threading.Thread(target=self._drain, daemon=True).start()
+        deadline = time.monotonic() + timeout
+        while not self._listening.wait(0.1):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("orm-cache serve did not start:\n" + "\n".join(self.lines[-20:]))
+        self.url = next(x for x in self.lines if "listening on" in x).split("listening on ")[1].split()[0]
+
+    def _drain(self) -> None:
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+            if "listening on" in line:
+                self._listening.set()
+
+    def stop(self, sig=None, timeout: float = 60.0) -> int:
+        import signal
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig or signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def __enter__(self) -> "ServerProcess":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.proc.poll() is None:
+            self.stop()

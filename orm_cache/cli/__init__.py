@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import signal
 
-from . import apply, stage1, stage2  # noqa: F401 (each registers its commands on the group)
+from . import apply, serve, stage1, stage2  # noqa: F401 (each registers its commands on the group)
 from .base import cli
 from .options import _on_sigterm
 

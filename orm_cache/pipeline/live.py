@@ -74,35 +74,12 @@ class LiveScorer:
         or a message list) by the head's recipe. A bare string is refused (it would be scored
         character by character), and so is a bare conversation (its messages would be scored
         one by one)."""
-        return [text for text, _ in self.built(responses, prompts)]
+        return [text for text, _ in self.built(responses, prompts, pooled=False)]
 
-    def built(self, responses, prompts=None) -> list[tuple[str, int | None]]:
+    def built(self, responses, prompts=None, pooled: bool = True) -> list[tuple[str, int | None]]:
         """:meth:`texts`, each with the character offset where its response starts (what
         response_mean pools from; None when a chat template made it unrecognisable)."""
-        for name, seq in (("texts", responses), ("prompts", prompts)):
-            if isinstance(seq, (str, bytes)):
-                raise TypeError(f"{name} must be a list of strings, not a single string; wrap it: [{name[:-1]}]")
-            if isinstance(seq, (list, tuple)) and seq and all(isinstance(m, dict) for m in seq):
-                raise TypeError(f"{name} is one conversation (a list of messages), not a list of them; "
-                                f"wrap it: [conversation]")
-        responses = list(responses)
-        if prompts is None:
-            if self.builder.require_prompt and any(isinstance(r, str) for r in responses):
-                raise DataError("this head was trained on prompts joined to each response by its template "
-                                 f"({self.recipe.template!r}); pass prompts=[…] (one per text, None where a text "
-                                 "has no prompt) so the texts are the ones it was trained on")
-            prompts = [None] * len(responses)
-        prompts = list(prompts)
-        if len(prompts) != len(responses):
-            raise DataError(f"{len(prompts)} prompts for {len(responses)} texts; give one prompt per text")
-        out = []
-        for i, (r, p) in enumerate(zip(responses, prompts)):
-            if not isinstance(r, (str, list, tuple)) or (isinstance(r, str) and not r.strip()):
-                raise DataError(f"text {i} must be a non-empty string or a list of messages, got {r!r:.60}")
-            if p is not None and not isinstance(p, (str, list, tuple)):
-                raise DataError(f"prompt {i} must be a string, a list of messages or None, got {type(p).__name__}")
-            out.append(self.builder.build(r, p, f"text {i}", "text"))  # DataError is a ValueError
-        return out
+        return build_texts(self.builder, self.head, responses, prompts, pooled)
 
     def vectors(self, texts: list[str], one_at_a_time: bool = False, starts: list[int | None] | None = None,
                 special_tokens: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -127,15 +104,6 @@ class LiveScorer:
         built = self.built(texts, prompts)
         if not built:
             return np.empty(0, dtype=np.float32)
-        if "response_mean@" in self.head.feature and (self.head.recipe or {}).get("prompt_col"):
-            # a string with no prompt is taken whole, but this head's texts joined prompts: the same string
-            # could be a prompt + response, whose response starts elsewhere (another vector under one key)
-            bare = [i for i, (r, p) in enumerate(zip(texts, prompts or [None] * len(texts)))
-                    if isinstance(r, str) and p is None]
-            if bare:
-                raise DataError(f"text {bare[0]}: no prompt, but this head pools the response only "
-                                 f"({self.head.feature}) and was trained on prompts joined to responses; give its "
-                                 "prompt (a text without one cannot say where its response starts)")
         texts, starts = zip(*built)
         return self.head.score(self.vectors(list(texts), one_at_a_time, list(starts))[0])
 
@@ -150,3 +118,46 @@ class LiveScorer:
         sa, sb = self.score([a, b], None if prompt is None else [prompt, prompt])
         T = self.head.temperature or 1.0
         return 0.5 * (1.0 + math.tanh(0.5 * (float(sa) - float(sb)) / T))  # σ without overflow: 0 or 1 at the ends
+
+
+def build_texts(builder: TextBuilder, head: Head, responses, prompts=None,
+                pooled: bool = True) -> list[tuple[str, int | None]]:
+    """The texts of ``responses`` (strings or conversations) with their ``prompts`` (strings,
+    message lists or None; None: no prompts) by ``builder`` (the head's recipe), each with the
+    character offset where its response starts (None: unknown). The Python and HTTP doors'
+    argument checks: a bare string or a bare conversation where a list of them is due is a
+    TypeError; a row the recipe cannot take is a DataError naming its index. ``pooled``: the
+    texts will be pooled by the head's feature (then a bare string is refused where that feature
+    cannot know where its response starts)."""
+    for name, seq in (("texts", responses), ("prompts", prompts)):
+        if isinstance(seq, (str, bytes)):
+            raise TypeError(f"{name} must be a list of strings, not a single string; wrap it: [{name[:-1]}]")
+        if isinstance(seq, (list, tuple)) and seq and all(isinstance(m, dict) for m in seq):
+            raise TypeError(f"{name} is one conversation (a list of messages), not a list of them; "
+                            f"wrap it: [conversation]")
+    responses = list(responses)
+    if prompts is None:
+        if builder.require_prompt and any(isinstance(r, str) for r in responses):
+            raise DataError("this head was trained on prompts joined to each response by its template "
+                            f"({builder.recipe.template!r}); pass prompts=[…] (one per text, None where a text "
+                            "has no prompt) so the texts are the ones it was trained on")
+        prompts = [None] * len(responses)
+    prompts = list(prompts)
+    if len(prompts) != len(responses):
+        raise DataError(f"{len(prompts)} prompts for {len(responses)} texts; give one prompt per text")
+    if pooled and "response_mean@" in head.feature and (head.recipe or {}).get("prompt_col"):
+        # a string with no prompt is taken whole, but this head's texts joined prompts: the same string
+        # could be a prompt + response, whose response starts elsewhere (another vector under one key)
+        bare = [i for i, (r, p) in enumerate(zip(responses, prompts)) if isinstance(r, str) and p is None]
+        if bare:
+            raise DataError(f"text {bare[0]}: no prompt, but this head pools the response only "
+                            f"({head.feature}) and was trained on prompts joined to responses; give its "
+                            "prompt (a text without one cannot say where its response starts)")
+    out = []
+    for i, (r, p) in enumerate(zip(responses, prompts)):
+        if not isinstance(r, (str, list, tuple)) or (isinstance(r, str) and not r.strip()):
+            raise DataError(f"text {i} must be a non-empty string or a list of messages, got {r!r:.60}")
+        if p is not None and not isinstance(p, (str, list, tuple)):
+            raise DataError(f"prompt {i} must be a string, a list of messages or None, got {type(p).__name__}")
+        out.append(builder.build(r, p, f"text {i}", "text"))  # DataError is a ValueError
+    return out

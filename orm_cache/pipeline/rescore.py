@@ -113,7 +113,6 @@ class Rescorer:
         from elsewhere is refused (:func:`~orm_cache.pipeline.vectors.check_response_starts`).
         ``special_tokens``: how the texts are tokenized (their keys say it too)."""
         from ..encode.embedder import embed_texts
-        from .vectors import check_response_starts
 
         starts = starts or {}
         parts = self.head.feature.split("+")
@@ -128,11 +127,19 @@ class Rescorer:
                         desc="embed misses")
             self.store.refresh()
         keys = list(texts)
+        return dict(zip(keys, self.stored_scores(keys, starts).tolist()))
+
+    def stored_scores(self, keys: list[str], starts: dict[str, int | None] | None = None) -> np.ndarray:
+        """``(N,)`` float32 scores of ``keys``, every one in the store, read from it (a hit pooled
+        from another response start than ``starts`` says is refused)."""
+        from .vectors import check_response_starts
+
+        starts = starts or {}
+        parts = self.head.feature.split("+")
         found = [self.store.locate(keys, c) for c in parts]  # (N,) rows of each stored column
         for c, gids in zip(parts, found):
             check_response_starts(self.store, gids, keys, starts, c)
-        s = self.head.score(self.store.columns_at(found, self.head.feature))  # (N,), read from the map in blocks
-        return dict(zip(keys, s.tolist()))
+        return self.head.score(self.store.columns_at(found, self.head.feature))  # (N,), read from the map in blocks
 
 
 def _check_input(path: Path) -> None:

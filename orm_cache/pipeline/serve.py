@@ -1,0 +1,357 @@
+"""``orm-cache serve``: a head's rewards over HTTP, cache first (Starlette on uvicorn).
+
+Endpoints (JSON in and out; every POST needs ``Authorization: Bearer TOKEN`` when the server
+has a token):
+
+* ``POST /score`` ``{"texts": [...], "prompts": [...]}`` (strings or conversations, as
+  ``LiveScorer.score`` takes them) or ``{"rows": [{...}, ...]}`` (rows of any shape ``orm-cache
+  score`` reads) -> ``{"scores": [...], "hits": H, "misses": M}``;
+* ``POST /rank`` ``{"prompt": P, "candidates": [...]}`` -> ``{"order": [...], "scores": [...], "best": i}``;
+* ``POST /get_reward`` OpenRLHF's remote reward protocol: ``{"query": [...]}`` (whole rendered
+  texts; ``prompts`` and ``labels`` may come too and are not needed) ->
+  ``{"rewards": [...], "scores": [...], "extra_logs": {"cache_hit": [...]}}``;
+* ``GET /health`` (alive) and ``GET /ready`` (answers scores), without a token for probes;
+  ``GET /metrics`` (Prometheus) and ``GET /`` (what is served), with it.
+
+Texts are built by the head's recipe (:class:`.reward.RewardCache`), so a text scored here has
+the key and score ``orm-cache score`` gives it. Hits are answered from the store on the event
+loop; misses go to one queue for every request (:class:`.batcher.MissBatcher`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import UserError
+from .batcher import MissBatcher, Overloaded
+from .reward import RewardCache, Texts
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Limits:
+    max_body_bytes: int = 16 << 20
+    max_texts: int = 4096  # texts per request
+    max_text_chars: int = 200_000  # characters per built text
+    max_queue: int = 8192  # miss texts waiting for the encoder, all requests together
+    max_wait_ms: float = 5.0  # how long the encoder waits for a batch to fill
+    batch_texts: int = 256  # texts per encoder call (then split by the token budget)
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, message: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or {}
+
+
+class Metrics:
+    """The server's Prometheus metrics, in a registry of its own."""
+
+    def __init__(self, batcher_depth):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter("orm_cache_requests", "HTTP requests by endpoint and status code",
+                                ["endpoint", "code"], registry=r)
+        self.texts = Counter("orm_cache_texts", "Texts scored, by where the score came from (hit: the store; "
+                             "miss: the encoder)", ["result"], registry=r)
+        self.latency = Histogram("orm_cache_request_seconds", "Request latency by endpoint", ["endpoint"],
+                                 buckets=(.001, .002, .005, .01, .02, .05, .1, .2, .5, 1, 2, 5, 10, 30), registry=r)
+        self.batch = Histogram("orm_cache_batch_texts", "Texts per encoder call (misses of all requests together)",
+                               buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), registry=r)
+        self.encode = Histogram("orm_cache_encode_seconds", "Seconds per encoder call",
+                                buckets=(.01, .02, .05, .1, .2, .5, 1, 2, 5, 10, 30), registry=r)
+        self.queue = Gauge("orm_cache_queue_depth", "Miss texts waiting for the encoder", registry=r)
+        self.queue.set_function(batcher_depth)
+        self.written = Gauge("orm_cache_written_back_rows", "Vectors this server wrote back to the store", registry=r)
+        self.loaded = Gauge("orm_cache_model_loaded", "1 once the encoder is loaded (after the first miss)",
+                            registry=r)
+
+    def on_batch(self, n: int, seconds: float) -> None:
+        self.batch.observe(n)
+        self.encode.observe(seconds)
+
+
+def _check_auth(request, token: str | None) -> None:
+    if token is None:
+        return
+    got = request.headers.get("authorization", "")
+    scheme, _, value = got.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
+        raise HTTPError(401, "missing or wrong bearer token (Authorization: Bearer TOKEN)",
+                        {"WWW-Authenticate": "Bearer"})
+
+
+async def _read_json(request, limit: int) -> dict:
+    size = request.headers.get("content-length")
+    if size is not None and (not size.isdigit() or int(size) > limit):
+        raise HTTPError(413, f"the body has {size} bytes; the limit is {limit:,} (--max-body-mb)")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise HTTPError(413, f"the body exceeds the limit of {limit:,} bytes (--max-body-mb)")
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise HTTPError(400, f"the body is not JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise HTTPError(400, f"the body must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _fields(data: dict, allowed: set, endpoint: str) -> None:
+    extra = sorted(set(data) - allowed)
+    if extra:
+        raise HTTPError(400, f"{endpoint}: unknown field(s) {extra}; it takes {sorted(allowed)}")
+
+
+class Service:
+    """What the routes share: the cache, the batcher, the limits, the token and the metrics."""
+
+    def __init__(self, cache: RewardCache, limits: Limits, token: str | None, preload: bool = False):
+        self.cache, self.limits, self.token, self.preload = cache, limits, token, preload
+        self.batcher: MissBatcher | None = None
+        self.metrics = Metrics(lambda: self.batcher.depth() if self.batcher else 0)
+        self.ready = False
+        self.announce = lambda: None  # says where it listens, once ready (run() sets it)
+
+    def start(self) -> None:
+        self.batcher = MissBatcher(self.cache, self.limits.max_queue, self.limits.max_wait_ms / 1000,
+                                   self.limits.batch_texts, on_batch=self.on_batch)
+
+    def on_batch(self, n: int, seconds: float) -> None:
+        self.metrics.on_batch(n, seconds)
+        self.metrics.loaded.set(1.0 if self.cache.model_loaded else 0.0)
+        self.metrics.written.set(self.cache.written)
+
+    def stop(self) -> int:
+        self.ready = False
+        written = self.batcher.close() if self.batcher else self.cache.flush()
+        self.metrics.written.set(written)
+        return written
+
+    def check_size(self, n: int, what: str) -> None:
+        if n > self.limits.max_texts:
+            raise HTTPError(413, f"{n:,} {what} in one request; the limit is {self.limits.max_texts:,} (--max-texts)")
+
+    def check_lengths(self, t: Texts) -> None:
+        for i, text in enumerate(t.texts):
+            if len(text) > self.limits.max_text_chars:
+                raise HTTPError(413, f"text {i} has {len(text):,} characters; the limit is "
+                                     f"{self.limits.max_text_chars:,} (--max-text-chars)")
+
+    async def scores(self, t: Texts) -> tuple[np.ndarray, np.ndarray]:
+        """``(N,)`` scores and ``(N,)`` bool: which came from the cache."""
+        self.check_lengths(t)
+        scores, todo = self.cache.lookup(t)
+        hit = ~np.isnan(scores)
+        if todo:
+            futures = self.batcher.submit(t, todo)
+            got = dict(zip((t.keys[i] for i in todo), await asyncio.gather(*futures)))
+            for i in np.flatnonzero(~hit):
+                scores[i] = got[t.keys[i]]
+        self.metrics.texts.labels("hit").inc(int(hit.sum()))
+        self.metrics.texts.labels("miss").inc(int((~hit).sum()))
+        return scores, hit
+
+
+def _texts_of(service: Service, data: dict) -> Texts:
+    cache = service.cache
+    if "rows" in data:
+        _fields(data, {"rows"}, "/score")
+        rows = data["rows"]
+        service.check_size(len(rows) if isinstance(rows, list) else 0, "rows")
+        return cache.rows(rows)
+    _fields(data, {"texts", "prompts"}, "/score")
+    if "texts" not in data:
+        raise HTTPError(400, "/score takes {\"texts\": [...], \"prompts\": [...]} or {\"rows\": [{...}]}")
+    texts, prompts = data["texts"], data.get("prompts")
+    if not isinstance(texts, list) or (prompts is not None and not isinstance(prompts, list)):
+        raise HTTPError(400, "texts (and prompts) must be lists: one string or conversation per text")
+    service.check_size(len(texts), "texts")
+    return cache.texts(texts, prompts)
+
+
+def create_app(service: Service):
+    """The Starlette application of ``service``."""
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    m = service.metrics
+
+    def route(path: str, method: str = "POST", auth: bool = True):
+        def wrap(handler):
+            async def endpoint(request):
+                t0 = time.perf_counter()
+                try:
+                    if auth:
+                        _check_auth(request, service.token)
+                    response = await handler(request)
+                except HTTPError as e:
+                    response = JSONResponse({"error": e.message}, e.status, e.headers)
+                except Overloaded as e:
+                    response = JSONResponse({"error": f"overloaded: {e}; retry later"}, 503, {"Retry-After": "1"})
+                except (UserError, TypeError, ValueError) as e:  # a request the recipe or head cannot take
+                    status = 400 if isinstance(e, (TypeError, ValueError)) else 500
+                    response = JSONResponse({"error": str(e).splitlines()[0] if str(e) else type(e).__name__}, status)
+                except Exception as e:  # noqa: BLE001 (one line to the client, the traceback to the log)
+                    log.exception("%s failed", path)
+                    response = JSONResponse({"error": f"internal error: {type(e).__name__}: {e}"[:500]}, 500)
+                m.requests.labels(path, str(response.status_code)).inc()
+                m.latency.labels(path).observe(time.perf_counter() - t0)
+                return response
+
+            return Route(path, endpoint, methods=[method])
+        return wrap
+
+    lim = service.limits
+
+    async def score(request):
+        t = _texts_of(service, await _read_json(request, lim.max_body_bytes))
+        s, hit = await service.scores(t)
+        return JSONResponse({"scores": s.tolist(), "hits": int(hit.sum()), "misses": int((~hit).sum())})
+
+    async def rank(request):
+        data = await _read_json(request, lim.max_body_bytes)
+        _fields(data, {"prompt", "candidates"}, "/rank")
+        candidates, prompt = data.get("candidates"), data.get("prompt")
+        if not isinstance(candidates, list) or not candidates:
+            raise HTTPError(400, "/rank takes {\"prompt\": P, \"candidates\": [...]} with at least one candidate")
+        service.check_size(len(candidates), "candidates")
+        t = service.cache.texts(candidates, None if prompt is None else [prompt] * len(candidates))
+        s, hit = await service.scores(t)
+        order = np.argsort(-s, kind="stable")  # ties keep input order, as LiveScorer.rank
+        return JSONResponse({"order": order.tolist(), "scores": s.tolist(), "best": int(order[0]),
+                             "hits": int(hit.sum()), "misses": int((~hit).sum())})
+
+    async def get_reward(request):
+        data = await _read_json(request, lim.max_body_bytes)
+        _fields(data, {"query", "prompts", "labels"}, "/get_reward")
+        query = data.get("query")
+        if not isinstance(query, list):
+            raise HTTPError(400, "/get_reward takes {\"query\": [text, ...]} (OpenRLHF's remote reward protocol)")
+        service.check_size(len(query), "queries")
+        s, hit = await service.scores(service.cache.whole(query))
+        rewards = s.tolist()
+        return JSONResponse({"rewards": rewards, "scores": rewards, "extra_logs": {"cache_hit": hit.astype(float).tolist()}})
+
+    async def health(request):
+        return JSONResponse({"status": "ok"})
+
+    async def ready(request):
+        if not service.ready:
+            return JSONResponse({"ready": False}, 503, {"Retry-After": "1"})
+        return JSONResponse({"ready": True, "model_loaded": service.cache.model_loaded,
+                             "queue_depth": service.batcher.depth()})
+
+    async def metrics(request):
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def info(request):
+        c = service.cache
+        return JSONResponse({"head": c.head.source, "feature": c.head.feature, "recipe": c.builder.recipe.kind,
+                             "store": str(c.store.dir), "vectors": len(c.store), "model_loaded": c.model_loaded,
+                             "write_back": c.write_back,
+                             "endpoints": ["POST /score", "POST /rank", "POST /get_reward", "GET /health",
+                                           "GET /ready", "GET /metrics"]})
+
+    @asynccontextmanager
+    async def lifespan(app):
+        service.start()
+        if service.preload:
+            await asyncio.get_running_loop().run_in_executor(None, service.cache.rescorer.encoder.load)
+            m.loaded.set(1.0)
+        service.ready = True
+        service.announce()  # once it answers: the model is loaded first with --preload
+        try:
+            yield
+        finally:
+            written = await asyncio.get_running_loop().run_in_executor(None, service.stop)
+            log.info("stopped; %d vectors written back to %s", written, service.cache.store.dir)
+
+    routes = [route("/score")(score), route("/rank")(rank), route("/get_reward")(get_reward),
+              route("/health", "GET", auth=False)(health), route("/ready", "GET", auth=False)(ready),
+              route("/metrics", "GET")(metrics), route("/", "GET")(info)]
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
+def load_token(token_file: str | None) -> str | None:
+    """The bearer token: the first line of ``token_file``, else ``ORM_CACHE_TOKEN``, else None."""
+    import os
+
+    from ..errors import ConfigError
+
+    if token_file:
+        try:
+            token = open(token_file, encoding="utf-8").readline().strip()
+        except OSError as e:
+            raise ConfigError(f"--token-file {token_file}: {e.strerror or e}") from None
+        if not token:
+            raise ConfigError(f"--token-file {token_file}: its first line is empty")
+        return token
+    return os.environ.get("ORM_CACHE_TOKEN") or None
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def run(service: Service, host: str = "127.0.0.1", port: int = 8000, access_log: bool = False,
+        announce=print) -> None:
+    """Serve until SIGTERM or SIGINT: stop accepting, answer what is in flight, write back, return."""
+    import signal
+    import socket
+
+    import uvicorn
+
+    from ..errors import ConfigError
+
+    if service.token is None and not is_loopback(host):
+        raise ConfigError(f"--host {host} is reachable from other machines: give a token (--token-file F or "
+                          "ORM_CACHE_TOKEN) so only your callers can use it")
+    try:
+        info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        # proto IPPROTO_TCP: asyncio sets TCP_NODELAY only on sockets that say so (else each
+        # response waits ~40 ms for the client's delayed ACK)
+        sock = socket.socket(info[0], socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind(info[4])
+        sock.listen(2048)
+    except OSError as e:
+        raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    bound = sock.getsockname()
+    config = uvicorn.Config(create_app(service), log_level="warning", access_log=access_log, lifespan="on",
+                            timeout_graceful_shutdown=60, limit_concurrency=4096)
+    server = uvicorn.Server(config)
+    # uvicorn re-raises the signal that stopped it once it is done; with these handlers that is a
+    # no-op, so a SIGTERM'd server that shut down cleanly exits 0
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    url = f"http://{bound[0] if ':' not in bound[0] else '[' + bound[0] + ']'}:{bound[1]}"
+    c = service.cache
+    service.announce = lambda: announce(
+        f"orm-cache serve: listening on {url} (head {c.head.source}, {c.head.feature}; store {c.store.dir}, "
+        f"{len(c.store):,} vectors; token {'required' if service.token else 'not required (loopback only)'}; "
+        f"model {'loaded' if c.model_loaded else 'loaded on the first miss'}; SIGTERM or Ctrl-C stops it)")
+    server.run(sockets=[sock])
