@@ -4,6 +4,7 @@ whatever the interleaving of the reader's steps with the compaction's."""
 
 import itertools
 import json
+import os
 import threading
 import warnings
 import zlib
@@ -363,3 +364,61 @@ def test_progress_interval_and_slow_rates_read_well(monkeypatch):
     p = Progress(2, "sweep", "config", every=1e9, clock=lambda: next(t))
     p.done = 2
     assert "25.0s/config" in p.line(final=True)
+
+
+def _big_shard(d: Path, n: int = 2500) -> tuple[Path, list[str]]:
+    """One shard of ``n`` rows: several record batches (blocks) of keys, token counts, starts and vectors."""
+    fp = "f" * 64
+    d.mkdir(parents=True, exist_ok=True)
+    w = ShardWriter(d, fp, {"x": 1}, ("last@-1", "response_mean@-1"), 8, "float16", shard_rows=10**6)
+    import hashlib
+
+    keys = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(n)]  # each found once in the file
+    rng = np.random.default_rng(0)
+    w.add(keys, np.arange(n), np.arange(n) % 3 == 0, {"last@-1": rng.random((n, 8)), "response_mean@-1": rng.random((n, 8))},
+          None, [i % 5 for i in range(n)])
+    return w.flush(), keys
+
+
+def test_a_shard_of_several_blocks_reads_back_and_a_changed_key_in_a_later_block_is_named(tmp_path):
+    """Shards are written in 1,024-row batches sliced from one table: their key checksums must not
+    depend on the slicing (they once hashed the whole table's buffers, and every shard of more than
+    one block was refused as changed)."""
+    from orm_cache.store import blocks
+    from orm_cache.store.check import check_store
+
+    path, keys = _big_shard(tmp_path / "s")
+    store = VectorStore(tmp_path / "s", "f" * 64)
+    assert not store.skipped and len(store) == 2500
+    assert store.vectors(keys, "last@-1").shape == (2500, 8)
+    assert store.scalars_at(store.locate(keys[-3:]), "response_start").tolist() == [2497 % 5, 2498 % 5, 2499 % 5]
+    assert [s.ok for s in check_store({"dir": str(tmp_path / "s"), "fingerprint": "f" * 64})[0]] == [True]
+    assert blocks.read_meta(layout.open_shard(path, "f" * 64)[0].schema)["rows"] == [1024, 1024, 452]
+    raw = bytearray(path.read_bytes())
+    at = raw.find(keys[2400].encode())
+    raw[at + 60] = ord("0") if raw[at + 60] != ord("0") else ord("1")  # another key, same length
+    st = path.stat()
+    path.write_bytes(bytes(raw))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # size and time kept: only the block checksums can tell
+    again = VectorStore(tmp_path / "s", "f" * 64)
+    assert len(again) == 0 and "column key of block 2" in again.skipped[0][1]
+
+
+def test_shards_of_the_first_block_checksums_still_verify(tmp_path, monkeypatch):
+    """Shards written before scalar digests were taken by value (each batch recorded the buffers
+    of the whole column it was sliced from) are checked that way, not refused."""
+    from orm_cache.store import blocks
+
+    old = blocks.batch_digests
+
+    def first_format(batches, columns, algo=blocks.ALGO):
+        meta = old(batches, columns, algo)
+        del meta["scalar_digest"]
+        meta["scalars"] = {c: [blocks._buffer_digest(b.column(c), algo) for b in batches] for c in meta["scalars"]}
+        return meta
+
+    monkeypatch.setattr(blocks, "batch_digests", first_format)
+    _, keys = _big_shard(tmp_path / "s")
+    monkeypatch.setattr(blocks, "batch_digests", old)
+    store = VectorStore(tmp_path / "s", "f" * 64)
+    assert not store.skipped and store.vectors(keys, "last@-1").shape == (2500, 8)

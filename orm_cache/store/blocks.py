@@ -63,10 +63,57 @@ def _view(column_chunk) -> np.ndarray:
     return column_chunk.flatten().to_numpy(zero_copy_only=True)
 
 
+SCALARS_BY_VALUE = "values"  # how scalar digests are taken (recorded; absent: the first shards' buffer digests)
+
+
 def _scalar_digest(chunk, algo: str) -> str:
-    """Digest of a non-vector column's batch: every buffer (validity, offsets, data) it holds."""
+    """Digest of a non-vector column's batch by its values (a string column: its offsets from 0
+    and its bytes; any other: its values as NumPy gives them; and where its nulls are), so a
+    batch sliced from a bigger table (as written) and the same batch read back (its own buffers)
+    hash the same."""
+    import pyarrow as pa
+
+    n, off = len(chunk), chunk.offset
+    if pa.types.is_string(chunk.type) or pa.types.is_binary(chunk.type) or pa.types.is_large_string(chunk.type) \
+            or pa.types.is_large_binary(chunk.type):
+        width = np.int64 if pa.types.is_large_string(chunk.type) or pa.types.is_large_binary(chunk.type) else np.int32
+        bufs = chunk.buffers()
+        offsets = np.frombuffer(bufs[1], dtype=width)[off: off + n + 1] if n else np.zeros(1, width)
+        data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.zeros(0, np.uint8)
+        parts = [digest(offsets - offsets[0], algo), digest(data[offsets[0]: offsets[-1]], algo)]
+    else:
+        parts = [digest(np.ascontiguousarray(chunk.to_numpy(zero_copy_only=False)), algo)]
+    if chunk.null_count:
+        parts.append(digest(chunk.is_null().to_numpy(zero_copy_only=False), algo))
+    return digest(",".join(parts).encode(), algo)
+
+
+def _buffer_digest(chunk, algo: str) -> str:
+    """The first schema-2 shards' scalar digest: every buffer the written batch held. A batch
+    sliced from a bigger table holds the whole table's buffers, so those shards recorded, for
+    every batch, the digest of the whole column; :func:`_scalar_problem` checks them that way."""
     parts = [digest(np.frombuffer(b, dtype=np.uint8), algo) for b in chunk.buffers() if b is not None]
     return digest(",".join(parts).encode(), algo)
+
+
+def _scalar_problem(table, column: str, want, meta: dict) -> str | None:
+    chunks = table.column(column).chunks
+    if not isinstance(want, list) or len(want) != len(chunks):
+        return f"its block checksums do not describe its record batches of {column}"
+    if meta.get("scalar_digest") == SCALARS_BY_VALUE:
+        got = [_scalar_digest(c, meta["algo"]) for c in chunks]
+    elif len(chunks) == 1:
+        got = [_buffer_digest(chunks[0], meta["algo"])]
+    else:  # written sliced from one table: each batch recorded the whole column's buffers
+        import pyarrow as pa
+
+        whole = _buffer_digest(pa.concat_arrays(chunks), meta["algo"])
+        got = [whole] * len(chunks)
+    for i, (g, w) in enumerate(zip(got, want)):
+        if g != w:
+            return (f"column {column} of block {i} does not match the checksum written with it: the file was "
+                    "changed after it was written")
+    return None
 
 
 def scalar_columns(schema) -> list[str]:
@@ -78,7 +125,7 @@ def batch_digests(batches, columns, algo: str = ALGO) -> dict:
     every vector column (checked when a block is first read) and of every other column (keys,
     token counts, response starts: small, checked whole when the shard is opened)."""
     scalars = scalar_columns(batches[0].schema) if batches else []
-    return {"algo": algo, "rows": [b.num_rows for b in batches],
+    return {"algo": algo, "rows": [b.num_rows for b in batches], "scalar_digest": SCALARS_BY_VALUE,
             "columns": {c: [digest(_view(b.column(c)), algo) for b in batches] for c in columns},
             "scalars": {c: [_scalar_digest(b.column(c), algo) for b in batches] for c in scalars}}
 
@@ -132,13 +179,9 @@ def register(table, path: Path) -> str | None:
     for column, want in (meta.get("scalars") or {}).items():  # keys, token counts…: small, checked now
         if column not in table.schema.names:
             return f"its block checksums name a column {column!r} it does not have"
-        chunks = table.column(column).chunks
-        if not isinstance(want, list) or len(want) != len(chunks):
-            return f"its block checksums do not describe its record batches of {column}"
-        for i, chunk in enumerate(chunks):
-            if _scalar_digest(chunk, meta["algo"]) != want[i]:
-                return (f"column {column} of block {i} does not match the checksum written with it: the file was "
-                        "changed after it was written")
+        problem = _scalar_problem(table, column, want, meta)
+        if problem:
+            return problem
     for column in vector_columns(table.schema):
         chunks = table.column(column).chunks
         want = meta["columns"].get(column)
