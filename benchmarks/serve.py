@@ -114,7 +114,8 @@ def soak(url: str, pid: int, seconds: float, hits: list[dict], token: str) -> di
     auth = {**JSON, "Authorization": f"Bearer {token}"}
     hit_bodies = [json.dumps({"rows": hits[i:i + 16]}).encode() for i in range(0, len(hits) - 16, 16)]
     bad = [(b"{nope", auth), (json.dumps({"texts": ["x"]}).encode(), {**JSON, "Authorization": "Bearer wrong"}),
-           (json.dumps({"textz": ["x"]}).encode(), auth), (json.dumps({"texts": ["y" * 300_000]}).encode(), auth)]
+           (json.dumps({"textz": ["x"]}).encode(), auth),
+           (json.dumps({"rows": [{"prompt": "p", "text": "y" * 300_000}]}).encode(), auth)]  # over --max-text-chars
 
     def note(code):
         with lock:
