@@ -118,3 +118,15 @@ def write_gsm8k_splits(out: Path, seed: int = 0, fractions=(0.6, 0.2, 0.2)) -> P
     for f in files.values():
         f.close()
     return out
+
+
+def build_model(name: str, workdir: Path, dtype: str = "float16") -> str:
+    """A --model name of the benchmarks: tiny-opt and opt-1.3b-arch (facebook/opt-1.3b's
+    architecture, random weights) are built into ``workdir``; anything else is passed on."""
+    from orm_cache.testing import OPT_1_3B, tiny_opt
+
+    if name == "tiny-opt":
+        return str(tiny_opt(workdir / "tiny-opt"))
+    if name == "opt-1.3b-arch":
+        return str(tiny_opt(workdir / "opt-1.3b-arch", **OPT_1_3B, dtype="float16" if dtype != "float32" else "float32"))
+    return name

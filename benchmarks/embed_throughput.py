@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from _common import GSM8K, gsm8k_pointwise, median_time, publish, table  # noqa: E402
+from _common import GSM8K, build_model, gsm8k_pointwise, median_time, publish, table  # noqa: E402
 
 
 def long_tailed(texts: list[str], seed: int = 0) -> list[str]:
@@ -63,16 +63,6 @@ def load_texts(limit: int, seed: int = 0, tail: bool = False) -> tuple[list[str]
     if tail:
         return long_tailed(texts[:limit], seed), source + ", cut to a long-tailed length distribution"
     return texts[:limit], source
-
-
-def build_model(name: str, workdir: Path, dtype: str) -> str:
-    from orm_cache.testing import OPT_1_3B, tiny_opt
-
-    if name == "tiny-opt":
-        return str(tiny_opt(workdir / "tiny-opt"))
-    if name == "opt-1.3b-arch":
-        return str(tiny_opt(workdir / "opt-1.3b-arch", **OPT_1_3B, dtype="float16" if dtype != "float32" else "float32"))
-    return name
 
 
 def non_embedding_params(model) -> int:

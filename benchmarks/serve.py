@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import GSM8K, gsm8k_pointwise, publish, table  # noqa: E402
+from _common import GSM8K, build_model, gsm8k_pointwise, publish, table  # noqa: E402
 
 JSON = {"Content-Type": "application/json"}
 
@@ -151,7 +151,8 @@ def soak(url: str, pid: int, seconds: float, hits: list[dict], token: str) -> di
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="bundled-minilm")
+    ap.add_argument("--model", default="bundled-minilm",
+                    help="bundled-minilm, tiny-opt, opt-1.3b-arch (random weights, float16 on a GPU) or a directory.")
     ap.add_argument("--hits", type=int, default=3000, help="Texts in the store.")
     ap.add_argument("--misses", type=int, default=512, help="New texts per miss scenario.")
     ap.add_argument("--seconds", type=float, default=15.0, help="Length of the all-hits run.")
@@ -159,6 +160,7 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--write", action="store_true", help="Write the tables into RESULTS.md.")
     args = ap.parse_args()
+    model_name = {"bundled-minilm": "bundled all-MiniLM-L6-v2"}.get(args.model, args.model)
 
     from orm_cache.encode.embedder import embed_texts
     from orm_cache.encode.model import Encoder
@@ -177,6 +179,7 @@ def main():
             f.writelines(json.dumps(r) + "\n" for r in hits)
         cache, head = work / "cache", work / "h.pt"
         t = time.perf_counter()
+        args.model = build_model(args.model, work)
         cli("embed", "--data", data, "--split", "train", "--model", args.model, "--cache-dir", cache, "-q",
             "--device", args.device)
         cli("fit-head", "--data", data, "--split", "train", "--model", args.model, "--cache-dir", cache, "--out", head,
@@ -223,26 +226,25 @@ def main():
         rows_out.append(["orm-cache embed, the same texts (encoder time)", f"{embed_rate:,.1f}", "", "", "", ""])
         ratio = (f"batched misses = {miss_rates['batched'] / embed_rate:.0%} of embed's texts/s (target ≥ 80%); "
                  f"{miss_rates['batched'] / miss_rates['per request']:.2f}x the per-request baseline")
-        # 4: soak
-        copy = work / "cache-soak"
-        shutil.copytree(cache, copy)
-        with ServerProcess(*common, "--cache-dir", copy) as s:
-            result = soak(s.url, s.proc.pid, args.soak_seconds, hits, token)
-            code = s.stop()
-        store = VectorStore(copy / "vectors" / h.fingerprint[:16], h.fingerprint)
-        readable = len(store.vectors(list(store.keys()), h.feature))  # every block checked against its checksum
-        fives = sum(v for k, v in result["codes"].items() if k >= 500)
-        rss = result["rss"]
-        soak_rows = [[f"{args.soak_seconds:.0f}", f"{result['requests']:,}", str(dict(sorted(result["codes"].items()))),
-                      fives, f"{rss.get(10_000, float('nan')):.0f}", f"{rss.get(100_000, float('nan')):.0f}",
-                      f"{rss['end']:.0f}", code, f"{readable:,} of {len(store):,}"]]
-        body = "\n\n".join([
-            "### orm-cache serve (bundled all-MiniLM-L6-v2, GSM8K traces, clients on 127.0.0.1)",
-            table(["scenario", "texts/s", "p50 ms", "p99 ms", "target", "status codes"], rows_out),
-            ratio,
-            table(["soak s", "requests", "status codes", "5xx", "RSS MiB @10k", "RSS MiB @100k", "RSS MiB end",
-                   "exit after SIGTERM", "vectors readable after"], soak_rows),
-        ])
+        parts = [f"### orm-cache serve ({model_name}, {args.device}, GSM8K traces, clients on 127.0.0.1)",
+                 table(["scenario", "texts/s", "p50 ms", "p99 ms", "target", "status codes"], rows_out), ratio]
+        if args.soak_seconds > 0:  # 4: soak
+            copy = work / "cache-soak"
+            shutil.copytree(cache, copy)
+            with ServerProcess(*common, "--cache-dir", copy) as s:
+                result = soak(s.url, s.proc.pid, args.soak_seconds, hits, token)
+                code = s.stop()
+            store = VectorStore(copy / "vectors" / h.fingerprint[:16], h.fingerprint)
+            readable = len(store.vectors(list(store.keys()), h.feature))  # every block checked against its checksum
+            fives = sum(v for k, v in result["codes"].items() if k >= 500)
+            rss = result["rss"]
+            parts.append(table(["soak s", "requests", "status codes", "5xx", "RSS MiB @10k", "RSS MiB @100k",
+                                "RSS MiB end", "exit after SIGTERM", "vectors readable after"],
+                               [[f"{args.soak_seconds:.0f}", f"{result['requests']:,}",
+                                 str(dict(sorted(result["codes"].items()))), fives,
+                                 f"{rss.get(10_000, float('nan')):.0f}", f"{rss.get(100_000, float('nan')):.0f}",
+                                 f"{rss['end']:.0f}", code, f"{readable:,} of {len(store):,}"]]))
+        body = "\n\n".join(parts)
         publish(f"serve-{args.device}", body, args.write)
     finally:
         shutil.rmtree(work, ignore_errors=True)
