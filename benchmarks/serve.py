@@ -96,6 +96,16 @@ def load(url: str, bodies: list[bytes], clients: int, token: str | None = None, 
     return time.perf_counter() - t0, lat, codes
 
 
+def encoder_calls(url: str, token: str) -> tuple[float, float, float]:
+    """(encoder calls, texts embedded, encoder seconds) so far, from the server's /metrics."""
+    import httpx
+
+    text = httpx.get(url + "/metrics", headers={"Authorization": f"Bearer {token}"}).text
+    values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line and line[0] != "#"}
+    return (values.get("orm_cache_batch_texts_count", 0.0), values.get("orm_cache_batch_texts_sum", 0.0),
+            values.get("orm_cache_encode_seconds_sum", 0.0))
+
+
 def rss_mib(pid: int) -> float:
     for line in open(f"/proc/{pid}/status"):
         if line.startswith("VmRSS:"):
@@ -157,6 +167,8 @@ def main():
     ap.add_argument("--misses", type=int, default=512, help="New texts per miss scenario.")
     ap.add_argument("--seconds", type=float, default=15.0, help="Length of the all-hits run.")
     ap.add_argument("--soak-seconds", type=float, default=60.0)
+    ap.add_argument("--also-wait-ms", type=float, nargs="*", default=[],
+                    help="Also measure batched misses with these --max-wait-ms values.")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--write", action="store_true", help="Write the tables into RESULTS.md.")
     args = ap.parse_args()
@@ -206,14 +218,20 @@ def main():
         # 3: misses, batched vs per request vs embed, the same texts each time on a copy of the store
         bodies = [json.dumps({"rows": [r]}).encode() for r in misses[:args.misses]]
         miss_rates = {}
-        for name, extra in (("batched", []), ("per request", ["--max-batch-texts", "1"])):
+        variants = [("batched", [])] + [(f"batched, --max-wait-ms {w}", ["--max-wait-ms", str(w)])
+                                        for w in args.also_wait_ms] + [("per request", ["--max-batch-texts", "1"])]
+        for name, extra in variants:
             copy = work / f"cache-{len(miss_rates)}"
             shutil.copytree(cache, copy)
             with ServerProcess(*common, "--cache-dir", copy, "--preload", *extra) as s:
                 load(s.url, [json.dumps({"rows": [r]}).encode() for r in misses[-8:]], 8, token)  # warm-up misses
+                before = encoder_calls(s.url, token)
                 wall, lat, codes = load(s.url, bodies, 64, token)
+                calls, texts, seconds = (a - b for a, b in zip(encoder_calls(s.url, token), before))
                 miss_rates[name] = len(bodies) / wall
-                rows_out.append([f"all misses, 64 clients x 1 text ({name})", f"{miss_rates[name]:,.1f}",
+                rows_out.append([f"all misses, 64 clients x 1 text ({name}): {texts / max(calls, 1):.1f} texts and "
+                                 f"{1000 * seconds / max(calls, 1):.0f} ms per encoder call, encoder busy "
+                                 f"{seconds / wall:.0%}", f"{miss_rates[name]:,.1f}",
                                  f"{1000 * percentile(lat, .5):.0f}", f"{1000 * percentile(lat, .99):.0f}", "", str(codes)])
         h = Head.load(head)
         rc = RewardCache(h, work / "cache-embed", args.device)

@@ -325,3 +325,39 @@ def torch_equal(a, b) -> bool:
     import torch
 
     return bool(torch.equal(a, b))
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in (__import__("pathlib").Path(f"/proc/{pid}/task")).iterdir():
+        out += [int(x) for x in (task / "children").read_text().split()]
+    return out
+
+
+def test_an_encoder_that_dies_or_cannot_load_costs_one_batch_not_the_server(trained, tmp_path):
+    import os
+
+    cache = fresh_cache(trained, tmp_path)
+    model = tmp_path / "model"
+    shutil.copytree(trained / "model", model)
+    # the head's encoder is rebuilt from its recorded model path: point a copy of the head at a model we can delete
+    import torch
+
+    ckpt = torch.load(trained / "h.pt", weights_only=False)
+    ckpt["orm_cache"]["encoder_spec"]["model"] = str(model)
+    torch.save(ckpt, tmp_path / "h.pt")
+    hit = rows(trained)[0]["text"]
+    with ServerProcess("--head", tmp_path / "h.pt", "--cache-dir", cache, "--preload") as s, \
+            httpx.Client(base_url=s.url, timeout=120) as c:
+        assert c.post("/score", json={"texts": ["first miss"]}).status_code == 200
+        for child in _children(s.proc.pid):
+            os.kill(child, signal.SIGKILL)  # the encoder process (and its resource tracker) killed
+        time.sleep(0.5)
+        r = c.post("/score", json={"texts": ["second miss"]})
+        assert r.status_code == 500 and "encoder process died" in r.json()["error"], r.text
+        shutil.rmtree(model)  # the new encoder process cannot load the weights now
+        r = c.post("/score", json={"texts": ["third miss"]})
+        assert r.status_code == 500 and "\n" not in r.json()["error"] and "Traceback" not in r.text, r.text
+        assert c.post("/score", json={"texts": [hit]}).json()["hits"] == 1  # hits need no model: still answered
+        assert c.get("/health").status_code == 200
+        assert s.stop() == 0

@@ -52,12 +52,11 @@ def serve(head_path, host, port, token_file, preload, no_write_back, max_texts, 
     how replicas share one store. SIGTERM stops accepting, answers what is in flight, writes
     back and exits 0.
     """
-    from ..pipeline.reward import RewardCache
     from ..pipeline.serve import Limits, Service, load_token, run
 
     setup_logging(quiet)
     token = load_token(token_file)
-    cache = RewardCache(head_path, cache_dir, device, batch_tokens, write_back=not no_write_back, store=store,
-                        feature=feature)
+    cache_args = dict(head=head_path, cache_dir=cache_dir, device=device, batch_tokens=batch_tokens,
+                      write_back=not no_write_back, store=store, feature=feature)
     limits = Limits(int(max_body_mb * (1 << 20)), max_texts, max_text_chars, max_queue, max_wait_ms, max_batch_texts)
-    run(Service(cache, limits, token, preload), host, port, access_log, announce=lambda s: click.echo(s, err=True))
+    run(Service(cache_args, limits, token, preload), host, port, access_log, announce=lambda s: click.echo(s, err=True))

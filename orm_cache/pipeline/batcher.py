@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .reward import RewardCache, Texts
+from .reward import Texts
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +39,10 @@ def _resolve(fut: asyncio.Future, value, error: BaseException | None) -> None:
 
 
 class MissBatcher:
-    def __init__(self, cache: RewardCache, max_queue: int = 8192, max_wait: float = 0.005,
+    def __init__(self, embedder, max_queue: int = 8192, max_wait: float = 0.005,
                  batch_texts: int = 256, idle_flush: float = 5.0,
                  on_batch: Callable[[int, float], None] | None = None):
-        self.cache = cache
+        self.embedder = embedder  # embed(Texts) -> scores; flush(), pending(), close()
         self.max_queue, self.max_wait, self.batch_texts = max_queue, max_wait, batch_texts
         self.idle_flush = idle_flush  # seconds idle before buffered vectors are written as a shard
         self.on_batch = on_batch  # called with (texts, seconds) after each embedding
@@ -86,10 +86,12 @@ class MissBatcher:
         text, then at most ``max_wait`` for the batch to fill."""
         with self._cv:
             while not self._queue and not self._closing:
-                if not self._cv.wait(self.idle_flush) and self.cache.pending():
+                if not self._cv.wait(self.idle_flush) and self.embedder.pending():
                     self._cv.release()  # writing a shard takes a while: let requests queue meanwhile
                     try:
-                        self.cache.flush()
+                        self.embedder.flush()
+                    except Exception as e:  # noqa: BLE001 (logged; the next flush tries again)
+                        log.error("writing back failed: %s", e)
                     finally:
                         self._cv.acquire()
             if not self._queue:
@@ -108,7 +110,7 @@ class MissBatcher:
             t0 = time.perf_counter()
             error, scores = None, None
             try:
-                scores = self.cache.embed(t)
+                scores = self.embedder.embed(t)
                 self.embedded += len(t)
             except Exception as e:  # every waiting request gets the one-line error
                 log.error("embedding %d texts failed: %s", len(t), e, exc_info=not getattr(e, "one_line", False))
@@ -131,4 +133,4 @@ class MissBatcher:
             self._closing = True
             self._cv.notify_all()
         self._thread.join(timeout)
-        return self.cache.flush()
+        return self.embedder.close()

@@ -73,6 +73,7 @@ class RewardCache:
         self._write_lock = threading.Lock()  # the writer and _buffered
         self._fresh: dict[str, float] = {}  # embedded here, not yet in a readable shard: key -> score
         self._buffered: list[str] = []  # keys the writer holds, not yet in a shard
+        self.durable: list[str] = []  # keys written into shards, not yet reported (take_durable)
         self._writer = None
         self.written = 0  # rows in shards this process wrote
 
@@ -163,11 +164,7 @@ class RewardCache:
             X = np.concatenate([vectors[c] for c in self.parts], axis=1).astype(np.float32)  # (B, D), exact
             scores[b] = self.head.score(X)
             keys = [t.keys[i] for i in b]
-            with self._lock:
-                self._fresh.update(zip(keys, scores[b].tolist()))
-                if not self.write_back and len(self._fresh) > self.fresh_limit:  # a bounded memory of scores
-                    for k in list(self._fresh)[: len(self._fresh) - self.fresh_limit]:
-                        del self._fresh[k]
+            self.remember(keys, scores[b])
             if self.write_back:
                 with self._write_lock:  # a shard may be written now: readers (self._lock) go on meanwhile
                     self._writer_for(encoder, vectors).add(keys, n_tokens[b], truncated[b], vectors, recomputed,
@@ -204,12 +201,32 @@ class RewardCache:
         """(Under the write lock.) Once the writer has written its buffer as a shard: open the
         shard, and forget the scores of the keys it holds (they are hits from now on)."""
         if self._writer is not None and self._writer.buffered == 0 and self._buffered:
-            with self._lock:
-                self.store.refresh()
-                for k in self._buffered:
-                    self._fresh.pop(k, None)
-            self._buffered.clear()
+            self.settled(self._buffered)
+            self.durable.extend(self._buffered)
+            self._buffered = []
             self.written = self._writer.rows_written
+
+    def remember(self, keys: list[str], scores) -> None:
+        """Scores of texts just embedded, answered from memory until their shard is readable
+        (:meth:`settled`); without write-back, the most recent ``fresh_limit`` of them."""
+        with self._lock:
+            self._fresh.update(zip(keys, np.asarray(scores, dtype=np.float32).tolist()))
+            if not self.write_back and len(self._fresh) > self.fresh_limit:
+                for k in list(self._fresh)[: len(self._fresh) - self.fresh_limit]:
+                    del self._fresh[k]
+
+    def settled(self, keys: list[str]) -> None:
+        """``keys`` are in a complete shard now: open it, and answer them from the store."""
+        with self._lock:
+            self.store.refresh()
+            for k in keys:
+                self._fresh.pop(k, None)
+
+    def take_durable(self) -> list[str]:
+        """The keys written into shards since the last call."""
+        with self._write_lock:
+            out, self.durable = self.durable, []
+        return out
 
     def flush(self) -> int:
         """Write the buffered vectors as a shard now (the server calls it when idle and at exit);
@@ -223,6 +240,13 @@ class RewardCache:
     def pending(self) -> int:
         """Vectors embedded but not yet in a shard."""
         return self._writer.buffered if self._writer is not None else 0
+
+    def load(self) -> None:
+        """Load the encoder now (else: on the first miss)."""
+        self.rescorer.encoder.load()
+
+    def close(self) -> int:
+        return self.flush()
 
 
 class OrmReward:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import DataError, RecipeError, UserError
 from .batcher import MissBatcher, Overloaded
 from .reward import RewardCache, Texts
 
@@ -81,6 +81,10 @@ class Metrics:
         self.encode.observe(seconds)
 
 
+def _line(e: BaseException) -> str:
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
 def _check_auth(request, token: str | None) -> None:
     if token is None:
         return
@@ -118,25 +122,39 @@ def _fields(data: dict, allowed: set, endpoint: str) -> None:
 class Service:
     """What the routes share: the cache, the batcher, the limits, the token and the metrics."""
 
-    def __init__(self, cache: RewardCache, limits: Limits, token: str | None, preload: bool = False):
-        self.cache, self.limits, self.token, self.preload = cache, limits, token, preload
+    def __init__(self, cache_args: dict, limits: Limits, token: str | None, preload: bool = False,
+                 encoder_process: bool = True):
+        """``cache_args``: :class:`RewardCache`'s arguments (head, cache_dir, device, …);
+        ``encoder_process``: embed misses in a child process (else in a thread of this one)."""
+        self.cache_args, self.limits, self.token, self.preload = cache_args, limits, token, preload
+        self.cache = RewardCache(**cache_args)  # answers hits; texts are built here
+        self.encoder_process = encoder_process
+        self.embedder = None
         self.batcher: MissBatcher | None = None
         self.metrics = Metrics(lambda: self.batcher.depth() if self.batcher else 0)
         self.ready = False
         self.announce = lambda: None  # says where it listens, once ready (run() sets it)
 
     def start(self) -> None:
-        self.batcher = MissBatcher(self.cache, self.limits.max_queue, self.limits.max_wait_ms / 1000,
+        from .encoder_proc import EncoderProcess
+
+        self.embedder = EncoderProcess(self.cache, self.cache_args) if self.encoder_process else self.cache
+        self.batcher = MissBatcher(self.embedder, self.limits.max_queue, self.limits.max_wait_ms / 1000,
                                    self.limits.batch_texts, on_batch=self.on_batch)
+
+    @property
+    def model_loaded(self) -> bool:
+        e = self.embedder
+        return bool(e is not None and (e.loaded if hasattr(e, "loaded") else e.model_loaded))
 
     def on_batch(self, n: int, seconds: float) -> None:
         self.metrics.on_batch(n, seconds)
-        self.metrics.loaded.set(1.0 if self.cache.model_loaded else 0.0)
-        self.metrics.written.set(self.cache.written)
+        self.metrics.loaded.set(1.0 if self.model_loaded else 0.0)
+        self.metrics.written.set(self.embedder.written)
 
     def stop(self) -> int:
         self.ready = False
-        written = self.batcher.close() if self.batcher else self.cache.flush()
+        written = self.batcher.close() if self.batcher else 0
         self.metrics.written.set(written)
         return written
 
@@ -202,9 +220,11 @@ def create_app(service: Service):
                     response = JSONResponse({"error": e.message}, e.status, e.headers)
                 except Overloaded as e:
                     response = JSONResponse({"error": f"overloaded: {e}; retry later"}, 503, {"Retry-After": "1"})
-                except (UserError, TypeError, ValueError) as e:  # a request the recipe or head cannot take
-                    status = 400 if isinstance(e, (TypeError, ValueError)) else 500
-                    response = JSONResponse({"error": str(e).splitlines()[0] if str(e) else type(e).__name__}, status)
+                except (DataError, RecipeError, TypeError) as e:  # a request the recipe cannot take: the caller's
+                    response = JSONResponse({"error": _line(e)}, 400)
+                except UserError as e:  # the encoder, the store or the head failed: ours, in one line
+                    log.error("%s: %s", path, _line(e))
+                    response = JSONResponse({"error": _line(e)}, 500)
                 except Exception as e:  # noqa: BLE001 (one line to the client, the traceback to the log)
                     log.exception("%s failed", path)
                     response = JSONResponse({"error": f"internal error: {type(e).__name__}: {e}"[:500]}, 500)
@@ -252,7 +272,7 @@ def create_app(service: Service):
     async def ready(request):
         if not service.ready:
             return JSONResponse({"ready": False}, 503, {"Retry-After": "1"})
-        return JSONResponse({"ready": True, "model_loaded": service.cache.model_loaded,
+        return JSONResponse({"ready": True, "model_loaded": service.model_loaded,
                              "queue_depth": service.batcher.depth()})
 
     async def metrics(request):
@@ -263,7 +283,7 @@ def create_app(service: Service):
     async def info(request):
         c = service.cache
         return JSONResponse({"head": c.head.source, "feature": c.head.feature, "recipe": c.builder.recipe.kind,
-                             "store": str(c.store.dir), "vectors": len(c.store), "model_loaded": c.model_loaded,
+                             "store": str(c.store.dir), "vectors": len(c.store), "model_loaded": service.model_loaded,
                              "write_back": c.write_back,
                              "endpoints": ["POST /score", "POST /rank", "POST /get_reward", "GET /health",
                                            "GET /ready", "GET /metrics"]})
@@ -272,7 +292,7 @@ def create_app(service: Service):
     async def lifespan(app):
         service.start()
         if service.preload:
-            await asyncio.get_running_loop().run_in_executor(None, service.cache.rescorer.encoder.load)
+            await asyncio.get_running_loop().run_in_executor(None, service.embedder.load)
             m.loaded.set(1.0)
         service.ready = True
         service.announce()  # once it answers: the model is loaded first with --preload
@@ -353,5 +373,5 @@ def run(service: Service, host: str = "127.0.0.1", port: int = 8000, access_log:
     service.announce = lambda: announce(
         f"orm-cache serve: listening on {url} (head {c.head.source}, {c.head.feature}; store {c.store.dir}, "
         f"{len(c.store):,} vectors; token {'required' if service.token else 'not required (loopback only)'}; "
-        f"model {'loaded' if c.model_loaded else 'loaded on the first miss'}; SIGTERM or Ctrl-C stops it)")
+        f"model {'loaded' if service.model_loaded else 'loaded on the first miss'}; SIGTERM or Ctrl-C stops it)")
     server.run(sockets=[sock])
