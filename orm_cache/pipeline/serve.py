@@ -128,6 +128,9 @@ class Service:
         ``encoder_process``: embed misses in a child process (else in a thread of this one)."""
         self.cache_args, self.limits, self.token, self.preload = cache_args, limits, token, preload
         self.cache = RewardCache(**cache_args)  # answers hits; texts are built here
+        # other writers' shards (embed, replicas) are looked for at most once a second, not on every
+        # request with a miss; this server's own are opened as the encoder process reports them
+        self.cache.store.relist_seconds = 1.0
         self.encoder_process = encoder_process
         self.embedder = None
         self.batcher: MissBatcher | None = None
@@ -346,6 +349,11 @@ def run(service: Service, host: str = "127.0.0.1", port: int = 8000, access_log:
 
     from ..errors import ConfigError
 
+    import sys
+
+    # the batcher's thread takes the GIL a few times per batch; beside a busy event loop each
+    # take waits up to the switch interval (5 ms by default)
+    sys.setswitchinterval(0.0005)
     if service.token is None and not is_loopback(host):
         raise ConfigError(f"--host {host} is reachable from other machines: give a token (--token-file F or "
                           "ORM_CACHE_TOKEN) so only your callers can use it")

@@ -97,6 +97,10 @@ class VectorStore:
         self._groups: dict[tuple[str, ...], KeyIndex] = {}
         self._parts: dict[str, tuple[list[np.ndarray], np.ndarray]] = {}  # column -> (views, first rows)
         self.skipped: list[tuple[Path, str]] = []
+        # a key is called missing only after the directory was listed within this many seconds
+        # (0: listed again each time; a server answering many misses a second lists it less often)
+        self.relist_seconds = 0.0
+        self._listed = 0.0
         self.sources = [(self.dir, fp)] + legacy_sources(self.dir.parent, fp, self.dir)
         self.refresh()
 
@@ -127,6 +131,7 @@ class VectorStore:
         at that listing, so every key on disk when the refresh began, is then in a shard opened
         now or before, and an opened shard stays readable (memory-mapped) once deleted.
         """
+        self._listed = time.monotonic()
         for _ in range(RELIST_LIMIT):
             if not self._open_new_shards():
                 return
@@ -270,7 +275,7 @@ class VectorStore:
         added since the last refresh are opened before a key is called missing."""
         keys = keys if isinstance(keys, list) else list(keys)
         gids = self._lookup(keys, column)
-        if (gids < 0).any():
+        if (gids < 0).any() and time.monotonic() - self._listed >= self.relist_seconds:
             self.refresh()
             miss = np.flatnonzero(gids < 0)
             gids[miss] = self._lookup([keys[i] for i in miss.tolist()], column)
