@@ -72,7 +72,7 @@ class ServerProcess:
     its "listening on" line and keeps every line it writes (``lines``). A context manager that
     sends SIGTERM on exit; :meth:`stop` returns the exit status."""
 
-    def __init__(self, *args, env: dict | None = None, timeout: float = 120.0):
+    def __init__(self, *args, env: dict | None = None, timeout: float = 120.0, preexec_fn=None):
         import os
         import subprocess
         import sys
@@ -82,7 +82,7 @@ class ServerProcess:
         self.lines: list[str] = []
         self.proc = subprocess.Popen([sys.executable, "-m", "orm_cache", "serve", "--port", "0", *map(str, args)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                     env={**os.environ, **(env or {})})
+                                     env={**os.environ, **(env or {})}, preexec_fn=preexec_fn)
         self._listening = threading.Event()
         threading.Thread(target=self._drain, daemon=True).start()
         deadline = time.monotonic() + timeout

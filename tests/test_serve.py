@@ -150,6 +150,7 @@ def test_wrong_or_missing_token_is_401(server, headers):
     (json.dumps({"texts": ["x"] * 65}).encode(), 413, "--max-texts"),
     (json.dumps({"texts": ["x" * 6000]}).encode(), 413, "--max-text-chars"),
     (json.dumps({"texts": ["x " * 40_000]}).encode(), 413, "--max-body-mb"),
+    (b'{"texts": ' + b"[" * 5000 + b"]" * 5000 + b"}", 400, "not JSON"),  # nesting deeper than the parser goes
 ])
 def test_malformed_requests_get_one_line_4xx(server, body, status, says):
     with client(server) as c:
@@ -361,3 +362,93 @@ def test_an_encoder_that_dies_or_cannot_load_costs_one_batch_not_the_server(trai
         assert c.post("/score", json={"texts": [hit]}).json()["hits"] == 1  # hits need no model: still answered
         assert c.get("/health").status_code == 200
         assert s.stop() == 0
+
+
+def test_unknown_paths_and_methods_answer_json(server):
+    with client(server) as c:
+        r = c.get("/nope")
+        assert r.status_code == 404 and "/nope" in r.json()["error"]
+        r = c.get("/score")
+        assert r.status_code == 405 and "GET /score" in r.json()["error"]
+
+
+def test_a_body_that_never_arrives_gets_408_and_frees_its_slot(trained):
+    with ServerProcess("--head", trained / "h.pt", "--cache-dir", trained / "cache", "--no-write-back",
+                       "--body-timeout", "1") as s:
+        host, port = s.url.split("//")[1].rsplit(":", 1)
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 100\r\n\r\n{\"texts\"")
+            sock.settimeout(10)
+            answer = ""
+            while "}" not in answer:  # headers and body may come in two packets
+                chunk = sock.recv(4096).decode()
+                if not chunk:
+                    break
+                answer += chunk
+        assert answer.startswith("HTTP/1.1 408") and "--body-timeout" in answer
+
+
+@pytest.fixture(scope="module")
+def response_head(tmp_path_factory, tiny_opt_dir):
+    """A head that pools the response only (response_mean), trained on prompts joined to responses."""
+    d = tmp_path_factory.mktemp("rm")
+    data = write_pointwise_splits(d / "data", transform=lambda rows: [
+        {**r, "prompt": r["text"].split(". ")[0], "text": ". ".join(r["text"].split(". ")[1:])} for r in rows])
+    for split in ("train", "validation", "test"):
+        ok("embed", "--data", data, "--split", split, "--model", tiny_opt_dir, "--cache-dir", d / "cache",
+           "--pooling", "response_mean", "-q")
+    ok("fit-head", "--data", data, "--model", tiny_opt_dir, "--cache-dir", d / "cache", "--out", d / "h.pt",
+       "--solver", "lbfgs", "--pooling", "response_mean", "-q")
+    return d
+
+
+@pytest.mark.parametrize("write_back", [True, False])
+def test_one_text_split_two_ways_is_refused_not_answered_with_the_other_splits_score(response_head, tmp_path,
+                                                                                     write_back):
+    """Under a response-pooling head, "A" + "B\n\nC" and "A\n\nB" + "C" are one text (one key) whose
+    responses start elsewhere: the second must not get the first's score, from memory, the queue or
+    the store."""
+    shutil.copytree(response_head / "cache", tmp_path / "cache")
+    extra = [] if write_back else ["--no-write-back"]
+    with ServerProcess("--head", response_head / "h.pt", "--cache-dir", tmp_path / "cache", *extra) as s, \
+            httpx.Client(base_url=s.url, timeout=120) as c:
+        first = c.post("/score", json={"texts": ["B\n\nC"], "prompts": ["A"]})
+        assert first.status_code == 200 and first.json()["misses"] == 1
+        other = c.post("/score", json={"texts": ["C"], "prompts": ["A\n\nB"]})  # in memory (not yet in a shard)
+        assert other.status_code == 409 and "split" in other.json()["error"], other.text
+        both = c.post("/score", json={"texts": ["B\n\nC", "C"], "prompts": ["new A", "new A\n\nB"]})
+        assert both.status_code == 409  # within one request
+        again = c.post("/score", json={"texts": ["B\n\nC"], "prompts": ["A"]}).json()
+        assert again["scores"] == first.json()["scores"] and again["hits"] == 1  # the first split still answers
+        if write_back:
+            assert s.stop() == 0
+            with ServerProcess("--head", response_head / "h.pt", "--cache-dir", tmp_path / "cache") as s2, \
+                    httpx.Client(base_url=s2.url, timeout=120) as c2:  # now from the store
+                r = c2.post("/score", json={"texts": ["C"], "prompts": ["A\n\nB"]})
+                assert r.status_code == 409, r.text
+
+
+def test_write_back_that_fails_still_answers_then_exits_nonzero(trained, tmp_path):
+    """A store that cannot take a shard (here: files limited to 4 KiB) costs the write-back, not
+    the scores: misses are answered, /ready and /metrics say it, and the exit status says it."""
+    import resource
+
+    cache = fresh_cache(trained, tmp_path)
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    with ServerProcess("--head", trained / "h.pt", "--cache-dir", cache, "--token-file", trained / "token",
+                       preexec_fn=small_files) as s, client(s) as c:
+        r = c.post("/score", json={"texts": [f"a miss that cannot be stored {i}" for i in range(40)]})
+        assert r.status_code == 200 and r.json()["misses"] == 40
+        deadline = time.monotonic() + 30
+        while c.get("/ready").json()["write_back_error"] is None and time.monotonic() < deadline:
+            time.sleep(0.5)  # the idle flush (after 5 s) tries to write the shard
+        assert "could not write a shard" in c.get("/ready").json()["write_back_error"]
+        assert "orm_cache_write_back_failing 1.0" in c.get("/metrics").text
+        assert c.post("/score", json={"texts": ["a miss that cannot be stored 0"]}).json()["scores"] == \
+            r.json()["scores"][:1]  # remembered, not lost
+        code = s.stop()
+    assert code == 1 and any("write-back failed" in line for line in s.lines), s.lines[-5:]

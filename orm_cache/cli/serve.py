@@ -28,6 +28,10 @@ from .options import _opt, cache_option, quiet_option, setup_logging, store_opti
               help="Request body size.")
 @click.option("--max-queue", type=click.IntRange(min=1), default=8192, show_default=True,
               help="Miss texts waiting for the encoder; beyond it requests get 503 with Retry-After.")
+@click.option("--max-connections", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="Open connections at once; beyond it new ones get 503 (put a proxy in front of a public address).")
+@click.option("--body-timeout", type=click.FloatRange(min=0.01), default=30.0, show_default=True,
+              help="Seconds a request's body may take to arrive (then 408).")
 @click.option("--max-wait-ms", type=click.FloatRange(min=0), default=5.0, show_default=True,
               help="How long the encoder waits for other requests' misses to fill a batch.")
 @click.option("--max-batch-texts", type=click.IntRange(min=1), default=256, show_default=True,
@@ -41,7 +45,7 @@ from .options import _opt, cache_option, quiet_option, setup_logging, store_opti
 @click.option("--access-log", is_flag=True, help="Log every request (off: it costs time at high rates).")
 @quiet_option
 def serve(head_path, host, port, token_file, preload, no_write_back, max_texts, max_text_chars, max_body_mb,
-          max_queue, max_wait_ms, max_batch_texts, device, batch_tokens, store, feature, cache_dir, access_log, quiet):
+          max_queue, max_connections, body_timeout, max_wait_ms, max_batch_texts, device, batch_tokens, store, feature, cache_dir, access_log, quiet):
     """Serve a head's rewards over HTTP (Starlette on uvicorn) for RL trainers and search loops.
 
     Texts are built by the head's recipe, exactly as `orm-cache score` builds them, and scored
@@ -58,5 +62,7 @@ def serve(head_path, host, port, token_file, preload, no_write_back, max_texts, 
     token = load_token(token_file)
     cache_args = dict(head=head_path, cache_dir=cache_dir, device=device, batch_tokens=batch_tokens,
                       write_back=not no_write_back, store=store, feature=feature)
-    limits = Limits(int(max_body_mb * (1 << 20)), max_texts, max_text_chars, max_queue, max_wait_ms, max_batch_texts)
-    run(Service(cache_args, limits, token, preload), host, port, access_log, announce=lambda s: click.echo(s, err=True))
+    limits = Limits(int(max_body_mb * (1 << 20)), max_texts, max_text_chars, max_queue, max_wait_ms, max_batch_texts,
+                    body_timeout)
+    run(Service(cache_args, limits, token, preload), host, port, access_log, announce=lambda s: click.echo(s, err=True),
+        max_connections=max_connections)

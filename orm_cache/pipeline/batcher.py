@@ -41,7 +41,8 @@ def _resolve(fut: asyncio.Future, value, error: BaseException | None) -> None:
 class MissBatcher:
     def __init__(self, embedder, max_queue: int = 8192, max_wait: float = 0.005,
                  batch_texts: int = 256, idle_flush: float = 5.0,
-                 on_batch: Callable[[int, float], None] | None = None):
+                 on_batch: Callable[[int, float], None] | None = None,
+                 check_start: Callable[[str, object, object], None] = lambda key, start, known: None):
         self.embedder = embedder  # embed(Texts) -> scores; flush(), pending(), close()
         self.max_queue, self.max_wait, self.batch_texts = max_queue, max_wait, batch_texts
         self.idle_flush = idle_flush  # seconds idle before buffered vectors are written as a shard
@@ -49,6 +50,8 @@ class MissBatcher:
         self._cv = threading.Condition()
         self._queue: dict[str, tuple[str, int | None, bool]] = {}  # key -> (text, start, special), in order
         self._waiters: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Future]]] = {}
+        self._starts: dict[str, int | None] = {}  # key -> where its response starts, while it waits
+        self.check_start = check_start  # refuses one text asked for with two response starts
         self._closing = False
         self.embedded = 0
         self.error: BaseException | None = None  # the last failure of the encoder thread
@@ -69,11 +72,15 @@ class MissBatcher:
             if new and len(self._queue) + new > self.max_queue:
                 raise Overloaded(f"{len(self._queue):,} texts are waiting for the encoder (the limit is "
                                  f"{self.max_queue:,}, --max-queue)")
+            for i in idx:  # one text, one split: the same key from another request must start where it does
+                if t.keys[i] in self._starts:
+                    self.check_start(t.keys[i], t.starts[i], self._starts[t.keys[i]])
             futures = []
             for i in idx:
                 k = t.keys[i]
                 if k not in self._waiters:  # else: queued or being embedded for another request
                     self._waiters[k] = []
+                    self._starts[k] = t.starts[i]
                     self._queue[k] = (t.texts[i], t.starts[i], t.special[i])
                 fut = loop.create_future()
                 self._waiters[k].append((loop, fut))
@@ -119,6 +126,8 @@ class MissBatcher:
                 self.on_batch(len(t), time.perf_counter() - t0)
             with self._cv:
                 waiters = [self._waiters.pop(k, []) for k in t.keys]
+                for k in t.keys:
+                    self._starts.pop(k, None)
             for j, ws in enumerate(waiters):
                 value = None if scores is None else float(np.float32(scores[j]))
                 for loop, fut in ws:

@@ -59,7 +59,7 @@ def _child(conn, cache_args: dict) -> None:
             if not isinstance(e, UserError):
                 log.exception("the encoder process failed")
         out.update(loaded=cache.model_loaded, pending=cache.pending(), written=cache.written,
-                   durable=cache.take_durable())
+                   durable=cache.take_durable(), write_error=cache.write_error, dropped=cache.dropped)
         conn.send((kind, out))
         if msg[0] == "stop":
             return
@@ -73,6 +73,7 @@ class EncoderProcess:
     def __init__(self, cache: RewardCache, cache_args: dict):
         self.cache, self.cache_args = cache, cache_args
         self.loaded, self.written, self._pending = False, 0, 0
+        self.write_error, self.dropped = None, 0
         self._lock = threading.Lock()  # one request at a time on the pipe
         self._start()
 
@@ -95,8 +96,9 @@ class EncoderProcess:
                 raise EncoderFailed(f"the encoder process died (exit status {code}); this batch was not scored and "
                                     "its unwritten vectors are lost; a new encoder process starts") from e
         self.loaded, self._pending, self.written = out["loaded"], out["pending"], out["written"]
+        self.write_error, self.dropped = out["write_error"], out["dropped"]
         if msg[0] == "embed" and kind == "ok":
-            self.cache.remember(list(msg[1]), out["scores"])  # before settling: a flush may include this batch
+            self.cache.remember(list(msg[1]), out["scores"], list(msg[3]))  # before settling: a flush may hold them
         if out["durable"]:
             self.cache.settled(out["durable"])
         if kind == "error":

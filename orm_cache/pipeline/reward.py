@@ -20,6 +20,7 @@ or remote (a server URL and its token)::
 from __future__ import annotations
 
 import atexit
+import itertools
 import logging
 import os
 import threading
@@ -71,9 +72,12 @@ class RewardCache:
         self.fresh_limit = fresh_limit
         self._lock = threading.RLock()  # the store and _fresh
         self._write_lock = threading.Lock()  # the writer and _buffered
-        self._fresh: dict[str, float] = {}  # embedded here, not yet in a readable shard: key -> score
+        self._fresh: dict[str, tuple[float, int | None]] = {}  # embedded, not yet in a readable shard: key -> (score, start)
         self._buffered: list[str] = []  # keys the writer holds, not yet in a shard
         self.durable: list[str] = []  # keys written into shards, not yet reported (take_durable)
+        self.write_error: str | None = None  # why the last write-back failed (None: it did not)
+        self.dropped = 0  # vectors given up after write-back kept failing
+        self.pools_response = "response_mean@" in self.head.feature
         self._writer = None
         self.written = 0  # rows in shards this process wrote
 
@@ -123,6 +127,21 @@ class RewardCache:
         return self._texts([self.builder.build(t, None, f"query {i}", "query") for i, t in enumerate(texts)])
 
     # -- scores ----------------------------------------------------------------------------------
+    def check_start(self, key: str, start, known) -> None:
+        """Refuse a text whose response starts elsewhere than where the same text's (same key's)
+        known vector was pooled from (``known``): under a response-pooling head its key would name
+        another text's vector (a :class:`ResponseStartConflict`, as the store refuses it)."""
+        if self.pools_response and start != known:
+            from .vectors import ResponseStartConflict
+
+            def shown(x):
+                return "unknown" if x is None else f"character {x}"
+
+            raise ResponseStartConflict(
+                f"key {key[:16]}…: the same text split into prompt and response another way (response at "
+                f"{shown(start)} here, {shown(known)} in the vector just pooled); {self.head.feature} pools the "
+                "response only, so one text can have one split")
+
     def lookup(self, t: Texts) -> tuple[np.ndarray, list[int]]:
         """``(N,)`` float32 scores of the texts the store (or this process's recent misses) holds,
         NaN elsewhere, and the indices of the rest (each distinct key once: its first index)."""
@@ -130,22 +149,26 @@ class RewardCache:
         with self._lock:
             rest = []
             for i, k in enumerate(t.keys):
-                s = self._fresh.get(k)
-                if s is None:
+                got = self._fresh.get(k)
+                if got is None:
                     rest.append(i)
                 else:
-                    scores[i] = s
+                    self.check_start(k, t.starts[i], got[1])
+                    scores[i] = got[0]
             missing = set(self.store.missing([t.keys[i] for i in rest], self.parts)) if rest else set()
             hit = [i for i in rest if t.keys[i] not in missing]
             if hit:
                 scores[hit] = self.rescorer.stored_scores([t.keys[i] for i in hit],
                                                           {t.keys[i]: t.starts[i] for i in hit})
-        first, seen = [], set()
+        first, seen = [], {}
         for i in rest:
             k = t.keys[i]
-            if k in missing and k not in seen:
-                seen.add(k)
-                first.append(i)
+            if k in missing:
+                if k in seen:
+                    self.check_start(k, t.starts[i], t.starts[seen[k]])
+                else:
+                    seen[k] = i
+                    first.append(i)
         return scores, first
 
     def embed(self, t: Texts) -> np.ndarray:
@@ -164,14 +187,35 @@ class RewardCache:
             X = np.concatenate([vectors[c] for c in self.parts], axis=1).astype(np.float32)  # (B, D), exact
             scores[b] = self.head.score(X)
             keys = [t.keys[i] for i in b]
-            self.remember(keys, scores[b])
+            self.remember(keys, scores[b], [t.starts[i] for i in b])
             if self.write_back:
                 with self._write_lock:  # a shard may be written now: readers (self._lock) go on meanwhile
-                    self._writer_for(encoder, vectors).add(keys, n_tokens[b], truncated[b], vectors, recomputed,
-                                                           [t.starts[i] for i in b])
+                    writer = self._writer_for(encoder, vectors)
                     self._buffered.extend(keys)
-                    self._after_write()
+                    self._writing(lambda: writer.add(keys, n_tokens[b], truncated[b], vectors, recomputed,
+                                                     [t.starts[i] for i in b]))
         return scores
+
+    def _writing(self, write) -> None:
+        """(Under the write lock.) ``write()`` (an add that may write a shard, or a flush); a shard
+        that cannot be written does not fail the scores: the error is kept (``write_error``), the
+        vectors stay buffered for the next try, and beyond ``8 x shard_rows`` of them the oldest
+        are dropped (they are embedded again when next asked for)."""
+        from ..errors import StoreError
+
+        try:
+            write()
+        except StoreError as e:
+            if self.write_error is None:
+                log.error("write-back failed, scores are still answered: %s", e)
+            self.write_error = str(e).splitlines()[0]
+            if self._writer.buffered > 8 * self.shard_rows:
+                self.dropped += self._writer.buffered
+                self._writer._reset()
+                self._buffered = []
+            return
+        self.write_error = None
+        self._after_write()
 
     def score(self, t: Texts) -> np.ndarray:
         """``(N,)`` scores: hits from the store, misses embedded now (in this thread)."""
@@ -206,13 +250,14 @@ class RewardCache:
             self._buffered = []
             self.written = self._writer.rows_written
 
-    def remember(self, keys: list[str], scores) -> None:
-        """Scores of texts just embedded, answered from memory until their shard is readable
-        (:meth:`settled`); without write-back, the most recent ``fresh_limit`` of them."""
+    def remember(self, keys: list[str], scores, starts: list) -> None:
+        """Scores of texts just embedded (and where their responses start), answered from memory
+        until their shard is readable (:meth:`settled`); at most the ``fresh_limit`` most recent
+        (an older one is embedded again if asked for before its shard is readable)."""
         with self._lock:
-            self._fresh.update(zip(keys, np.asarray(scores, dtype=np.float32).tolist()))
-            if not self.write_back and len(self._fresh) > self.fresh_limit:
-                for k in list(self._fresh)[: len(self._fresh) - self.fresh_limit]:
+            self._fresh.update(zip(keys, zip(np.asarray(scores, dtype=np.float32).tolist(), starts)))
+            if len(self._fresh) > self.fresh_limit:
+                for k in list(itertools.islice(self._fresh, len(self._fresh) - self.fresh_limit)):
                     del self._fresh[k]
 
     def settled(self, keys: list[str]) -> None:
@@ -233,8 +278,7 @@ class RewardCache:
         the rows written so far."""
         with self._write_lock:
             if self._writer is not None:
-                self._writer.flush()
-                self._after_write()
+                self._writing(self._writer.flush)
             return self.written
 
     def pending(self) -> int:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import DataError, RecipeError, UserError
+from ..errors import DataError, RecipeError, StoreError, UserError
 from .batcher import MissBatcher, Overloaded
 from .reward import RewardCache, Texts
 
@@ -45,6 +45,7 @@ class Limits:
     max_queue: int = 8192  # miss texts waiting for the encoder, all requests together
     max_wait_ms: float = 5.0  # how long the encoder waits for a batch to fill
     batch_texts: int = 256  # texts per encoder call (then split by the token budget)
+    body_seconds: float = 30.0  # a request's body must arrive within this (a slow client holds no slot for ever)
 
 
 class HTTPError(Exception):
@@ -73,6 +74,8 @@ class Metrics:
         self.queue = Gauge("orm_cache_queue_depth", "Miss texts waiting for the encoder", registry=r)
         self.queue.set_function(batcher_depth)
         self.written = Gauge("orm_cache_written_back_rows", "Vectors this server wrote back to the store", registry=r)
+        self.failing = Gauge("orm_cache_write_back_failing", "1 while the last write-back failed (scores are still "
+                             "answered; /ready says why)", registry=r)
         self.loaded = Gauge("orm_cache_model_loaded", "1 once the encoder is loaded (after the first miss)",
                             registry=r)
 
@@ -95,19 +98,26 @@ def _check_auth(request, token: str | None) -> None:
                         {"WWW-Authenticate": "Bearer"})
 
 
-async def _read_json(request, limit: int) -> dict:
+async def _read_json(request, limit: int, seconds: float = 30.0) -> dict:
     size = request.headers.get("content-length")
     if size is not None and (not size.isdigit() or int(size) > limit):
         raise HTTPError(413, f"the body has {size} bytes; the limit is {limit:,} (--max-body-mb)")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise HTTPError(413, f"the body exceeds the limit of {limit:,} bytes (--max-body-mb)")
+
+    async def read():
+        async for chunk in request.stream():
+            body.extend(chunk)
+            if len(body) > limit:
+                raise HTTPError(413, f"the body exceeds the limit of {limit:,} bytes (--max-body-mb)")
+
+    try:
+        await asyncio.wait_for(read(), seconds)
+    except asyncio.TimeoutError:
+        raise HTTPError(408, f"the body did not arrive within {seconds:g} s (--body-timeout)") from None
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise HTTPError(400, f"the body is not JSON: {e}") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise HTTPError(400, f"the body is not JSON: {str(e)[:200]}") from None
     if not isinstance(data, dict):
         raise HTTPError(400, f"the body must be a JSON object, got {type(data).__name__}")
     return data
@@ -143,7 +153,10 @@ class Service:
 
         self.embedder = EncoderProcess(self.cache, self.cache_args) if self.encoder_process else self.cache
         self.batcher = MissBatcher(self.embedder, self.limits.max_queue, self.limits.max_wait_ms / 1000,
-                                   self.limits.batch_texts, on_batch=self.on_batch)
+                                   self.limits.batch_texts, on_batch=self.on_batch,
+                                   check_start=self.cache.check_start)
+        self.metrics.written.set_function(lambda: self.embedder.written)
+        self.metrics.failing.set_function(lambda: 1.0 if self.write_error else 0.0)
 
     @property
     def model_loaded(self) -> bool:
@@ -153,13 +166,14 @@ class Service:
     def on_batch(self, n: int, seconds: float) -> None:
         self.metrics.on_batch(n, seconds)
         self.metrics.loaded.set(1.0 if self.model_loaded else 0.0)
-        self.metrics.written.set(self.embedder.written)
 
     def stop(self) -> int:
         self.ready = False
-        written = self.batcher.close() if self.batcher else 0
-        self.metrics.written.set(written)
-        return written
+        return self.batcher.close() if self.batcher else 0
+
+    @property
+    def write_error(self) -> str | None:
+        return getattr(self.embedder, "write_error", None)
 
     def check_size(self, n: int, what: str) -> None:
         if n > self.limits.max_texts:
@@ -206,7 +220,11 @@ def _texts_of(service: Service, data: dict) -> Texts:
 def create_app(service: Service):
     """The Starlette application of ``service``."""
     from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+    from starlette.requests import ClientDisconnect
     from starlette.responses import JSONResponse, Response
+
+    from .vectors import ResponseStartConflict
     from starlette.routing import Route
 
     m = service.metrics
@@ -225,6 +243,10 @@ def create_app(service: Service):
                     response = JSONResponse({"error": f"overloaded: {e}; retry later"}, 503, {"Retry-After": "1"})
                 except (DataError, RecipeError, TypeError) as e:  # a request the recipe cannot take: the caller's
                     response = JSONResponse({"error": _line(e)}, 400)
+                except ResponseStartConflict as e:  # one text, split two ways: the caller's, and the store's state
+                    response = JSONResponse({"error": _line(e)}, 409)
+                except ClientDisconnect:  # gone before its body arrived: no one to answer (nginx's 499)
+                    response = JSONResponse({"error": "client disconnected"}, 499)
                 except UserError as e:  # the encoder, the store or the head failed: ours, in one line
                     log.error("%s: %s", path, _line(e))
                     response = JSONResponse({"error": _line(e)}, 500)
@@ -241,12 +263,12 @@ def create_app(service: Service):
     lim = service.limits
 
     async def score(request):
-        t = _texts_of(service, await _read_json(request, lim.max_body_bytes))
+        t = _texts_of(service, await _read_json(request, lim.max_body_bytes, lim.body_seconds))
         s, hit = await service.scores(t)
         return JSONResponse({"scores": s.tolist(), "hits": int(hit.sum()), "misses": int((~hit).sum())})
 
     async def rank(request):
-        data = await _read_json(request, lim.max_body_bytes)
+        data = await _read_json(request, lim.max_body_bytes, lim.body_seconds)
         _fields(data, {"prompt", "candidates"}, "/rank")
         candidates, prompt = data.get("candidates"), data.get("prompt")
         if not isinstance(candidates, list) or not candidates:
@@ -259,7 +281,7 @@ def create_app(service: Service):
                              "hits": int(hit.sum()), "misses": int((~hit).sum())})
 
     async def get_reward(request):
-        data = await _read_json(request, lim.max_body_bytes)
+        data = await _read_json(request, lim.max_body_bytes, lim.body_seconds)
         _fields(data, {"query", "prompts", "labels"}, "/get_reward")
         query = data.get("query")
         if not isinstance(query, list):
@@ -269,6 +291,10 @@ def create_app(service: Service):
         rewards = s.tolist()
         return JSONResponse({"rewards": rewards, "scores": rewards, "extra_logs": {"cache_hit": hit.astype(float).tolist()}})
 
+    async def not_found(request, exc):
+        return JSONResponse({"error": f"{request.method} {request.url.path}: {exc.detail}"}, exc.status_code,
+                            getattr(exc, "headers", None))
+
     async def health(request):
         return JSONResponse({"status": "ok"})
 
@@ -276,7 +302,7 @@ def create_app(service: Service):
         if not service.ready:
             return JSONResponse({"ready": False}, 503, {"Retry-After": "1"})
         return JSONResponse({"ready": True, "model_loaded": service.model_loaded,
-                             "queue_depth": service.batcher.depth()})
+                             "queue_depth": service.batcher.depth(), "write_back_error": service.write_error})
 
     async def metrics(request):
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -308,7 +334,7 @@ def create_app(service: Service):
     routes = [route("/score")(score), route("/rank")(rank), route("/get_reward")(get_reward),
               route("/health", "GET", auth=False)(health), route("/ready", "GET", auth=False)(ready),
               route("/metrics", "GET")(metrics), route("/", "GET")(info)]
-    return Starlette(routes=routes, lifespan=lifespan)
+    return Starlette(routes=routes, lifespan=lifespan, exception_handlers={StarletteHTTPException: not_found})
 
 
 def load_token(token_file: str | None) -> str | None:
@@ -340,8 +366,9 @@ def is_loopback(host: str) -> bool:
 
 
 def run(service: Service, host: str = "127.0.0.1", port: int = 8000, access_log: bool = False,
-        announce=print) -> None:
-    """Serve until SIGTERM or SIGINT: stop accepting, answer what is in flight, write back, return."""
+        announce=print, max_connections: int = 1024) -> None:
+    """Serve until SIGTERM or SIGINT: stop accepting, answer what is in flight, write back, return;
+    a StoreError when vectors it answered could not be written back."""
     import signal
     import socket
 
@@ -370,7 +397,7 @@ def run(service: Service, host: str = "127.0.0.1", port: int = 8000, access_log:
         raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     bound = sock.getsockname()
     config = uvicorn.Config(create_app(service), log_level="warning", access_log=access_log, lifespan="on",
-                            timeout_graceful_shutdown=60, limit_concurrency=4096)
+                            timeout_graceful_shutdown=60, limit_concurrency=max_connections)
     server = uvicorn.Server(config)
     # uvicorn re-raises the signal that stopped it once it is done; with these handlers that is a
     # no-op, so a SIGTERM'd server that shut down cleanly exits 0
@@ -383,3 +410,6 @@ def run(service: Service, host: str = "127.0.0.1", port: int = 8000, access_log:
         f"{len(c.store):,} vectors; token {'required' if service.token else 'not required (loopback only)'}; "
         f"model {'loaded' if service.model_loaded else 'loaded on the first miss'}; SIGTERM or Ctrl-C stops it)")
     server.run(sockets=[sock])
+    if service.write_error:
+        raise StoreError(f"write-back failed ({service.write_error}); the vectors not written are embedded again "
+                         "when next asked for")

@@ -74,6 +74,11 @@ def embed_command(data_spec, encoder, cache_dir, feature: str | None = None) -> 
     return shlex.join(cmd + ["--cache-dir", str(cache_dir)])
 
 
+class ResponseStartConflict(StoreError):
+    """A text whose response_mean vector was pooled from another response start (the same text
+    split into prompt and response another way): its key names a vector that is not its own."""
+
+
 def check_response_starts(store: VectorStore, gids: np.ndarray, keys: list[str], starts: dict,
                           feature: str, where: str = "") -> None:
     """For a ``response_mean`` feature: the response of each text (``keys``, at global rows
@@ -101,7 +106,7 @@ def check_response_starts(store: VectorStore, gids: np.ndarray, keys: list[str],
             return "unknown" if s == UNKNOWN_START else f"character {s}"
 
         i = int(bad[0])
-        raise StoreError(f"{len(bad):,} of {len(keys):,} texts{where} have their response elsewhere than when their "
+        raise ResponseStartConflict(f"{len(bad):,} of {len(keys):,} texts{where} have their response elsewhere than when their "
                          f"{feature} vectors were pooled (first: key {keys[i][:16]}…, response at "
                          f"{shown(int(wanted[i]))} here, {shown(int(stored[i]))} in the store: the same text split "
                          "into prompt and response another way); embed this data into another --cache-dir")
