@@ -1,6 +1,7 @@
 """torchrun: 2 CPU processes (gloo) write one store with exactly the keys of a 1-process run."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -26,9 +27,15 @@ def test_two_gloo_ranks_equal_one_process(tiny_opt_dir, tmp_path):
     one = subprocess.run([sys.executable, "-m", "orm_cache", *common, "--cache-dir", str(tmp_path / "one")],
                          capture_output=True, text=True, env=env)
     assert one.returncode == 0, one.stderr
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                          "-m", "orm_cache", *common, "--cache-dir", str(tmp_path / "two")],
-                         capture_output=True, text=True, env=env, timeout=300)
+    for attempt in range(2):
+        shutil.rmtree(tmp_path / "two", ignore_errors=True)
+        two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                              "-m", "orm_cache", *common, "--cache-dir", str(tmp_path / "two")],
+                             capture_output=True, text=True, env=env, timeout=300)
+        # torch's gloo has (rarely, on a loaded machine) aborted a rank while tearing its threads down,
+        # after the work; that crash is torch's, so it gets one more run, and anything else fails at once
+        if two.returncode == 0 or "terminate called without an active exception" not in two.stderr:
+            break
     assert two.returncode == 0, two.stderr[-3000:]
     assert "over 2 ranks" in two.stdout and two.stdout.count("store:") == 1  # rank 0 alone prints
     a, b = _store(tmp_path / "one"), _store(tmp_path / "two")

@@ -115,6 +115,9 @@ def test_openrlhf_protocol_as_its_client_sends_it(server, trained):
         expected = c.post("/score", json={"texts": data["query"]}).json()["scores"]
     assert body["rewards"] == body["scores"] == expected
     assert body["extra_logs"]["cache_hit"] == [1.0] * 4
+    bad = requests.post(server.url + "/get_reward", json={"query": ["q"], "prompts": [1]},
+                        headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
+    assert bad.status_code == 400 and "prompts" in bad.json()["error"]
 
 
 def test_rank_orders_candidates_best_first(server, trained):
@@ -419,6 +422,9 @@ def test_one_text_split_two_ways_is_refused_not_answered_with_the_other_splits_s
         assert other.status_code == 409 and "split" in other.json()["error"], other.text
         both = c.post("/score", json={"texts": ["B\n\nC", "C"], "prompts": ["new A", "new A\n\nB"]})
         assert both.status_code == 409  # within one request
+        for none in (None, ""):  # an empty prompt is no prompt: where the response starts is not known
+            r = c.post("/score", json={"texts": ["a bare text"], "prompts": [none]})
+            assert r.status_code == 400 and "no prompt" in r.json()["error"], r.text
         again = c.post("/score", json={"texts": ["B\n\nC"], "prompts": ["A"]}).json()
         assert again["scores"] == first.json()["scores"] and again["hits"] == 1  # the first split still answers
         if write_back:

@@ -39,6 +39,7 @@ def process_group(device: str):
     dist.init_process_group(backend=backend)
     try:
         yield dist
+        dist.barrier()  # every rank done with the last collective before any tears the group down
     finally:
         dist.destroy_process_group()
 

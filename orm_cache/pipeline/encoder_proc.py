@@ -93,8 +93,9 @@ class EncoderProcess:
                 self._proc.join(5)
                 code = self._proc.exitcode
                 self._start()  # a fresh one for the next batch
-                raise EncoderFailed(f"the encoder process died (exit status {code}); this batch was not scored and "
-                                    "its unwritten vectors are lost; a new encoder process starts") from e
+                raise EncoderFailed(f"the encoder process died (exit status {code}); this batch was not scored, and "
+                                    "the vectors it had not yet written are not in the store (answered from memory "
+                                    "here, embedded again elsewhere); a new encoder process starts") from e
         self.loaded, self._pending, self.written = out["loaded"], out["pending"], out["written"]
         self.write_error, self.dropped = out["write_error"], out["dropped"]
         if msg[0] == "embed" and kind == "ok":

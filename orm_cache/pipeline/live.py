@@ -148,7 +148,7 @@ def build_texts(builder: TextBuilder, head: Head, responses, prompts=None,
     if pooled and "response_mean@" in head.feature and (head.recipe or {}).get("prompt_col"):
         # a string with no prompt is taken whole, but this head's texts joined prompts: the same string
         # could be a prompt + response, whose response starts elsewhere (another vector under one key)
-        bare = [i for i, (r, p) in enumerate(zip(responses, prompts)) if isinstance(r, str) and p is None]
+        bare = [i for i, (r, p) in enumerate(zip(responses, prompts)) if isinstance(r, str) and not p]  # None or ""
         if bare:
             raise DataError(f"text {bare[0]}: no prompt, but this head pools the response only "
                             f"({head.feature}) and was trained on prompts joined to responses; give its "

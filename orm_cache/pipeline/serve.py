@@ -165,9 +165,13 @@ def create_app(service: Service):
     async def get_reward(request):
         data = await _read_json(request, lim.max_body_bytes, lim.body_seconds)
         _fields(data, {"query", "prompts", "labels"}, "/get_reward")
-        query = data.get("query")
+        query, prompts = data.get("query"), data.get("prompts")
         if not isinstance(query, list):
             raise HTTPError(400, "/get_reward takes {\"query\": [text, ...]} (OpenRLHF's remote reward protocol)")
+        if prompts is not None and (not isinstance(prompts, list) or len(prompts) != len(query)
+                                    or not all(p is None or isinstance(p, str) for p in prompts)):
+            raise HTTPError(400, "/get_reward: prompts, when sent, must be one string (or null) per query; "
+                                 "they are not needed (each query is scored whole)")
         service.check_size(len(query), "queries")
         s, hit = await service.scores(service.cache.whole(query))
         rewards = s.tolist()
