@@ -184,6 +184,20 @@ def check_writable(directory) -> None:
                          "give a writable --cache-dir")
 
 
+def open_writer(cache_dir, encoder, vectors: dict, shard_rows: int, flush_seconds: float) -> ShardWriter:
+    """A writer of ``encoder``'s store under ``cache_dir`` for the columns of ``vectors`` (one
+    batch's ``{column: (B, D)}``). The store (and its encoder.json) is made only now, at the
+    first vectors: a model that fails to load or run leaves no empty store behind for later
+    hints to advertise."""
+    dims = {v.shape[1] for v in vectors.values()}
+    if len(dims) != 1:
+        raise StoreError(f"columns have different widths {sorted(dims)}; store them separately")
+    fp = encoder.fingerprint
+    store = VectorStore.open(cache_dir, fp, encoder.identity, create=True, spec=encoder.spec_record)
+    return ShardWriter(store.dir, fp, encoder.identity, tuple(vectors), dims.pop(), encoder.vector_dtype,
+                       shard_rows, flush_seconds, spec=encoder.spec_record)
+
+
 def _digest(key: str):
     """What a key costs to remember: the 32 bytes of a sha256 hex key (a trace key), else itself."""
     if len(key) == 64 and key == key.lower():
@@ -263,15 +277,7 @@ def embed_texts(texts: Mapping[str, str] | Iterable[tuple], encoder, run: RunSpe
         for b, vectors, padded, recomputed in encode_batches(encoder, ids, n_tokens, budget, run.max_batch_size,
                                                              first):
             if writer is None:
-                dims = {v.shape[1] for v in vectors.values()}
-                if len(dims) != 1:
-                    raise StoreError(f"columns have different widths {sorted(dims)}; store them separately")
-                # the store (and its encoder.json) is made only now: a model that fails to load or
-                # run leaves no empty store behind for later hints to advertise
-                VectorStore.open(run.cache_dir, fp, encoder.identity, create=True, spec=encoder.spec_record)
-                writer = ShardWriter(store.dir, fp, encoder.identity, tuple(vectors), dims.pop(),
-                                     encoder.vector_dtype, run.shard_rows, run.flush_seconds,
-                                     spec=encoder.spec_record)
+                writer = open_writer(run.cache_dir, encoder, vectors, run.shard_rows, run.flush_seconds)
             writer.add([chunk[i][0] for i in b], n_tokens[b], truncated[b], vectors, recomputed,
                        [starts[i] for i in b])
             if encoder.pools_response:

@@ -72,7 +72,7 @@ class EncoderProcess:
 
     def __init__(self, cache: RewardCache, cache_args: dict):
         self.cache, self.cache_args = cache, cache_args
-        self.loaded, self.written, self._pending = False, 0, 0
+        self.model_loaded, self.written, self._pending = False, 0, 0
         self.write_error, self.dropped = None, 0
         self._lock = threading.Lock()  # one request at a time on the pipe
         self._start()
@@ -96,7 +96,7 @@ class EncoderProcess:
                 raise EncoderFailed(f"the encoder process died (exit status {code}); this batch was not scored, and "
                                     "the vectors it had not yet written are not in the store (answered from memory "
                                     "here, embedded again elsewhere); a new encoder process starts") from e
-        self.loaded, self._pending, self.written = out["loaded"], out["pending"], out["written"]
+        self.model_loaded, self._pending, self.written = out["loaded"], out["pending"], out["written"]
         self.write_error, self.dropped = out["write_error"], out["dropped"]
         if msg[0] == "embed" and kind == "ok":
             self.cache.remember(list(msg[1]), out["scores"], list(msg[3]))  # before settling: a flush may hold them

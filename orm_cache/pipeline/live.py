@@ -90,11 +90,10 @@ class LiveScorer:
         max_batch = 1 if one_at_a_time else self.max_batch_size
         if special_tokens is None:
             special_tokens = self.builder.special_tokens if self.builder.recipe.kind != "auto" else True
-        if starts is not None and None in starts and "response_mean@" in self.head.feature:
-            i = list(starts).index(None)
-            raise DataError(f"text {i}: where its response starts is not known (a string the chat recipe takes as "
-                             f"already rendered), and this head's feature {self.head.feature} pools the response "
-                             "only; give the prompt and the response separately (or the conversation)")
+        if starts is not None:
+            from .vectors import check_known_starts
+
+            check_known_starts(starts, self.head.feature, "a string the chat recipe takes as already rendered")
         return encode_texts(self.encoder, list(texts), self.head.feature, self.batch_tokens, max_batch, starts,
                             special_tokens)
 

@@ -92,11 +92,9 @@ class RewardCache:
 
     # -- texts -----------------------------------------------------------------------------------
     def _texts(self, built: list[tuple[str, int | None]]) -> Texts:
-        if "response_mean@" in self.head.feature and any(s is None for _, s in built):
-            i = [s for _, s in built].index(None)
-            raise DataError(f"text {i}: where its response starts is not known (a text given whole), and this head's "
-                            f"feature {self.head.feature} pools the response only; give the prompt and the "
-                            "response separately (or the conversation)")
+        from .vectors import check_known_starts
+
+        check_known_starts([s for _, s in built], self.head.feature, "a text given whole")
         special = self.builder.special_tokens
         texts = [t for t, _ in built]
         return Texts([self.builder.key(t) for t in texts], texts, [s for _, s in built], [special] * len(texts))
@@ -132,15 +130,12 @@ class RewardCache:
         known vector was pooled from (``known``): under a response-pooling head its key would name
         another text's vector (a :class:`ResponseStartConflict`, as the store refuses it)."""
         if self.pools_response and start != known:
-            from .vectors import ResponseStartConflict
-
-            def shown(x):
-                return "unknown" if x is None else f"character {x}"
+            from .vectors import ResponseStartConflict, describe_start
 
             raise ResponseStartConflict(
                 f"key {key[:16]}…: the same text split into prompt and response another way (response at "
-                f"{shown(start)} here, {shown(known)} in the vector just pooled); {self.head.feature} pools the "
-                "response only, so one text can have one split")
+                f"{describe_start(start)} here, {describe_start(known)} in the vector just pooled); "
+                f"{self.head.feature} pools the response only, so one text can have one split")
 
     def lookup(self, t: Texts) -> tuple[np.ndarray, list[int]]:
         """``(N,)`` float32 scores of the texts the store (or this process's recent misses) holds,
@@ -231,14 +226,9 @@ class RewardCache:
     # -- write-back ------------------------------------------------------------------------------
     def _writer_for(self, encoder, vectors):
         if self._writer is None:
-            from ..store import VectorStore
-            from ..store.writer import ShardWriter
+            from ..encode.embedder import open_writer
 
-            fp = encoder.fingerprint
-            VectorStore.open(self.rescorer.cache_dir, fp, encoder.identity, create=True, spec=encoder.spec_record)
-            self._writer = ShardWriter(self.store.dir, fp, encoder.identity, tuple(vectors),
-                                       next(iter(vectors.values())).shape[1], encoder.vector_dtype,
-                                       self.shard_rows, self.flush_seconds, spec=encoder.spec_record)
+            self._writer = open_writer(self.rescorer.cache_dir, encoder, vectors, self.shard_rows, self.flush_seconds)
         return self._writer
 
     def _after_write(self) -> None:

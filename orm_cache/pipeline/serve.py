@@ -208,7 +208,6 @@ def create_app(service: Service):
         service.start()
         if service.preload:
             await asyncio.get_running_loop().run_in_executor(None, service.embedder.load)
-            m.loaded.set(1.0)
         service.ready = True
         service.announce()  # once it answers: the model is loaded first with --preload
         try:

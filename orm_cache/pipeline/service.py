@@ -63,16 +63,14 @@ class Metrics:
 class Service:
     """What the routes share: the cache, the batcher, the limits, the token and the metrics."""
 
-    def __init__(self, cache_args: dict, limits: Limits, token: str | None, preload: bool = False,
-                 encoder_process: bool = True):
-        """``cache_args``: :class:`RewardCache`'s arguments (head, cache_dir, device, …);
-        ``encoder_process``: embed misses in a child process (else in a thread of this one)."""
+    def __init__(self, cache_args: dict, limits: Limits, token: str | None, preload: bool = False):
+        """``cache_args``: :class:`RewardCache`'s arguments (head, cache_dir, device, …), for this
+        process's cache (hits) and the encoder process's (misses)."""
         self.cache_args, self.limits, self.token, self.preload = cache_args, limits, token, preload
         self.cache = RewardCache(**cache_args)  # answers hits; texts are built here
         # other writers' shards (embed, replicas) are looked for at most once a second, not on every
         # request with a miss; this server's own are opened as the encoder process reports them
         self.cache.store.relist_seconds = 1.0
-        self.encoder_process = encoder_process
         self.embedder = None
         self.batcher: MissBatcher | None = None
         self.metrics = Metrics(lambda: self.batcher.depth() if self.batcher else 0)
@@ -82,21 +80,17 @@ class Service:
     def start(self) -> None:
         from .encoder_proc import EncoderProcess
 
-        self.embedder = EncoderProcess(self.cache, self.cache_args) if self.encoder_process else self.cache
+        self.embedder = EncoderProcess(self.cache, self.cache_args)
         self.batcher = MissBatcher(self.embedder, self.limits.max_queue, self.limits.max_wait_ms / 1000,
-                                   self.limits.batch_texts, on_batch=self.on_batch,
+                                   self.limits.batch_texts, on_batch=self.metrics.on_batch,
                                    check_start=self.cache.check_start)
         self.metrics.written.set_function(lambda: self.embedder.written)
         self.metrics.failing.set_function(lambda: 1.0 if self.write_error else 0.0)
+        self.metrics.loaded.set_function(lambda: 1.0 if self.model_loaded else 0.0)
 
     @property
     def model_loaded(self) -> bool:
-        e = self.embedder
-        return bool(e is not None and (e.loaded if hasattr(e, "loaded") else e.model_loaded))
-
-    def on_batch(self, n: int, seconds: float) -> None:
-        self.metrics.on_batch(n, seconds)
-        self.metrics.loaded.set(1.0 if self.model_loaded else 0.0)
+        return self.embedder is not None and self.embedder.model_loaded
 
     def stop(self) -> int:
         self.ready = False
@@ -104,7 +98,7 @@ class Service:
 
     @property
     def write_error(self) -> str | None:
-        return getattr(self.embedder, "write_error", None)
+        return self.embedder.write_error if self.embedder is not None else None
 
     def check_size(self, n: int, what: str) -> None:
         if n > self.limits.max_texts:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..data import SplitData
+from ..errors import DataError
 from ..store import StoreError, VectorStore
 from ..store.index import key_hashes
 from ..store.shards import RESPONSE_START, UNKNOWN_START
@@ -79,6 +80,21 @@ class ResponseStartConflict(StoreError):
     split into prompt and response another way): its key names a vector that is not its own."""
 
 
+def describe_start(s) -> str:
+    """Where a response starts, for messages: a character offset, or unknown (None or the stored marker)."""
+    return "unknown" if s is None or s == UNKNOWN_START else f"character {s}"
+
+
+def check_known_starts(starts, feature: str, why: str) -> None:
+    """Refuse texts whose response start is unknown (None; ``why`` says what such a text is)
+    under a ``feature`` that pools the response only: one line naming the first."""
+    if "response_mean@" in feature and None in starts:
+        i = list(starts).index(None)
+        raise DataError(f"text {i}: where its response starts is not known ({why}), and this head's feature "
+                        f"{feature} pools the response only; give the prompt and the response separately (or the "
+                        "conversation)")
+
+
 def check_response_starts(store: VectorStore, gids: np.ndarray, keys: list[str], starts: dict,
                           feature: str, where: str = "") -> None:
     """For a ``response_mean`` feature: the response of each text (``keys``, at global rows
@@ -102,13 +118,10 @@ def check_response_starts(store: VectorStore, gids: np.ndarray, keys: list[str],
     wanted = np.array([UNKNOWN_START if s is None else s for s in wanted], dtype=np.int64)  # (U,)
     bad = np.flatnonzero(stored != wanted)
     if len(bad):
-        def shown(s: int) -> str:
-            return "unknown" if s == UNKNOWN_START else f"character {s}"
-
         i = int(bad[0])
         raise ResponseStartConflict(f"{len(bad):,} of {len(keys):,} texts{where} have their response elsewhere than when their "
                          f"{feature} vectors were pooled (first: key {keys[i][:16]}…, response at "
-                         f"{shown(int(wanted[i]))} here, {shown(int(stored[i]))} in the store: the same text split "
+                         f"{describe_start(int(wanted[i]))} here, {describe_start(int(stored[i]))} in the store: the same text split "
                          "into prompt and response another way); embed this data into another --cache-dir")
 
 
