@@ -6,7 +6,7 @@ import click
 
 from ..config import EncoderSpec
 from .base import cli
-from .options import (_opt, cache_option, quiet_option,
+from .options import (_opt, answer_options, answer_source, cache_option, quiet_option,
                       rescore_options, setup_logging, _rescore_summary)
 
 
@@ -39,14 +39,18 @@ def score(head_path, input_path, output_path, text_col, messages_col, prompt_col
               help="Write only the best K per group [default: all rows, ranked].")
 @click.option("--label-col", default="label", show_default=True,
               help="When present (0/1), report best-of-N accuracy beside random and oracle.")
+@answer_options
 def rank(head_path, input_path, output_path, text_col, messages_col, prompt_col, template, chat_template,
          recipe_kind, override_recipe, store, feature, cache_dir, skip_invalid, device, batch_tokens, quiet, group_by, top_k,
-         label_col):
+         label_col, answer_col, answer_pattern, aggregate):
     """Best-of-N: order candidates within each group by score (rank 1 = best; ties share a rank).
 
-    With a label column, prints best-of-N accuracy (fractional credit 1/#tied when the best score
-    is shared, as RewardBench v2) beside random and oracle, and the best-of-N curve for N = 1..max
-    (expected value over random N-subsets of each group's candidates).
+    With --answer-col or --answer-pattern each candidate has a final answer and --aggregate
+    picks one per group (best, vote, weighted-vote): rows are ranked by their answer's weight,
+    then score, and get final_answer, group_answer, group_weight, group_share and aggregate.
+    With a label column, prints best-of-N accuracy (fractional credit when the pick is tied)
+    beside random and oracle, every aggregation's when answers are given, and the best-of-N
+    curve of the top-scored candidate for N = 1..max (docs/evaluation.md).
     """
     from ..pipeline.rescore import TextColumns, rank_file
 
@@ -54,15 +58,29 @@ def rank(head_path, input_path, output_path, text_col, messages_col, prompt_col,
     s = rank_file(head_path, input_path, output_path, group_by, top_k, cache_dir,
                   TextColumns(text_col, prompt_col, template, override_recipe, chat_template, messages_col, recipe_kind),
                   label_col or None, skip_invalid,
-                  device, batch_tokens, quiet, store, feature)
+                  device, batch_tokens, quiet, store, feature, answers=answer_source(answer_col, answer_pattern),
+                  aggregate=aggregate)
     _rescore_summary(s, "ranked")
-    click.echo(f"groups: {s.extra['groups']:,}")
-    if "best_of_n" in s.extra:
+    T = s.extra["temperature"]
+    rule = {"best": "the top-scored candidate", "vote": "the most frequent answer",
+            "weighted-vote": f"the answer with the largest sum of exp(score/T), T={T:.4g}"}[aggregate]
+    click.echo(f"groups: {s.extra['groups']:,}; pick per group: {aggregate} ({rule})")
+    if "answers" in s.extra:
+        a = s.extra["answers"]
+        click.echo(f"answers: {a['with_answer']:,} of {a['candidates']:,} candidates have one; "
+                   f"{a['without_answer']:,} without (each its own answer)")
+    if "best_of_n_answers" in s.extra:
+        b = s.extra["best_of_n_answers"]
+        click.echo("best-of-N accuracy: " + ", ".join(f"{k} {100 * b[k]:.1f}%" for k in
+                                                       ("best", "vote", "weighted-vote", "random", "oracle"))
+                   + f" (vote: majority, no scores; {b['weights']}; ties: fractional credit)")
+    elif "best_of_n" in s.extra:
         b = s.extra["best_of_n"]
         click.echo(f"best-of-N accuracy {100 * b['accuracy']:.1f}% (random {100 * b['random']:.1f}%, oracle "
                    f"{100 * b['oracle']:.1f}%; ties: fractional credit 1/#tied)")
+    if "best_of_n_curve" in s.extra:
         curve = "  ".join(f"N={c['n']}: {100 * c['accuracy']:.1f}%" for c in s.extra["best_of_n_curve"])
-        click.echo(f"best-of-N curve (expected over random subsets): {curve}")
+        click.echo(f"best-of-N curve of the top-scored candidate (expected over random subsets): {curve}")
 
 
 @cli.command("export", short_help="Write the encoder + head as a Hugging Face reward model directory.")

@@ -296,6 +296,36 @@ def rescore_options(f):
     )(f)
 
 
+def answer_options(f=None, aggregate: bool = True):
+    """--answer-col / --answer-pattern (and --aggregate): answer-aware best-of-N (docs/evaluation.md)."""
+    def deco(f):
+        opts = [
+            click.option("--answer-col", default=None, metavar="COL",
+                         help="Column holding each candidate's final answer (answer-aware best-of-N)."),
+            click.option("--answer-pattern", default=None, metavar="REGEX",
+                         help="Regex finding the final answer in each response: its last match, group 'answer' or "
+                              "the first group, e.g. '####\\s*(.+)'. No match: the candidate is its own answer."),
+        ]
+        if aggregate:
+            opts.append(click.option(
+                "--aggregate", type=click.Choice(["best", "vote", "weighted-vote"]), default="best", show_default=True,
+                help="Pick per group: the top-scored candidate; the most frequent answer; or the answer whose "
+                     "candidates' exp(score/T) sum highest (T: the head's calibration, else 1)."))
+        return _options(*opts)(f)
+    return deco(f) if f is not None else deco
+
+
+def answer_source(answer_col, answer_pattern):
+    """The AnswerSource of the two flags (None without either); both at once is a usage error."""
+    from ..evaluate.vote import AnswerSource
+
+    if answer_col and answer_pattern:
+        raise click.UsageError("give --answer-col or --answer-pattern, not both")
+    if not (answer_col or answer_pattern):
+        return None
+    return AnswerSource(answer_col or None, answer_pattern or None)
+
+
 def _rescore_summary(s, verb: str) -> None:
     click.echo(f"{verb} {s.rows:,} rows in {s.seconds:.2f}s ({s.rows_per_s:,.0f} rows/s): "
                f"{s.hits:,} distinct texts from the cache, {s.misses:,} embedded now"

@@ -42,10 +42,13 @@ from .options import _opt, cache_option, quiet_option, setup_logging, store_opti
 @store_option
 @click.option("--feature", default=None, help="Vector column [default: the head's].")
 @cache_option
+@click.option("--answer-pattern", default=None, metavar="REGEX",
+              help="Finds /rank candidates' final answers (last match; group 'answer' or the first) when a "
+                   "request sends no \"answers\", for \"aggregate\": \"vote\" or \"weighted-vote\".")
 @click.option("--access-log", is_flag=True, help="Log every request (off: it costs time at high rates).")
 @quiet_option
 def serve(head_path, host, port, token_file, preload, no_write_back, max_texts, max_text_chars, max_body_mb,
-          max_queue, max_connections, body_timeout, max_wait_ms, max_batch_texts, device, batch_tokens, store, feature, cache_dir, access_log, quiet):
+          max_queue, max_connections, body_timeout, max_wait_ms, max_batch_texts, device, batch_tokens, store, feature, cache_dir, answer_pattern, access_log, quiet):
     """Serve a head's rewards over HTTP (Starlette on uvicorn) for RL trainers and search loops.
 
     Texts are built by the head's recipe, exactly as `orm-cache score` builds them, and scored
@@ -60,9 +63,13 @@ def serve(head_path, host, port, token_file, preload, no_write_back, max_texts, 
 
     setup_logging(quiet)
     token = load_token(token_file)
+    if answer_pattern is not None:
+        from ..evaluate.vote import AnswerSource
+
+        AnswerSource(pattern=answer_pattern)  # a bad regex is refused at start
     cache_args = dict(head=head_path, cache_dir=cache_dir, device=device, batch_tokens=batch_tokens,
                       write_back=not no_write_back, store=store, feature=feature)
     limits = Limits(int(max_body_mb * (1 << 20)), max_texts, max_text_chars, max_queue, max_wait_ms, max_batch_texts,
                     body_timeout)
-    run(Service(cache_args, limits, token, preload), host, port, access_log, announce=lambda s: click.echo(s, err=True),
+    run(Service(cache_args, limits, token, preload, answer_pattern), host, port, access_log, announce=lambda s: click.echo(s, err=True),
         max_connections=max_connections)

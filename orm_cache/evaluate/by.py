@@ -70,9 +70,12 @@ def check_columns(data, columns, group_col: str = "group") -> None:
 
 
 def by_column(data, column: str, margins: np.ndarray, row_scores: np.ndarray | None = None,
-              n_boot: int = 1000, ci: float = 0.9, seed: int = 0) -> dict:
+              n_boot: int = 1000, ci: float = 0.9, seed: int = 0, credits: dict | None = None,
+              groups_idx=None) -> dict:
     """The metrics of one ``--by`` column: ``pairs`` per pair value (all of them, largest first)
-    and, for pointwise data, ``traces`` per trace value (``row_scores``: one score per row)."""
+    and, for pointwise data, ``traces`` per trace value (``row_scores``: one score per row) and,
+    when the value is the same for every trace of a group, ``best_of_n`` per value (``credits``:
+    each best-of-N rule's credit per group of ``groups_idx``, :func:`.vote.group_credits`)."""
     check_columns(data, [column])
     pairs = data.pairs
     out = {"column": column}
@@ -92,6 +95,14 @@ def by_column(data, column: str, margins: np.ndarray, row_scores: np.ndarray | N
             g["chosen"], g["rejected"] = side[g["value"]]
         if row_scores is not None:
             out["traces"] = M.pointwise_by(row_scores, data.labels, trace)
+        if credits is not None:
+            from .vote import best_of_n_by, group_values
+
+            per_group = group_values(trace, groups_idx)
+            if per_group is None:
+                out["best_of_n_note"] = "the value differs within a group, so best-of-N (a group's pick) has none"
+            else:
+                out["best_of_n"] = best_of_n_by(per_group, credits)
     beyond = len(out["pairs"]) - MAX_CI_GROUPS
     if beyond > 0:
         out["ci_note"] = f"bootstrap CI computed for the {MAX_CI_GROUPS:,} largest values; null for the other {beyond:,}"
@@ -138,4 +149,15 @@ def format_by(b: dict, max_groups: int = 50) -> list[str]:
         if len(traces) > max_groups:
             rest = traces[max_groups:]
             lines.append(f"    … {len(rest):,} more values ({sum(g['traces'] for g in rest):,} traces), all in --json")
+    if "best_of_n" in b:
+        rules = [k for k in ("best", "vote", "weighted-vote", "random", "oracle") if k in b["best_of_n"][0]]
+        shown = b["best_of_n"][:max_groups]
+        w = min(48, max([len("value")] + [len(_one_line(g["value"])) for g in shown]))
+        lines.append(f"  by {b['column']} (best-of-N, the value of every trace of a group):")
+        lines.append(f"    {'value':<{w}}  {'groups':>7}  " + "  ".join(f"{k:>13}" for k in rules))
+        for g in shown:
+            lines.append(f"    {_cell(g['value'], w):<{w}}  {g['groups']:>7,}  "
+                         + "  ".join(f"{pct(g[k]):>13}" for k in rules))
+        if len(b["best_of_n"]) > max_groups:
+            lines.append(f"    … {len(b['best_of_n']) - max_groups:,} more values, all in --json")
     return lines

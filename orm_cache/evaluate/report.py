@@ -12,12 +12,15 @@ def margins_of(scores: np.ndarray, ci: np.ndarray, ri: np.ndarray) -> np.ndarray
 
 
 def evaluate(head, sv, bootstrap: int = 1000, ci_level: float = 0.9, seed: int = 0,
-             length_edges=(128, 256), temperature: float | None = None, by=()) -> dict:
+             length_edges=(128, 256), temperature: float | None = None, by=(), answers=None,
+             vote_temperature: float | None = None) -> dict:
     """Every metric of the card for one split. ``temperature`` (fitted elsewhere, e.g. on
     validation) is used for calibration; without one, calibration is reported for T = 1
     (uncalibrated), never fitted on the evaluated split behind the caller's back. ``by``: metadata
     columns to break the headline down by (``out["by"][column]``, see :mod:`.by`); a pointwise
-    split must have been loaded with them in ``DataSpec.keep_columns``."""
+    split must have been loaded with them in ``DataSpec.keep_columns``. ``answers``: each
+    labelled trace's final answer (None: none), for answer-aware best-of-N (:mod:`.vote`), with
+    weights exp(score / T) (T = ``vote_temperature``, else 1)."""
     from .by import by_column, check_columns
 
     by = list(dict.fromkeys([by] if isinstance(by, str) else by or ()))
@@ -54,8 +57,17 @@ def evaluate(head, sv, bootstrap: int = 1000, ci_level: float = 0.9, seed: int =
         if data.groups is not None:
             out["best_of_n"] = M.best_of_n(row_scores, data.labels, data.groups)
             out["best_of_n_curve"] = M.best_of_n_curve(row_scores, data.labels, data.groups)
+    credits = idx = None
+    if row_scores is not None and data.groups is not None:
+        from . import vote
+
+        idx = M.group_indices(data.groups)
+        credits = vote.group_credits(row_scores, data.labels, answers, idx, vote_temperature,
+                                     vote.AGGREGATES if answers is not None else ("best",))
+        if answers is not None:
+            out["best_of_n_answers"] = vote.summarize(credits, idx, answers, vote_temperature)
     if by:
-        out["by"] = {c: by_column(data, c, margins, row_scores, bootstrap, ci_level, seed) for c in by}
+        out["by"] = {c: by_column(data, c, margins, row_scores, bootstrap, ci_level, seed, credits, idx) for c in by}
     return out
 
 
@@ -98,6 +110,15 @@ def format_report(r: dict, max_groups: int = 50) -> str:
         lines.append(f"  best-of-N           {_pct(b['accuracy']).strip()} over {b['groups']:,} groups "
                      f"(~{b['mean_candidates']:.1f} candidates; random {_pct(b['random']).strip()}, "
                      f"oracle {_pct(b['oracle']).strip()}; ties: fractional credit)")
+    if "best_of_n_answers" in r:
+        b = r["best_of_n_answers"]
+        lines.append("  best-of-N by answer " + ", ".join(f"{k} {_pct(b[k]).strip()}" for k in
+                                                         ("best", "vote", "weighted-vote", "random", "oracle")))
+        a = r.get("answers") or {}
+        lines.append(f"    (vote: majority of final answers, no scores; weighted-vote: {b['weights']}; "
+                     f"~{b['mean_distinct_answers']:.1f} distinct answers per group"
+                     + (f"; {a['without_answer']:,} of {a['candidates']:,} candidates without an answer, each its own"
+                        if a else "") + "; ties: fractional credit)")
     if "ensemble" in r:
         e = r["ensemble"]
         auroc = "-" if e["error_auroc"] is None else f"{e['error_auroc']:.3f}"

@@ -64,11 +64,15 @@ def store_for_head(head: Head, cache_dir, store: str | None = None) -> VectorSto
     return vs  # its width is checked against the head's feature by with_store_defaults
 
 
-def load_vectors(data_spec: DataSpec, store: VectorStore, feature: str | None, cache_dir):
+def load_vectors(data_spec: DataSpec, store: VectorStore, feature: str | None, cache_dir, check=None):
     """A split's vectors from ``store``; a missing vector names the command that embeds them
     into exactly this store (its model, dtype, max length, every pooling and layer). Conversation
-    rows without a chat template in ``data_spec`` take the store's encoder's tokenizer's."""
+    rows without a chat template in ``data_spec`` take the store's encoder's tokenizer's.
+    ``check(data)``, when given, sees the split before its vectors are looked for (so a request
+    the data cannot answer is refused before the user is sent to embed it)."""
     data = load_split(data_spec, store.spec())
+    if check is not None:
+        check(data)
     return split_vectors(data, store, feature, embed_command(data_spec, store.spec() or {}, cache_dir, feature))
 
 

@@ -47,14 +47,16 @@ def _headline(r: dict) -> dict:
 def evaluate_split(head_path, data_spec: DataSpec, cache_dir="cache", calibrate_on: str | None = "validation",
                    bootstrap: int = 1000, ci_level: float = 0.9, seed: int = 0, length_edges=(128, 256),
                    store: str | None = None, feature: str | None = None, save_calibration: bool = False,
-                   override_recipe: bool = False, by=()) -> dict:
+                   override_recipe: bool = False, by=(), answers=None) -> dict:
     """The full metric table of a head on one split, with the head's text recipe.
 
     The calibration temperature T is fitted on ``calibrate_on`` when that split is cached (the
     evaluated split itself only when named); otherwise calibration is reported for T = 1 and
     said so. The checkpoint is rewritten with T only when ``save_calibration`` is set. ``by``:
     metadata columns to break the headline down by (``report["by"]``); a column no row has is a
-    DataError naming the columns there are, raised before anything is computed or saved."""
+    DataError naming the columns there are, raised before anything is computed or saved.
+    ``answers`` (an :class:`~orm_cache.evaluate.vote.AnswerSource`): best-of-N of every
+    aggregation (best, vote, weighted-vote with this calibration's T) beside random and oracle."""
     from ..evaluate.by import check_columns
 
     by = list(dict.fromkeys([by] if isinstance(by, str) else by or ()))
@@ -63,13 +65,20 @@ def evaluate_split(head_path, data_spec: DataSpec, cache_dir="cache", calibrate_
     head = with_store_defaults(head, vs, feature)
     feature = head.feature
     data_spec = head_data_spec(head, data_spec, override_recipe)
-    if by:
-        data_spec = replace(data_spec, keep_columns=tuple(dict.fromkeys((*data_spec.keep_columns, *by))))
-    sv = load_vectors(data_spec, vs, feature, cache_dir)
+    keep = [*by, *([answers.column] if answers is not None and answers.column else [])]
+    if keep:
+        data_spec = replace(data_spec, keep_columns=tuple(dict.fromkeys((*data_spec.keep_columns, *keep))))
+    found = None
+
+    def check(data):
+        nonlocal found
+        check_columns(data, by, data_spec.group_col)
+        found = split_answers(data, answers) if answers is not None else None
+
+    sv = load_vectors(data_spec, vs, feature, cache_dir, check)
     if not len(sv.ci):
         raise DataError(f"split {sv.data.split!r} of {sv.data.source} gives no pairs to evaluate (pointwise data "
                         "needs a correct and an incorrect trace in a group, or in the split)")
-    check_columns(sv.data, by, data_spec.group_col)
     T, note = None, "no calibration split (--calibrate-on ''): reported for T = 1"
     if calibrate_on:
         try:
@@ -91,7 +100,14 @@ def evaluate_split(head_path, data_spec: DataSpec, cache_dir="cache", calibrate_
                 head.save(head_path)
     if save_calibration and T is None:
         raise UserError(f"--save-calibration: no temperature was fitted ({note}); the checkpoint is left as it was")
-    report = evaluate(head, sv, bootstrap, ci_level, seed, length_edges, temperature=T, by=by)
+    # the vote's weights exp(score / T): this run's calibration, else the checkpoint's, else T = 1
+    vote_T = T if T is not None and math.isfinite(T) else head.temperature
+    report = evaluate(head, sv, bootstrap, ci_level, seed, length_edges, temperature=T, by=by, answers=found,
+                      vote_temperature=vote_T)
+    if found is not None:
+        from ..evaluate.vote import require_answers
+
+        report["answers"] = {**require_answers(found, answers, "labelled traces"), "source": answers.describe()}
     if T is not None:
         report["calibration"]["fitted_on"] = calibrate_on
         report["calibration"]["saved_to_checkpoint"] = bool(save_calibration)
@@ -100,6 +116,23 @@ def evaluate_split(head_path, data_spec: DataSpec, cache_dir="cache", calibrate_
     report["head"] = str(head_path)
     report["fingerprint"] = vs.fp
     return report
+
+
+def split_answers(data, answers) -> list:
+    """Each labelled trace's final answer (None: none) by ``answers``: its row's column, or the
+    pattern's last match in its response. Pairwise data has no candidates to vote among."""
+    from ..evaluate.vote import response_part
+
+    if data.kind != "pointwise" or data.groups is None:
+        raise DataError(f"--answer-{'col' if answers.column else 'pattern'}: answer-aware best-of-N needs labelled "
+                        f"traces grouped by problem (text, label, group); split {data.split!r} is "
+                        + ("pairwise" if data.kind != "pointwise" else "without a group column"))
+    if answers.column is not None:
+        if answers.column not in data.trace_columns:
+            raise DataError(f"--answer-col {answers.column}: no row of split {data.split!r} has it; its metadata "
+                            f"columns: {', '.join(data.trace_columns) or 'none'}")
+        return [answers.answer({answers.column: v}, "") for v in data.trace_meta[answers.column]]
+    return [answers.from_text(response_part(data.texts[k], data.response_starts.get(k))) for k in data.keys]
 
 
 def verify_head(head_path, data_spec: DataSpec, cache_dir="cache", sample: int = 64, seed: int = 0,

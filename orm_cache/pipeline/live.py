@@ -106,11 +106,30 @@ class LiveScorer:
         texts, starts = zip(*built)
         return self.head.score(self.vectors(list(texts), one_at_a_time, list(starts))[0])
 
-    def rank(self, candidates: list[str], prompt: str | None = None) -> list[tuple[int, float]]:
-        """Candidates' indices and scores, best first (ties keep input order); one shared prompt."""
-        s = self.score(candidates, None if prompt is None else [prompt] * len(candidates))
-        order = np.argsort(-s, kind="stable")
-        return [(int(i), float(s[i])) for i in order]
+    def rank(self, candidates: list[str], prompt: str | None = None, aggregate: str = "best", answers=None,
+             answer_pattern: str | None = None) -> list[tuple[int, float]]:
+        """Candidates' indices and scores, best first (ties keep input order); one shared prompt.
+        With ``answers`` (one final answer per candidate, None where it has none) or
+        ``answer_pattern`` (a regex whose last match in each response is its answer),
+        ``aggregate`` orders by answer first: ``vote`` (most candidates), ``weighted-vote`` (largest
+        sum of exp(score / T), T the checkpoint's calibration or 1), then by score; :meth:`pick`
+        says which answer won and by how much."""
+        r = self.pick(candidates, prompt, aggregate, answers, answer_pattern)
+        return [(i, r["scores"][i]) for i in r["order"]]
+
+    def pick(self, candidates: list[str], prompt: str | None = None, aggregate: str = "weighted-vote", answers=None,
+             answer_pattern: str | None = None) -> dict:
+        """Best-of-N with answers: ``{"answer", "weight", "share", "tied", "best", "order",
+        "scores", "answers", "aggregate", "temperature"}`` (:func:`~orm_cache.evaluate.vote.ranking`;
+        without answers, only ``aggregate="best"`` and no answer fields)."""
+        from ..evaluate.vote import candidate_answers, check_aggregate, ranking
+
+        check_aggregate(aggregate, answers is not None or answer_pattern is not None)
+        built = self.built(candidates, None if prompt is None else [prompt] * len(candidates))
+        found = candidate_answers(built, answers, answer_pattern)
+        texts, starts = zip(*built) if built else ((), ())
+        s = self.head.score(self.vectors(list(texts), starts=list(starts))[0]) if built else np.empty(0)
+        return ranking(s, found, aggregate, self.head.temperature)
 
     def prefer(self, a: str, b: str, prompt: str | None = None) -> float:
         """P(a beats b) = σ((s_a - s_b) / T), with the checkpoint's calibration T (else T = 1)."""

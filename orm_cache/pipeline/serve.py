@@ -6,7 +6,10 @@ has a token):
 * ``POST /score`` ``{"texts": [...], "prompts": [...]}`` (strings or conversations, as
   ``LiveScorer.score`` takes them) or ``{"rows": [{...}, ...]}`` (rows of any shape ``orm-cache
   score`` reads) -> ``{"scores": [...], "hits": H, "misses": M}``;
-* ``POST /rank`` ``{"prompt": P, "candidates": [...]}`` -> ``{"order": [...], "scores": [...], "best": i}``;
+* ``POST /rank`` ``{"prompt": P, "candidates": [...]}`` (and ``"aggregate"``: best, vote or
+  weighted-vote, with ``"answers"``: one final answer or null per candidate, or the server's
+  ``--answer-pattern``) -> ``{"order": [...], "scores": [...], "best": i, "aggregate": A}`` (with
+  answers also ``answer``, ``weight``, ``share``, ``tied``, ``answers``);
 * ``POST /get_reward`` OpenRLHF's remote reward protocol: ``{"query": [...]}`` (whole rendered
   texts; ``prompts`` and ``labels`` may come too and are not needed) ->
   ``{"rewards": [...], "scores": [...], "extra_logs": {"cache_hit": [...]}}``;
@@ -150,16 +153,30 @@ def create_app(service: Service):
         return JSONResponse({"scores": s.tolist(), "hits": int(hit.sum()), "misses": int((~hit).sum())})
 
     async def rank(request):
+        from ..errors import ConfigError
+        from ..evaluate.vote import candidate_answers, check_aggregate, ranking
+
         data = await _read_json(request, lim.max_body_bytes, lim.body_seconds)
-        _fields(data, {"prompt", "candidates"}, "/rank")
+        _fields(data, {"prompt", "candidates", "aggregate", "answers"}, "/rank")
         candidates, prompt = data.get("candidates"), data.get("prompt")
+        aggregate, answers = data.get("aggregate", "best"), data.get("answers")
         if not isinstance(candidates, list) or not candidates:
             raise HTTPError(400, "/rank takes {\"prompt\": P, \"candidates\": [...]} with at least one candidate")
         service.check_size(len(candidates), "candidates")
+        pattern = service.answer_pattern if answers is None else None
+        try:
+            check_aggregate(aggregate, answers is not None or pattern is not None)
+        except ConfigError as e:
+            raise HTTPError(400, f"/rank: {_line(e)}") from None
         t = service.cache.texts(candidates, None if prompt is None else [prompt] * len(candidates))
+        try:
+            found = candidate_answers(list(zip(t.texts, t.starts)), answers, pattern)
+        except DataError:
+            if answers is not None or aggregate != "best":
+                raise
+            found = None  # the server's pattern found no answer, and none was needed
         s, hit = await service.scores(t)
-        order = np.argsort(-s, kind="stable")  # ties keep input order, as LiveScorer.rank
-        return JSONResponse({"order": order.tolist(), "scores": s.tolist(), "best": int(order[0]),
+        return JSONResponse({**ranking(s, found, aggregate, service.cache.head.temperature),
                              "hits": int(hit.sum()), "misses": int((~hit).sum())})
 
     async def get_reward(request):

@@ -63,10 +63,14 @@ class Metrics:
 class Service:
     """What the routes share: the cache, the batcher, the limits, the token and the metrics."""
 
-    def __init__(self, cache_args: dict, limits: Limits, token: str | None, preload: bool = False):
+    def __init__(self, cache_args: dict, limits: Limits, token: str | None, preload: bool = False,
+                 answer_pattern: str | None = None):
         """``cache_args``: :class:`RewardCache`'s arguments (head, cache_dir, device, …), for this
-        process's cache (hits) and the encoder process's (misses)."""
+        process's cache (hits) and the encoder process's (misses). ``answer_pattern``: the regex
+        that finds /rank candidates' final answers when a request sends none (the operator's:
+        a client's regex could take the event loop for ever)."""
         self.cache_args, self.limits, self.token, self.preload = cache_args, limits, token, preload
+        self.answer_pattern = answer_pattern
         self.cache = RewardCache(**cache_args)  # answers hits; texts are built here
         # other writers' shards (embed, replicas) are looked for at most once a second, not on every
         # request with a miss; this server's own are opened as the encoder process reports them
