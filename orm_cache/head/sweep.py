@@ -98,7 +98,7 @@ def _read_grid_text(text: str) -> list[dict]:
             k, v = item.split("=", 1)
             if k in sub:
                 raise ConfigError(f"grid field {k!r} is given twice in one sub-grid (separate sub-grids with ';')")
-            sub[k] = [x.replace("/", ",") for x in v.split(",") if x]  # betas: 0.9/0.999
+            sub[k] = [x.replace("/", ",") if k == "betas" else x for x in v.split(",") if x]  # betas: 0.9/0.999
         subgrids.append(sub)
     return subgrids
 

@@ -47,7 +47,14 @@ def check_head_target(path: Path, overwrite: bool, given: bool) -> None:
 
 
 def store_for_head(head: Head, cache_dir, store: str | None = None) -> VectorStore:
-    """The store a head was trained on (by its fingerprint), or ``--store`` for an imported head."""
+    """The store a head was trained on (by its fingerprint), or ``--store`` for an imported head;
+    for a head over several encoders, joined with theirs (:mod:`.joined`)."""
+    from .joined import store_with_others
+
+    return store_with_others(head, _first_store(head, cache_dir, store), cache_dir)
+
+
+def _first_store(head: Head, cache_dir, store: str | None = None) -> VectorStore:
     if head.fingerprint:
         if store and not head.fingerprint.startswith(store):
             raise StoreError(f"--store {store} is not the store of this head (it was trained on encoder "

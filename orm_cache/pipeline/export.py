@@ -77,6 +77,9 @@ def check_exportable(head: Head) -> None:
         raise ExportError(f"cannot export a {kind!r} head: a sequence-classification model's score layer is one "
                           "linear map (train a linear head to export)")
     feature = head.feature or "last@-1"
+    if head.meta.get("encoders") or ":" in feature:
+        raise ExportError(f"cannot export a head over several encoders ({feature}): a sequence-classification model "
+                          "is one encoder with one score layer; score it with orm-cache (score, rank, LiveScorer)")
     if "+" in feature:
         raise ExportError(f"cannot export a head trained on {feature}: a sequence-classification model's score "
                           "layer reads one hidden state (last@-1), not several concatenated")

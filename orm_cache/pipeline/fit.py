@@ -4,6 +4,7 @@ and calibrate them on a held-out split, and save the checkpoint with everything 
 from __future__ import annotations
 
 import hashlib
+import re
 import logging
 import warnings
 
@@ -22,6 +23,7 @@ from ..store import StoreError, VectorStore, find_store, short
 from .vectors import embed_command, split_vectors
 from .evaluate import calibrate_and_evaluate, evaluate_split
 from .bind import check_distinct, check_head_target, check_outputs, load_vectors
+from .joined import canonical, encoders_record, other_columns, primary_feature, stores_for_features
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +46,8 @@ def default_head_path(cache_dir, fp: str, feature: str, cfg: HeadConfig, data: d
             "data": (data or {}).get("pairs_sha256")}
     digest = hashlib.sha256(canonical_json(what).encode()).hexdigest()[:8]
     kind = cfg.head + (f"x{cfg.ensemble}" if cfg.ensemble > 1 else "")
-    return Path(cache_dir) / "heads" / (f"{short(fp)[:8]}-{feature.replace('@', '').replace('+', '_')}-{kind}-"
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", feature.replace("@", "").replace("+", "_"))[-80:]  # another model's path too
+    return Path(cache_dir) / "heads" / (f"{short(fp)[:8]}-{name}-{kind}-"
                                         f"{cfg.objective}-{cfg.solver}-seed{cfg.seed}-{digest}.pt")
 
 
@@ -66,8 +69,10 @@ def fit_head(data_spec: DataSpec, enc_spec: EncoderSpec, cfg: HeadConfig, cache_
     the calibration temperature there); save the checkpoint (an existing one at the default path
     only with ``overwrite``)."""
     check_outputs(data_spec, out)
-    vs = find_store(cache_dir, enc_spec, cfg.feature, store,
-                    embed_hint=embed_command(data_spec, enc_spec, cache_dir, cfg.feature))
+    cfg = replace(cfg, feature=canonical(cfg.feature))
+    first = primary_feature(cfg.feature)
+    vs = find_store(cache_dir, enc_spec, first, store, embed_hint=embed_command(data_spec, enc_spec, cache_dir, first))
+    vs = stores_for_features(cache_dir, enc_spec, [cfg.feature], vs)
     sv = load_vectors(data_spec, vs, cfg.feature, cache_dir)
     feature = sv.feature
     if cfg.feature is None:
@@ -122,6 +127,7 @@ def build_head(vs: VectorStore, sv, cfg: HeadConfig, res) -> Head:
     train_acc = res.accuracy if res.accuracy is not None else float((margins_of(res.head.score(sv.X), sv.ci, sv.ri) > 0).mean())
     meta = {
         "fingerprint": vs.fp, "encoder_identity": vs.identity(), "encoder_spec": vs.spec(), "feature": sv.feature,
+        **({"encoders": encoders_record(vs, sv.feature)} if other_columns(sv.feature) else {}),
         "config": cfg.effective().to_dict(), "data": sv.data.identity, "recipe": dict(sv.data.recipe),
         "train": {"score_mean": 0.0, "score_std": res.score_std, "final_loss": res.final_loss,
                   "accuracy": train_acc, "seconds": res.seconds, "steps": res.steps,
@@ -171,10 +177,11 @@ def sweep_heads(data_spec: DataSpec, enc_spec: EncoderSpec, base: HeadConfig, gr
     selection_key(select_by)  # a bad value is one line before any work
     check_outputs(data_spec, out)
     t0 = time.perf_counter()
-    vs = find_store(cache_dir, enc_spec, base.feature, store,
-                    embed_hint=embed_command(data_spec, enc_spec, cache_dir, base.feature))
     grids = [grid] if isinstance(grid, dict) else grid
-    cfgs = expand(replace(base, feature=base.feature or vs.columns[0]), grids)
+    first = primary_feature(canonical(base.feature))
+    vs = find_store(cache_dir, enc_spec, first, store, embed_hint=embed_command(data_spec, enc_spec, cache_dir, first))
+    cfgs = [replace(c, feature=canonical(c.feature)) for c in expand(replace(base, feature=base.feature or vs.columns[0]), grids)]
+    vs = stores_for_features(cache_dir, enc_spec, {c.feature for c in cfgs}, vs)
     train_data = load_split(data_spec, vs.spec())
     select_spec = replace(data_spec.with_recipe(train_data.recipe), split=select_on)  # the training texts' recipe
     select_data = load_split(select_spec, vs.spec())  # each split read once

@@ -36,21 +36,38 @@ def encoder_for_head(head: Head, device: str = "auto", model: str | None = None)
     """The encoder ``head`` was trained on, rebuilt from its recorded spec (``model`` replaces the
     recorded model path); refused when its fingerprint is not the head's. Loads the config and
     tokenizer only (the weights on first use)."""
-    from ..encode.model import Encoder
+    from .joined import primary_feature
 
-    spec = dict(head.meta.get("encoder_spec") or {})
-    if not spec:
+    if not head.meta.get("encoder_spec"):
         raise CheckpointError("this head carries no encoder spec (a reference-format import); "
                               "score its traces through a store, or train a head with fit-head")
+    return rebuild_encoder(head.meta["encoder_spec"], head.fingerprint, primary_feature(head.feature), device, model)
+
+
+def rebuild_encoder(spec: dict, fingerprint: str | None, feature: str, device: str = "auto", model: str | None = None):
+    """An encoder from a recorded spec, pooling ``feature``'s columns too (the recorded spec is its
+    store's first writer's, which may not pool them); refused when its fingerprint is not
+    ``fingerprint`` (the model directory changed, another dtype, …)."""
+    from ..encode.model import Encoder
+
+    spec = dict(spec)
     if model:
         spec["model"] = model
-    # the columns the head reads (the recorded spec is its store's first writer's, which may not pool them)
-    encoder = Encoder(EncoderSpec(**spec).with_feature(head.feature), device)
-    if head.fingerprint and encoder.fingerprint != head.fingerprint:
-        raise StoreError(f"the rebuilt encoder has fingerprint {short(encoder.fingerprint)} but the head "
-                         f"was trained on {short(head.fingerprint)} (model files, dtype or tokenizer "
-                         "changed); scores would not match")
+    encoder = Encoder(EncoderSpec(**spec).with_feature(feature), device)
+    if fingerprint and encoder.fingerprint != fingerprint:
+        raise StoreError(f"the rebuilt encoder {spec.get('model')} has fingerprint {short(encoder.fingerprint)} but "
+                         f"the head was trained on {short(fingerprint)} (model files, dtype or tokenizer changed); "
+                         "scores would not match")
     return encoder
+
+
+def other_encoders(head: Head, device: str = "auto") -> dict:
+    """model -> encoder, for each other encoder a head over several reads (:mod:`.joined`)."""
+    from .joined import other_columns
+
+    cols = other_columns(head.feature)
+    return {r["model"]: rebuild_encoder(r["encoder_spec"], r["fingerprint"], "+".join(cols[r["model"]]), device)
+            for r in head.meta.get("encoders") or ()}
 
 
 class LiveScorer:
@@ -61,6 +78,7 @@ class LiveScorer:
         recorded recipe only with ``override_recipe`` (else a difference is refused), as on the CLI."""
         self.head = head if isinstance(head, Head) else Head.load(head)
         self.encoder = encoder_for_head(self.head, device, model)
+        self.others = other_encoders(self.head, device)  # a head over several encoders: the others
         self.batch_tokens, self.max_batch_size = batch_tokens, max_batch_size
         from .bind import prompt_required
 
@@ -94,8 +112,15 @@ class LiveScorer:
             from .vectors import check_known_starts
 
             check_known_starts(starts, self.head.feature, "a string the chat recipe takes as already rendered")
-        return encode_texts(self.encoder, list(texts), self.head.feature, self.batch_tokens, max_batch, starts,
-                            special_tokens)
+        from .joined import other_columns, primary_feature
+
+        X, n = encode_texts(self.encoder, list(texts), primary_feature(self.head.feature), self.batch_tokens,
+                            max_batch, starts, special_tokens)
+        for m, cols in other_columns(self.head.feature).items():  # each other encoder reads the same texts
+            Xm, _ = encode_texts(self.others[m], list(texts), "+".join(cols), self.batch_tokens, max_batch, starts,
+                                 special_tokens)
+            X = np.hstack([X, Xm])
+        return X, n
 
     def score(self, texts: list[str], prompts: list[str | None] | None = None,
               one_at_a_time: bool = False) -> np.ndarray:

@@ -93,14 +93,18 @@ class Rescorer:
 
         self.cache_dir, self.device = cache_dir, device
         self.batch_tokens, self.quiet = batch_tokens, quiet
+        from .joined import store_with_others
+
         if head.fingerprint and not store:  # the head's own store, created on the first miss if need be
-            self.store = VectorStore(store_dir(cache_dir, head.fingerprint), head.fingerprint)
+            self.store = store_with_others(head, VectorStore(store_dir(cache_dir, head.fingerprint), head.fingerprint),
+                                           cache_dir, must_exist=False)
         else:  # a reference-format head: the store named with --store, whose encoder it completes
             self.store = store_for_head(head, cache_dir, store)
         if self.store.columns:
             head = with_store_defaults(head, self.store, feature)  # checks encoder and width too
         self.head = head
         self._encoder = None
+        self._others = None
 
     @property
     def encoder(self):
@@ -127,11 +131,31 @@ class Rescorer:
             summary.model_loaded = True
             run = RunSpec(cache_dir=str(self.cache_dir), device=self.device, batch_tokens=self.batch_tokens,
                           quiet=self.quiet)
-            embed_texts([(k, texts[k], starts.get(k, 0), special_tokens) for k in missing], self.encoder, run,
-                        desc="embed misses")
+            for vs, cols, encoder in self._encoders(parts):  # each encoder embeds the texts its store lacks
+                todo = vs.missing(missing, cols)
+                if todo:
+                    embed_texts([(k, texts[k], starts.get(k, 0), special_tokens) for k in todo], encoder(), run,
+                                desc="embed misses")
             self.store.refresh()
         keys = list(texts)
         return dict(zip(keys, self.stored_scores(keys, starts).tolist()))
+
+    def _encoders(self, parts):
+        """``(store, its columns, encoder getter)`` of each encoder the head reads, first one first."""
+        from .joined import other_columns, primary_feature
+
+        first = getattr(self.store, "primary", self.store)
+        out = [(first, primary_feature("+".join(parts)).split("+"), lambda: self.encoder)]
+        for m, cols in other_columns("+".join(parts)).items():
+            out.append((self.store.others[m], cols, lambda m=m: self.other_encoder(m)))
+        return out
+
+    def other_encoder(self, model: str):
+        if self._others is None:
+            from .live import other_encoders
+
+            self._others = other_encoders(self.head, self.device)
+        return self._others[model]
 
     def stored_scores(self, keys: list[str], starts: dict[str, int | None] | None = None) -> np.ndarray:
         """``(N,)`` float32 scores of ``keys``, every one in the store, read from it (a hit pooled
@@ -142,7 +166,8 @@ class Rescorer:
         parts = self.head.feature.split("+")
         found = [self.store.locate(keys, c) for c in parts]  # (N,) rows of each stored column
         for c, gids in zip(parts, found):
-            check_response_starts(self.store, gids, keys, starts, c)
+            vs, col = self.store.part(c)
+            check_response_starts(vs, gids, keys, starts, col)
         return self.head.score(self.store.columns_at(found, self.head.feature))  # (N,), read from the map in blocks
 
 

@@ -63,6 +63,13 @@ class RewardCache:
                  shard_rows: int = 1024, flush_seconds: float = 10.0, max_batch_size: int = 256,
                  fresh_limit: int = 100_000):
         head = head if isinstance(head, Head) else Head.load(head)
+        from .joined import is_joined
+
+        if is_joined(head):
+            from ..errors import ConfigError
+
+            raise ConfigError(f"this head reads several encoders ({head.feature}); the server and OrmReward serve heads "
+                              "over one encoder: score it with orm-cache score/rank or LiveScorer")
         self.rescorer = Rescorer(head, cache_dir, device, batch_tokens, True, store, feature)
         self.head = self.rescorer.head
         self.parts = self.head.feature.split("+")

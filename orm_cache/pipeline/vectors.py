@@ -134,10 +134,14 @@ def split_vectors(data: SplitData, store: VectorStore, feature: str | None, hint
     feature = feature or (store.columns[0] if store.columns else "last@-1")
     parts = store.feature_columns(feature) if store.columns else feature.split("+")
     found = [store._find(keys, c) for c in parts]  # (U,) global rows of each column, -1 where missing
-    missing = int(np.any([g < 0 for g in found], axis=0).sum())
-    if missing:
-        raise StoreError(f"{missing:,} of {len(keys):,} traces of split {data.split!r} have no cached {feature} "
-                         f"vector in {store.dir}; run first: {hint or 'orm-cache embed'}")
+    for c, g in zip(parts, found):
+        if (g < 0).any():
+            vs, col = store.part(c)
+            if vs is not store and ":" in c:  # another encoder's column: embed the split with that encoder
+                hint = (f"orm-cache embed --model {c.rpartition(':')[0]} (pooling and layer of {col}) on this split, "
+                        "with the data options used here")
+            raise StoreError(f"{int((g < 0).sum()):,} of {len(keys):,} traces of split {data.split!r} have no cached "
+                             f"{c} vector in {vs.dir}; run first: {hint or 'orm-cache embed'}")
     if data.start_conflicts and any(c.startswith("response_mean@") for c in parts):
         k, where = next(iter(data.start_conflicts.items()))
         shown = ", ".join("unknown" if s is None else f"character {s}" for s in sorted(where, key=lambda s: (s is None, s)))
@@ -146,11 +150,12 @@ def split_vectors(data: SplitData, store: VectorStore, feature: str | None, hint
                          f"string and once built from a prompt and a response); {feature} pools one of them, so make "
                          "those rows agree (give every row its prompt, or none)")
     for c, g in zip(parts, found):
-        check_response_starts(store, g, keys, data.response_starts, c, f" of split {data.split!r}")
+        vs, col = store.part(c)
+        check_response_starts(vs, g, keys, data.response_starts, col, f" of split {data.split!r}")
     order = np.argsort(found[0], kind="stable")
     keys = [keys[i] for i in order]
     sv = SplitVectors(data, keys, store.columns_at([g[order] for g in found], feature), np.empty(0, np.int64),
-                      np.empty(0, np.int64), store.scalars_at(found[0][order], "n_tokens"), feature)
+                      np.empty(0, np.int64), store.part(parts[0])[0].scalars_at(found[0][order], "n_tokens"), feature)
     sv.ci, sv.ri = rows_of(keys, data.pairs.chosen, data.pairs.rejected)
     return sv
 

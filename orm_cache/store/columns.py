@@ -9,6 +9,38 @@ def feature_column(pooling: str, layer: int) -> str:
     return f"{pooling}@{layer}"
 
 
+def encoder_parts(feature: str) -> list[tuple[str | None, str]]:
+    """``(model, column)`` of each part of a feature that may read several encoders' stores:
+    ``"mean@-4+bundled-smollm2:mean@-16"`` -> ``[(None, "mean@-4"), ("bundled-smollm2",
+    "mean@-16")]`` (None: the head's first encoder, ``--model``). The model is everything before
+    the part's last ':' (a hub id, a local path or a bundled name); each column is checked as in
+    :func:`feature_parts`, and no (model, column) may repeat."""
+    out = []
+    for part in str(feature).split("+"):
+        model, colon, column = part.rpartition(":")
+        if colon and not model:
+            raise ConfigError(f"feature {feature!r}: {part!r} has ':' but no model before it "
+                              "(write MODEL:COLUMN, e.g. bundled-smollm2:mean@-16)")
+        feature_parts(column)
+        out.append((model or None, column))
+    if len(set(out)) != len(out):
+        raise ConfigError(f"feature {feature!r} names a column twice")
+    return out
+
+
+def canonical_feature(feature: str) -> str:
+    """A feature with its first encoder's columns first and each other encoder's after, grouped
+    in the order they first appear (the order the head's weights follow); a feature that reads
+    only other encoders is refused (the first encoder, ``--model``, must read at least one)."""
+    parts = encoder_parts(feature)
+    if all(m is not None for m, _ in parts):
+        raise ConfigError(f"feature {feature!r}: every column names another encoder; name at least one column of "
+                          "--model's without a prefix (or make that encoder --model)")
+    models = list(dict.fromkeys(m for m, _ in parts))
+    models.sort(key=lambda m: m is not None)
+    return "+".join(c if m is None else f"{m}:{c}" for m in models for mm, c in parts if mm == m)
+
+
 def feature_parts(feature: str) -> tuple[str, ...]:
     """The stored columns a feature concatenates: ``"mean@-4+mean@-1"`` -> ``("mean@-4",
     "mean@-1")``; each must look like ``<pooling>@<layer>``. ValueError says what is wrong

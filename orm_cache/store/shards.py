@@ -334,6 +334,11 @@ class VectorStore:
         self.feature_columns(column)
         return column
 
+    def part(self, column: str) -> tuple["VectorStore", str]:
+        """The store and stored column a feature part is read from: this store, that column
+        (a :class:`~orm_cache.store.joined.JoinedStore` sends a ``model:column`` part elsewhere)."""
+        return self, column
+
     def feature_columns(self, feature: str) -> tuple[str, ...]:
         """The stored columns ``feature`` concatenates (``mean@-4+mean@-1``); a malformed
         feature or a column the store lacks is a one-line StoreError listing the stored ones."""

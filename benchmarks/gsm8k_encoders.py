@@ -1,0 +1,162 @@
+"""Best-of-N by final answer, and several frozen encoders in one head, on real GSM8K model solutions.
+
+Reads ../shared/data/gsm8k/model_solutions_dev.jsonl by path (skips cleanly where absent), split by
+problem as benchmarks/gsm8k_eval.py does (60/20/20, seed 0; ``--problems N`` keeps the first N
+problems of each split in proportion, for a CPU). For each encoder set — bundled-minilm
+(all-MiniLM-L6-v2), bundled-smollm2 (SmolLM2-135M-Instruct) and both in one head — a sweep of
+linear heads (L-BFGS, L2 x feature) is selected on validation only; test is touched once per
+selected head:
+
+* pairwise accuracy on all test pairs and on pairs of two model-written solutions;
+* best-of-N over the model-written solutions only (ground truth removed): the top-scored
+  candidate, the majority vote on final answers (``A: <answer>``), the score-weighted vote
+  (exp(score / T), T = 1 and T = the head's calibration on validation), random and oracle;
+* stage 1 per encoder (texts/s and tokens/s of ``embed`` on this machine, from its own report).
+
+    python benchmarks/gsm8k_encoders.py --problems 400 --write
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import GSM8K, publish, table, write_gsm8k_splits  # noqa: E402
+
+PATTERN = r"A:\s*(.+)"
+S = "bundled-smollm2"
+ENCODERS = {  # model -> (poolings, layers) embedded, features swept
+    "bundled-minilm": (("mean", "last", "response_mean"), (-1, -2, -4),
+                       ["mean@-1", "mean@-4", "last@-1", "response_mean@-4"]),
+    S: (("mean", "last", "response_mean"), (-1, -8, -16),
+        ["mean@-16", "mean@-8", "last@-1", "response_mean@-16"]),
+}
+BOTH = ["mean@-4+" + S + ":mean@-16", "mean@-1+" + S + ":mean@-16", "mean@-4+" + S + ":mean@-8",
+        "response_mean@-4+" + S + ":response_mean@-16"]
+L2 = [0.1, 1.0, 10.0, 100.0]
+
+
+def subset(data_dir: Path, out: Path, problems: int | None) -> Path:
+    """The first ``problems`` problems (60/20/20 of them per split), or every one."""
+    if not problems:
+        return data_dir
+    out.mkdir(parents=True, exist_ok=True)
+    for split, frac in (("train", 0.6), ("validation", 0.2), ("test", 0.2)):
+        rows = [json.loads(line) for line in open(data_dir / f"{split}.jsonl")]
+        keep = set(sorted({r["group"] for r in rows})[:int(frac * problems)])
+        with open(out / f"{split}.jsonl", "w") as f:
+            for r in rows:
+                if r["group"] in keep:
+                    f.write(json.dumps(r) + "\n")
+    return out
+
+
+def run(args) -> str:
+    import numpy as np
+
+    from orm_cache.config import DataSpec, EncoderSpec, HeadConfig, RunSpec
+    from orm_cache.data import load_split
+    from orm_cache.encode import embed_texts
+    from orm_cache.encode.model import Encoder
+    from orm_cache.evaluate import vote as V
+    from orm_cache.head import Head
+    from orm_cache.pipeline.bind import store_for_head
+    from orm_cache.pipeline.fit import sweep_heads
+    from orm_cache.pipeline.vectors import split_vectors
+
+    work = Path(tempfile.mkdtemp(prefix="gsm8k-enc-"))
+    data_dir = subset(write_gsm8k_splits(work / "all", seed=args.seed), work / "data", args.problems)
+    splits = {s: load_split(DataSpec(data=str(data_dir), split=s, keep_columns=("source",)))
+              for s in ("train", "validation", "test")}
+    stage1 = []
+    for model, (pooling, layers, _) in ENCODERS.items():
+        enc = Encoder(EncoderSpec(model=model, pooling=pooling, layers=layers), "cpu")
+        for s, d in splits.items():
+            r = embed_texts(d.items(), enc, RunSpec(cache_dir=args.cache_dir, device="cpu", quiet=True))
+            if r.embedded:
+                stage1.append([model, s, r.embedded, f"{r.embedded / r.encode_seconds:.1f}",
+                               f"{r.tokens / r.encode_seconds:,.0f}"])
+    train_spec = DataSpec(data=str(data_dir), split="train")
+    test = splits["test"]
+    src = test.trace_meta["source"]
+    model_pair = np.array([src[m["chosen_row"]] != "ground_truth" and src[m["rejected_row"]] != "ground_truth"
+                           for m in test.pairs.meta])
+    model_rows = np.array([s != "ground_truth" for s in src])
+    answers = [V.AnswerSource(pattern=PATTERN).from_text(V.response_part(test.texts[k], test.response_starts.get(k)))
+               for k in test.keys]
+    sets = {"bundled-minilm": ("bundled-minilm", ENCODERS["bundled-minilm"][2]),
+            "bundled-smollm2": (S, ENCODERS[S][2]),
+            "both (bundled-minilm + bundled-smollm2)": ("bundled-minilm", BOTH)}
+    rows, bon_rows = [], []
+    for name, (model, features) in sets.items():
+        t0 = time.perf_counter()
+        sw = sweep_heads(train_spec, EncoderSpec(model=model), HeadConfig(solver="lbfgs"),
+                         [{"solver": ["lbfgs"], "l2": L2, "feature": features}], args.cache_dir, "validation",
+                         out=work / f"{model}-{len(rows)}.pt", quiet=True)
+        seconds = time.perf_counter() - t0
+        head = Head.load(sw.path)
+        sv = split_vectors(test, store_for_head(head, args.cache_dir), head.feature)
+        s = head.score(sv.X)
+        margins = s[sv.ci] - s[sv.ri]
+        row_scores = s[sv.rows(test.keys)]
+        rows.append([name, head.feature, f"{head.meta['config']['l2']:g}", f"{100 * sw.rows[0].select_accuracy:.1f}%",
+                     f"{100 * (margins > 0).mean():.1f}%", f"{100 * (margins[model_pair] > 0).mean():.1f}%",
+                     f"{seconds:.1f}s ({len(sw.rows)} heads)"])
+        idx = np.flatnonzero(model_rows)
+        groups = [test.groups[i] for i in idx]
+        labels, sc, ans = test.labels[idx], row_scores[idx], [answers[i] for i in idx]
+        T = head.temperature
+        b1 = V.best_of_n_answers(sc, labels, groups, ans, None)
+        bT = V.best_of_n_answers(sc, labels, groups, ans, T)
+        bon_rows.append([name, f"{100 * b1['best']:.1f}%", f"{100 * b1['vote']:.1f}%", f"{100 * b1['weighted-vote']:.1f}%",
+                         f"{100 * bT['weighted-vote']:.1f}% (T={T:.3g})" if T else "-",
+                         f"{100 * b1['random']:.1f}%", f"{100 * b1['oracle']:.1f}%"])
+    n_groups = len(set(test.groups))
+    no_answer = sum(a is None for a, m in zip(answers, model_rows) if m)
+    lines = [
+        "### Several frozen encoders in one head, and best-of-N by final answer (GSM8K model solutions, CPU float32)",
+        "",
+        f"{args.problems or 'All'} problems split 60/20/20 by problem (seed {args.seed}); candidates = ground truth + "
+        f"4 model solutions; pairs within problem. Each encoder set: {len(L2)} L2 values x its features (L-BFGS), "
+        "selected on validation; test touched once per selected head. `S` = bundled-smollm2.", "",
+        table(["encoders", "selected feature", "l2", "validation acc", "test: all pairs", "test: model vs model",
+               "sweep"], rows), "",
+        f"Best-of-N on test over the **model-written solutions only** ({n_groups} problems, ~4 candidates each; "
+        f"answers by `--answer-pattern '{PATTERN}'`, {no_answer} of {int(model_rows.sum())} candidates without one; "
+        "ties fractional):", "",
+        table(["encoders", "best (top score)", "majority vote", "weighted vote, T=1", "weighted vote, calibrated T",
+               "random", "oracle"], bon_rows), "",
+        "Stage 1 on this machine (`embed`, float32, texts this run embedded; a re-run embeds none):", "",
+        table(["encoder", "split", "texts", "texts/s", "tokens/s"], stage1) if stage1 else
+        "(every text was cached already: run with an empty --cache-dir to time stage 1)",
+    ]
+    return "\n".join(lines)
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cache-dir", default="cache", help="vector stores (re-runs embed nothing)")
+    p.add_argument("--problems", type=int, default=None, help="use the first N problems (default: all 1,000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--write", action="store_true", help="write the tables into benchmarks/RESULTS.md")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse(argv)
+    if not (GSM8K / "model_solutions_dev.jsonl").exists():
+        print(f"skipped: {GSM8K}/model_solutions_dev.jsonl is absent")
+        return None
+    out = run(args)
+    publish("gsm8k-encoders", out, args.write)
+    return out
+
+
+if __name__ == "__main__":
+    main()
