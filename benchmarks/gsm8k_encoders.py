@@ -11,7 +11,9 @@ selected head:
 * best-of-N over the model-written solutions only (ground truth removed): the top-scored
   candidate, the majority vote on final answers (``A: <answer>``), the score-weighted vote
   (exp(score / T), T = 1 and T = the head's calibration on validation), random and oracle;
-* stage 1 per encoder (texts/s and tokens/s of ``embed`` on this machine, from its own report).
+* the frozen LM's likelihood (``embed --likelihood``: mean, min, sum of the response tokens'
+  log-probabilities) as a scorer alone, as a head's only feature, and beside hidden states;
+* stage 1 per encoder, and with and without the likelihood (texts/s, tokens/s, same texts, same run).
 
     python benchmarks/gsm8k_encoders.py --problems 400 --write
 """
@@ -31,11 +33,11 @@ from _common import GSM8K, publish, table, write_gsm8k_splits  # noqa: E402
 
 PATTERN = r"A:\s*(.+)"
 S = "bundled-smollm2"
-ENCODERS = {  # model -> (poolings, layers) embedded, features swept
+ENCODERS = {  # model -> (poolings, layers) embedded, features swept, likelihood stored (a causal LM)
     "bundled-minilm": (("mean", "last", "response_mean"), (-1, -2, -4),
-                       ["mean@-1", "mean@-4", "last@-1", "response_mean@-4"]),
+                       ["mean@-1", "mean@-4", "last@-1", "response_mean@-4"], False),
     S: (("mean", "last", "response_mean"), (-1, -8, -16),
-        ["mean@-16", "mean@-8", "last@-1", "response_mean@-16"]),
+        ["mean@-16", "mean@-8", "last@-1", "response_mean@-16"], True),
 }
 BOTH = ["mean@-4+" + S + ":mean@-16", "mean@-1+" + S + ":mean@-16", "mean@-4+" + S + ":mean@-8",
         "response_mean@-4+" + S + ":response_mean@-16"]
@@ -69,6 +71,7 @@ def run(args) -> str:
     from orm_cache.pipeline.bind import store_for_head
     from orm_cache.pipeline.fit import sweep_heads
     from orm_cache.pipeline.vectors import split_vectors
+    from orm_cache.store import find_store
 
     work = Path(tempfile.mkdtemp(prefix="gsm8k-enc-"))
     data_dir = subset(write_gsm8k_splits(work / "all", seed=args.seed), work / "data", args.problems)
@@ -76,14 +79,16 @@ def run(args) -> str:
               for s in ("train", "validation", "test")}
     stage1 = []
     sample = splits["test"].items()[:args.stage1_sample]  # timed into an empty cache, same run, same texts
-    for model, (pooling, layers, _) in ENCODERS.items():
-        enc = Encoder(EncoderSpec(model=model, pooling=pooling, layers=layers), "cpu")
+    for model, (pooling, layers, _, likelihood) in ENCODERS.items():
+        enc = Encoder(EncoderSpec(model=model, pooling=pooling, layers=layers, likelihood=likelihood), "cpu")
         for s, d in splits.items():
             embed_texts(d.items(), enc, RunSpec(cache_dir=args.cache_dir, device="cpu", quiet=True))
-        if sample:
-            r = embed_texts(sample, enc, RunSpec(cache_dir=str(work / "timing"), device="cpu", quiet=True))
-            stage1.append([model, f"{len(pooling)} x {len(layers)}", r.embedded, f"{r.embedded / r.encode_seconds:.1f}",
-                           f"{r.tokens / r.encode_seconds:,.0f}", f"{r.load_seconds:.1f}s"])
+        for lk in dict.fromkeys((False, likelihood)) if sample else ():  # the LM head's cost, same texts, same run
+            e = Encoder(EncoderSpec(model=model, pooling=pooling, layers=layers, likelihood=lk), "cpu")
+            r = embed_texts(sample, e, RunSpec(cache_dir=str(work / f"timing-{lk}"), device="cpu", quiet=True))
+            stage1.append([model, f"{len(pooling)} x {len(layers)}" + (" + logprob" if lk else ""), r.embedded,
+                           f"{r.embedded / r.encode_seconds:.1f}", f"{r.tokens / r.encode_seconds:,.0f}",
+                           f"{r.load_seconds:.1f}s"])
     train_spec = DataSpec(data=str(data_dir), split="train")
     test = splits["test"]
     src = test.trace_meta["source"]
@@ -94,6 +99,8 @@ def run(args) -> str:
                for k in test.keys]
     sets = {"bundled-minilm": ("bundled-minilm", ENCODERS["bundled-minilm"][2]),
             "bundled-smollm2": (S, ENCODERS[S][2]),
+            "bundled-smollm2 logprob alone (a head on mean, min, sum)": (S, ["logprob"]),
+            "bundled-smollm2 hidden states + logprob": (S, [f + "+logprob" for f in ENCODERS[S][2]]),
             "both (bundled-minilm + bundled-smollm2)": ("bundled-minilm", BOTH)}
     rows, bon_rows = [], []
     for name, (model, features) in sets.items():
@@ -119,6 +126,14 @@ def run(args) -> str:
         bon_rows.append([name, f"{100 * b1['best']:.1f}%", f"{100 * b1['vote']:.1f}%", f"{100 * b1['weighted-vote']:.1f}%",
                          f"{100 * bT['weighted-vote']:.1f}% (T={T:.3g})" if T else "-",
                          f"{100 * b1['random']:.1f}%", f"{100 * b1['oracle']:.1f}%"])
+    # the card's data check: the likelihood itself as a scorer (no head), on test
+    lp = split_vectors(test, find_store(args.cache_dir, EncoderSpec(model=S), "logprob"), "logprob")
+    L = lp.X.take(np.arange(len(lp.X)), dtype=np.float64)  # (U, 3)
+    lp_rows = []
+    for j, stat in enumerate(("mean", "min", "sum")):
+        m = L[lp.ci, j] - L[lp.ri, j]
+        lp_rows.append([f"{stat} logprob of the response", f"{100 * (m > 0).mean():.1f}%",
+                        f"{100 * (m[model_pair] > 0).mean():.1f}%"])
     n_groups = len(set(test.groups))
     no_answer = sum(a is None for a, m in zip(answers, model_rows) if m)
     lines = [
@@ -129,13 +144,17 @@ def run(args) -> str:
         "selected on validation; test touched once per selected head. `S` = bundled-smollm2.", "",
         table(["encoders", "selected feature", "l2", "validation acc", "test: all pairs", "test: model vs model",
                "sweep"], rows), "",
+        "The frozen LM's likelihood as a scorer by itself (no head; `orm-cache likelihood` gives the card's "
+        "table for a split), pairwise accuracy on test:", "",
+        table(["scorer", "all pairs", "model vs model"], lp_rows), "",
         f"Best-of-N on test over the **model-written solutions only** ({n_groups} problems, ~4 candidates each; "
         f"answers by `--answer-pattern '{PATTERN}'`, {no_answer} of {int(model_rows.sum())} candidates without one; "
         "ties fractional):", "",
         table(["encoders", "best (top score)", "majority vote", "weighted vote, T=1", "weighted vote, calibrated T",
                "random", "oracle"], bon_rows), "",
         f"Stage 1 on this machine (`embed` of the first {args.stage1_sample} test texts into an empty cache, float32, "
-        "every pooling x layer above from one pass; the model load apart):", "",
+        "every pooling x layer above from one pass; `+ logprob`: `--likelihood` too, the LM head at the response's "
+        "positions; the model load apart):", "",
         table(["encoder", "poolings x layers", "texts", "texts/s", "tokens/s", "model load"], stage1),
     ]
     return "\n".join(lines)

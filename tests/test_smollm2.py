@@ -98,3 +98,37 @@ def test_real_weights_export_to_a_reward_model_and_import_back_exactly(smollm2, 
        "--max-length", 32)
     back = LiveScorer(tmp_path / "back.pt", "cpu")
     np.testing.assert_allclose(back.score(TEXTS), expected, atol=1e-4 * max(1.0, np.abs(expected).max()))
+
+
+def test_real_decoder_likelihood_equals_its_causal_lm(smollm2, tmp_path):
+    """--likelihood on real weights: the stored mean/min/sum of the response tokens'
+    log-probabilities equal SmolLM2's own causal-LM forward pass on each text alone."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from orm_cache.config import EncoderSpec
+    from orm_cache.store import find_store
+
+    rows = [{"prompt": "What is 3 + 4?", "text": t, "label": int(i == 0), "group": 0}
+            for i, t in enumerate(("3 + 4 = 7.\nA: 7", "It is 8.", "Seven"))]
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(__import__("json").dumps(r) + "\n" for r in rows))
+    ok("embed", "--data", data, "--model", BUNDLED_SMOLLM2, "--pooling", "mean", "--likelihood", "--cache-dir",
+       tmp_path / "c", "-q")
+    vs = find_store(tmp_path / "c", EncoderSpec(model=BUNDLED_SMOLLM2), "logprob")
+    tok = AutoTokenizer.from_pretrained(smollm2)
+    lm = AutoModelForCausalLM.from_pretrained(smollm2, dtype=torch.float32).eval()
+    from orm_cache.config import DataSpec
+    from orm_cache.data import load_split
+
+    d = load_split(DataSpec(data=str(data), split="train"))
+    got = vs.vectors(d.keys, "logprob").astype(np.float64)
+    for i, k in enumerate(d.keys):
+        text, start = d.texts[k], d.response_starts[k]
+        enc = tok(text, return_offsets_mapping=True)
+        ids = torch.tensor([enc["input_ids"]])
+        with torch.no_grad():
+            lp = torch.log_softmax(lm(ids).logits[0].double(), dim=-1)
+        first = next(j for j, (a, b) in enumerate(enc["offset_mapping"]) if b > start)
+        vals = [float(lp[j - 1, ids[0, j]]) for j in range(max(first, 1), ids.shape[1])]
+        np.testing.assert_allclose(got[i], [np.mean(vals), min(vals), sum(vals)], rtol=1e-4, atol=1e-3)

@@ -58,7 +58,9 @@ def cli(ctx, config_path):
              sweep        train a grid of heads at once, select on validation
              eval         the reference model card's metric table (test split by default)
              verify       prove cached scores equal live end-to-end scores
-             score, rank  offline re-scoring; best-of-N per group (cache hits load no model)
+             score, rank  offline re-scoring; best-of-N per group, by score or vote (cache hits load no model)
+             likelihood   the card's data check: the frozen LM's log-likelihood against the labels
+    Serve    serve        rewards over HTTP for RL and search: cache first, misses batched
     HF       export       the encoder + head as a Hugging Face AutoModelForSequenceClassification
              import-head  an existing reward model's score layer as a head
     Tools    demo         the whole pipeline offline on a CPU

@@ -54,6 +54,7 @@ SHORT_HELP = {
              "bundled-smollm2 the packaged SmolLM2-135M-Instruct (a decoder with a chat template).",
     "pooling": "Poolings stored per layer: last, mean, response_mean (comma-separated).",
     "layers": "Hidden-state layers to pool, comma-separated (-1 is the last).",
+    "likelihood": "Also store logprob: the response's mean, min and sum token log-probability (a causal LM).",
     "cache_dir": "Root of the vector store.",
     "device": "auto (CUDA when available), cuda or cpu.",
     "solver": "adamw (the reference recipe) or lbfgs (exact minimiser of loss + L2).",
@@ -61,7 +62,8 @@ SHORT_HELP = {
     "steps": "AdamW optimiser steps.",
     "seed": "Seed of initial weights, batch order and bootstrap resamples.",
     "l2": "lbfgs: L2 penalty on the standardised-feature weights.",
-    "feature": "Column(s) to train on, e.g. mean@-1 or mean@-4+mean@-1 [default: the store's first].",
+    "feature": "Column(s) to train on, e.g. mean@-1, mean@-4+mean@-1, mean@-4+logprob or "
+               "mean@-4+bundled-smollm2:mean@-16 [default: the store's first].",
     "objective": "pairwise (Bradley-Terry on pairs) or pointwise (logistic loss on labels).",
     "head": "linear (the reference checkpoint format) or mlp (one hidden ReLU layer).",
     "ensemble": "Members trained and averaged.",
@@ -179,6 +181,7 @@ def encoder_options(f=None, columns: bool = False):
         _opt(EncoderSpec, "truncation_side", type=click.Choice(["right", "left"]), default=e.truncation_side),
         _opt(EncoderSpec, "pooling", default=",".join(e.pooling), hidden=not columns),
         _opt(EncoderSpec, "layers", default="-1", hidden=not columns),
+        _opt(EncoderSpec, "likelihood", is_flag=True, default=False, show_default=False, hidden=not columns),
     )(f)
 
 

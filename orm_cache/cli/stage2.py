@@ -181,6 +181,32 @@ def eval_cmd(head_path, store, feature, calibrate_on, save_calibration, override
             click.echo(f"plot: {p}")
 
 
+@cli.command("likelihood", short_help="The card's data check: the frozen LM's log-likelihood against the labels.")
+@data_options(split="validation")
+@encoder_options
+@cache_option
+@store_option
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the table here.")
+@quiet_option
+def likelihood_cmd(store, json_path, quiet, **kw):
+    """The reference card's data check, from cached vectors (no model loaded): the mean, min and
+    sum of the response tokens' log-probabilities under the frozen causal LM (`embed
+    --likelihood` stores them), positives against negatives, their Pearson and Spearman
+    correlation with the label, and their pairwise accuracy as a scorer (docs/evaluation.md).
+    """
+    from ..evaluate.likelihood import format_likelihood
+    from ..outputs import write_json
+    from ..pipeline.evaluate import likelihood_report
+
+    setup_logging(quiet)
+    early_output_checks(json_path, data_file=kw["data"] if Path(kw["data"]).is_file() else None)
+    r = likelihood_report(build(DataSpec, kw), build(EncoderSpec, kw), kw["cache_dir"], store)
+    click.echo(format_likelihood(r))
+    if json_path:
+        write_json(json_path, r)
+        click.echo(f"table: {json_path}")
+
+
 @cli.command(short_help="Prove cached scores equal live end-to-end scores.")
 @click.option("--head", "head_path", required=True, type=click.Path(dir_okay=False), help="Checkpoint (.pt).")
 @data_options

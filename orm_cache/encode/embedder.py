@@ -132,7 +132,8 @@ def encode_batches(encoder, ids: list[list[int]], n_tokens: np.ndarray, batch_to
     for b in token_budget_batches(n_tokens, batch_tokens, max_batch_size):
         input_ids, mask = pad_batch([ids[i] for i in b], encoder.pad_id, encoder.padding_side)
         pooled = encoder.forward(input_ids, mask, _rows(first, b))  # {column: (B, D)} on the device
-        vectors = {c: v.to(out_dtype).cpu().numpy() for c, v in pooled.items()}
+        # vectors in the store's dtype; the log-likelihood scalars (computed in float32) stay float32
+        vectors = {c: v.to(out_dtype if "@" in c else torch.float32).cpu().numpy() for c, v in pooled.items()}
         bad = ~np.all([np.isfinite(v).all(axis=1) for v in vectors.values()], axis=0)  # (B,)
         if bad.any() and encoder.torch_dtype != torch.float32:
             redo = b[bad]
@@ -189,7 +190,9 @@ def open_writer(cache_dir, encoder, vectors: dict, shard_rows: int, flush_second
     batch's ``{column: (B, D)}``). The store (and its encoder.json) is made only now, at the
     first vectors: a model that fails to load or run leaves no empty store behind for later
     hints to advertise."""
-    dims = {v.shape[1] for v in vectors.values()}
+    from ..store.columns import LOGPROB
+
+    dims = {v.shape[1] for c, v in vectors.items() if c != LOGPROB}
     if len(dims) != 1:
         raise StoreError(f"columns have different widths {sorted(dims)}; store them separately")
     fp = encoder.fingerprint

@@ -16,7 +16,8 @@ import torch
 from .spec import EncoderSpec
 from ..store.fingerprint import SCHEMA_VERSION, fingerprint
 from ..models import EncoderError, local_model_digest, resolve_model_path
-from .pooling import pool
+from .pooling import pool, response_logprob
+from ..store.columns import LOGPROB
 from .response import response_token_starts
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,21 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def check_causal(config, model: str) -> None:
+    """Refuse, in one line, log-likelihoods from a model that is not a causal LM (a BERT-style
+    encoder's tokens see both sides) or whose logits are post-processed (soft-capping, scaling)."""
+    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+                                                        MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+
+    t = config.model_type
+    if t not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or t in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        raise EncoderError(f"--likelihood needs a causal (decoder) LM; {model!r} is a {t} model, whose tokens "
+                           "attend both ways, so it gives no next-token probabilities")
+    for name in ("final_logit_softcapping", "logit_scale", "output_multiplier_scale"):
+        if getattr(config, name, None) not in (None, 1, 1.0):
+            raise EncoderError(f"--likelihood: {model!r} post-processes its logits ({name}); not supported")
+
+
 class Encoder:
     """A frozen encoder: tokenizer + model, loaded lazily; counts the texts and batches it runs.
 
@@ -86,6 +102,8 @@ class Encoder:
         if positions is not None and spec.max_length > positions:
             raise EncoderError(f"--max-length {spec.max_length} is beyond the {positions} positions "
                                f"{spec.model!r} was built for; use --max-length {positions} or less")
+        if spec.likelihood:
+            check_causal(self.config, spec.model)
         n_layers = getattr(self.config, "num_hidden_layers", None)
         if n_layers is not None:
             for layer in spec.layers:
@@ -94,6 +112,7 @@ class Encoder:
                                        f"(hidden states are indexed -{n_layers + 1}..{n_layers})")
         self.model = None
         self._model_fp32 = None
+        self._lm_weight = self._lm_bias = None  # the LM head in float32 (likelihood only)
         self.texts_forwarded = 0
         self.batches_forwarded = 0
 
@@ -153,7 +172,7 @@ class Encoder:
     @property
     def pools_response(self) -> bool:
         """Whether ``response_mean`` is pooled (then :meth:`tokenize` finds each response's tokens)."""
-        return "response_mean" in self.spec.pooling
+        return "response_mean" in self.spec.pooling or self.spec.likelihood
 
     def tokenize(self, texts: list[str], starts: list[int | None] | None = None,
                  special_tokens: bool | list[bool] = True
@@ -204,7 +223,7 @@ class Encoder:
     def load(self) -> None:
         if self.model is not None:
             return
-        from transformers import AutoModel
+        from transformers import AutoModel, AutoModelForCausalLM
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
@@ -214,7 +233,14 @@ class Encoder:
         # expected, so transformers' load report of "unexpected" keys is not shown.
         hf_logging.set_verbosity_error()
         try:
-            model = AutoModel.from_pretrained(self.path, revision=self.spec.revision, dtype=self.torch_dtype)
+            cls = AutoModelForCausalLM if self.spec.likelihood else AutoModel
+            model = cls.from_pretrained(self.path, revision=self.spec.revision, dtype=self.torch_dtype)
+            if self.spec.likelihood:  # the same backbone as AutoModel's, and its own LM head beside it
+                head = model.get_output_embeddings()
+                self._lm_weight = head.weight.detach().float().to(self.device)  # (V, D)
+                bias = getattr(head, "bias", None)
+                self._lm_bias = None if bias is None else bias.detach().float().to(self.device)
+                model = model.base_model
         except Exception as e:  # OSError, ValueError, safetensors' own error for a truncated file, …
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise EncoderError(f"cannot load weights of {self.spec.model!r}: {first}") from e
@@ -242,7 +268,7 @@ class Encoder:
         attention_mask = attention_mask.to(self.device, non_blocking=True)
         if response_start is not None:
             response_start = response_start.to(self.device, non_blocking=True)  # (B,)
-        need_all = self.spec.layers != (-1,)
+        need_all = any(layer != -1 for layer in self.spec.layers)
         out = model(input_ids=input_ids, attention_mask=attention_mask,
                     output_hidden_states=need_all, use_cache=False)
         self.batches_forwarded += 1
@@ -252,4 +278,11 @@ class Encoder:
             hidden = out.hidden_states[layer] if need_all else out.last_hidden_state  # (B, T, D)
             for how in self.spec.pooling:
                 result[f"{how}@{layer}"] = pool(hidden, attention_mask, how, response_start)  # (B, D)
+        if self.spec.likelihood:
+            import torch.nn.functional as F
+
+            last = out.last_hidden_state  # (B, T, D), what the LM head reads
+            result[LOGPROB] = response_logprob(  # (B, 3)
+                last, input_ids, attention_mask, response_start,
+                lambda h: F.linear(h.float(), self._lm_weight, self._lm_bias))
         return result

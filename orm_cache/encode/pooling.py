@@ -51,3 +51,31 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str,
         total = (hidden.float() * m.float()).sum(dim=1)  # (B, D)
         return (total / m.float().sum(dim=1).clamp(min=1.0)).to(hidden.dtype)  # (B, D)
     raise ConfigError(f"pooling {how!r} is not one of {', '.join(POOLINGS)}")
+
+
+def response_logprob(hidden: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor,
+                     response_start: torch.Tensor | None, lm_head, chunk: int = 1024) -> torch.Tensor:
+    """``(B, 3)`` float32 mean, min and sum of the log-probabilities of each row's response tokens,
+    each predicted by ``lm_head`` (a function ``(M, D) -> (M, V)`` logits) from the final hidden
+    state ``hidden`` (B, T, D) of the token before it. Response tokens are :func:`response_mask`'s;
+    a token whose previous position is padding (a row's first real token) has no prediction and
+    is skipped. A row with no scored token gets zeros. ``lm_head`` runs on the scored positions
+    only, ``chunk`` at a time, so the ``(T, V)`` logits of a whole batch never exist."""
+    B, T, D = hidden.shape
+    real = mask > 0  # (B, T)
+    target = response_mask(mask, response_start) > 0  # (B, T)
+    target[:, 1:] &= real[:, :-1]  # predicted from the previous position: it must be a real token
+    target[:, 0] = False
+    rows, cols = target.nonzero(as_tuple=True)  # (M,), (M,)
+    lp = torch.empty(len(rows), dtype=torch.float32, device=hidden.device)  # (M,)
+    for a in range(0, len(rows), chunk):
+        r, c = rows[a:a + chunk], cols[a:a + chunk]
+        logits = lm_head(hidden[r, c - 1]).float()  # (m, V)
+        lp[a:a + chunk] = logits.log_softmax(dim=-1).gather(1, input_ids[r, c].unsqueeze(1)).squeeze(1)
+    count = torch.bincount(rows, minlength=B).to(torch.float32)  # (B,)
+    total = torch.zeros(B, dtype=torch.float32, device=hidden.device).index_add_(0, rows, lp)  # (B,)
+    low = torch.full((B,), float("inf"), device=hidden.device).scatter_reduce_(0, rows, lp, "amin")  # (B,)
+    none = count == 0
+    mean = torch.where(none, torch.zeros_like(total), total / count.clamp(min=1))
+    low = torch.where(none, torch.zeros_like(low), low)
+    return torch.stack([mean, low, total], dim=1)  # (B, 3)

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, replace
 from ..errors import ConfigError
 from ..fields import check_choice as _check_choice, parse_csv
 from ..models import DEFAULT_MODEL
-from ..store.columns import feature_column, feature_parts
+from ..store.columns import LOGPROB, feature_column, feature_parts
 
 DTYPES = ("auto", "float16", "bfloat16", "float32")
 DEVICES = ("auto", "cuda", "cpu")
@@ -38,6 +38,10 @@ class EncoderSpec:
     averaged; a conversation's response is its final assistant turn; ``mean`` without a prompt)."""
     layers: tuple[int, ...] = (-1,)
     """Hidden-state layers to pool (negative counts from the top; -1 is the final layer)."""
+    likelihood: bool = False
+    """Also store ``logprob`` (a causal LM only): the mean, min and sum of the log-probabilities the
+    model's own LM head gives the response's tokens, each predicted from the tokens before it, in
+    the same forward pass (the LM head is applied at those positions only)."""
 
     def __post_init__(self):
         object.__setattr__(self, "pooling", parse_csv(self.pooling))
@@ -57,8 +61,9 @@ class EncoderSpec:
 
     @property
     def columns(self) -> tuple[str, ...]:
-        """Names of the vector columns this spec stores, e.g. ``last@-1``."""
-        return tuple(feature_column(p, l) for l in self.layers for p in self.pooling)
+        """Names of the columns this spec stores, e.g. ``last@-1`` (and ``logprob``)."""
+        return tuple(feature_column(p, l) for l in self.layers for p in self.pooling) + \
+            ((LOGPROB,) if self.likelihood else ())
 
     def with_feature(self, feature: str | None) -> "EncoderSpec":
         """This spec with the poolings and layers ``feature`` reads added (a malformed feature:
@@ -66,6 +71,8 @@ class EncoderSpec:
         try:
             parts = feature_parts(feature) if feature else ()
             pooling, layers = list(self.pooling), list(self.layers)
+            if LOGPROB in parts:
+                return replace(self, likelihood=True).with_feature("+".join(p for p in parts if p != LOGPROB) or None)
             for part in parts:
                 p, _, layer = part.partition("@")
                 pooling += [p] if p not in pooling else []

@@ -152,3 +152,27 @@ def verify_head(head_path, data_spec: DataSpec, cache_dir="cache", sample: int =
     sv = load_vectors(head_data_spec(head, data_spec, override_recipe), vs, head.feature, cache_dir)
     scorer = LiveScorer(head, device, batch_tokens)
     return verify(head, sv, scorer, sample, seed, atol)
+
+
+def likelihood_report(data_spec: DataSpec, enc_spec, cache_dir="cache", store: str | None = None) -> dict:
+    """The card's data check on one split, from the stored ``logprob`` column (``embed
+    --likelihood``): the frozen LM's log-likelihood of each response against its label."""
+    import numpy as np
+
+    from ..evaluate.likelihood import likelihood_table
+    from ..store import find_store
+    from .vectors import embed_command
+
+    vs = find_store(cache_dir, enc_spec, "logprob", store,
+                    embed_hint=embed_command(data_spec, enc_spec, cache_dir, "logprob"))
+    sv = load_vectors(data_spec, vs, "logprob", cache_dir)
+    X = sv.X.take(np.arange(len(sv.X)), dtype=np.float64)  # (U, 3): mean, min, sum
+    d = sv.data
+    if d.labels is not None:
+        rows, labels = sv.rows(d.keys), d.labels
+    else:
+        rows = np.concatenate([sv.ci, sv.ri])
+        labels = np.concatenate([np.ones(len(sv.ci)), np.zeros(len(sv.ri))])
+    out = likelihood_table(X, rows, labels, sv.ci, sv.ri)
+    return {"split": d.split, "source": d.source, "model": (vs.spec() or {}).get("model") or enc_spec.model,
+            "fingerprint": vs.fp, **out}

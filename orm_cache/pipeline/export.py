@@ -80,6 +80,9 @@ def check_exportable(head: Head) -> None:
     if head.meta.get("encoders") or ":" in feature:
         raise ExportError(f"cannot export a head over several encoders ({feature}): a sequence-classification model "
                           "is one encoder with one score layer; score it with orm-cache (score, rank, LiveScorer)")
+    if "logprob" in feature.split("+"):
+        raise ExportError(f"cannot export a head trained on {feature}: logprob is the LM's likelihood of the "
+                          "response, which a sequence-classification model's score layer does not compute")
     if "+" in feature:
         raise ExportError(f"cannot export a head trained on {feature}: a sequence-classification model's score "
                           "layer reads one hidden state (last@-1), not several concatenated")

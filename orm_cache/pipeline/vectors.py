@@ -72,6 +72,8 @@ def embed_command(data_spec, encoder, cache_dir, feature: str | None = None) -> 
         if isinstance(value, (list, tuple)):
             value = ",".join(map(str, value))
         cmd += ["--" + name.replace("_", "-"), str(value)]
+    if enc.get("likelihood"):
+        cmd += ["--likelihood"]
     return shlex.join(cmd + ["--cache-dir", str(cache_dir)])
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from .blocks import verify_table
 from .describe import list_stores, write_encoder_json
 from .fingerprint import short
-from .shards import TMP_PREFIX, StoreError, _stat_key, list_shards, open_shard, remember_verified, vector_columns
+from .shards import TMP_PREFIX, StoreError, _stat_key, list_shards, open_shard, remember_verified
 
 
 @dataclass
@@ -158,7 +158,7 @@ def compact_store(store: dict, target_rows: int = 65_536, report: list | None = 
     # sets when poolings or layers were embedded at different times); a key's first row per set wins.
     by_columns: dict[tuple, list] = {}
     for p, t in small:
-        by_columns.setdefault(vector_columns(t.schema), []).append((p, t))
+        by_columns.setdefault(tuple(t.schema.names), []).append((p, t))  # one schema: concatenable
     stem = f"{time.time_ns():016x}-{socket.gethostname()}-{os.getpid()}-compact"
     n = 0
     for cols, shards in by_columns.items():
@@ -172,7 +172,7 @@ def compact_store(store: dict, target_rows: int = 65_536, report: list | None = 
             current.append((p, t))
             rows += t.num_rows
         groups.append(current)
-        seen: set[str] = set(k for p, t in sound if t.num_rows >= target_rows and vector_columns(t.schema) == cols
+        seen: set[str] = set(k for p, t in sound if t.num_rows >= target_rows and tuple(t.schema.names) == cols
                              for k in t.column("key").to_pylist())
         for group in groups:
             if len(group) < 2:

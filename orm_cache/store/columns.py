@@ -5,6 +5,10 @@ from __future__ import annotations
 from ..errors import ConfigError
 
 
+LOGPROB = "logprob"  # a causal encoder's log-likelihood of each response: three stored scalars per text
+LOGPROB_FIELDS = ("logprob_mean", "logprob_min", "logprob_sum")  # over the response's tokens (natural log)
+
+
 def feature_column(pooling: str, layer: int) -> str:
     return f"{pooling}@{layer}"
 
@@ -47,6 +51,8 @@ def feature_parts(feature: str) -> tuple[str, ...]:
     (whether the columns exist is the store's to say)."""
     parts = tuple(str(feature).split("+"))
     for p in parts:
+        if p == LOGPROB:
+            continue
         if p != p.strip():
             raise ConfigError(f"feature {feature!r}: {p!r} has spaces around it (write e.g. mean@-4+mean@-1)")
         pooling, at, layer = p.partition("@")
@@ -55,8 +61,8 @@ def feature_parts(feature: str) -> tuple[str, ...]:
         except ValueError:
             ok = False
         if not ok:
-            raise ConfigError(f"feature {feature!r}: {p!r} is not a column name like mean@-1 (concatenate columns "
-                             "with '+', e.g. mean@-4+mean@-1)")
+            raise ConfigError(f"feature {feature!r}: {p!r} is not a column name like mean@-1 or logprob (concatenate "
+                              "columns with '+', e.g. mean@-4+mean@-1)")
     if len(set(parts)) != len(parts):
         raise ConfigError(f"feature {feature!r} names a column twice")
     return parts

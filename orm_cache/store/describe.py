@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from .fingerprint import encoder_fingerprint, fingerprint, short
 from ..errors import StoreError
-from .layout import META_FINGERPRINT, META_IDENTITY, META_SPEC, _atomic_write_bytes, list_shards, vector_columns
+from .layout import META_FINGERPRINT, META_IDENTITY, META_SPEC, _atomic_write_bytes, list_shards, stored_columns
 
 ENCODER_JSON = "encoder.json"
 
@@ -102,7 +102,7 @@ def _size(path: Path) -> int | None:
 def _shard_columns(path: Path) -> tuple[str, ...]:
     """The vector columns in one shard's schema (none when unreadable)."""
     try:
-        return vector_columns(pa.ipc.open_file(pa.memory_map(str(path), "r")).schema)
+        return stored_columns(pa.ipc.open_file(pa.memory_map(str(path), "r")).schema)
     except (pa.ArrowInvalid, OSError):
         return ()
 

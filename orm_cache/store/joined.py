@@ -49,7 +49,7 @@ class JoinedStore:
         return parts
 
     def feature_dim(self, feature: str | None) -> int | None:
-        dims = [self.part(p)[0].dim for p in self.feature_columns(feature or self.columns[0])]
+        dims = [vs.column_dim(c) for vs, c in map(self.part, self.feature_columns(feature or self.columns[0]))]
         return None if None in dims else int(sum(dims))
 
     def refresh(self) -> None:

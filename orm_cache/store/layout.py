@@ -122,6 +122,15 @@ def vector_columns(schema: pa.Schema) -> tuple[str, ...]:
     return tuple(n for n in schema.names if "@" in n)
 
 
+def stored_columns(schema: pa.Schema) -> tuple[str, ...]:
+    """What a feature can read from a shard: its vector columns, then ``logprob`` when it holds
+    the likelihood scalars (:data:`~orm_cache.store.columns.LOGPROB_FIELDS`)."""
+    from .columns import LOGPROB, LOGPROB_FIELDS
+
+    has = all(f in schema.names for f in LOGPROB_FIELDS)
+    return vector_columns(schema) + ((LOGPROB,) if has else ())
+
+
 def _stat_key(path: Path) -> list[int] | None:
     try:
         st = path.stat()

@@ -50,10 +50,11 @@ import pyarrow as pa
 
 from ..errors import StoreError  # noqa: F401 (re-exported: its old import location)
 from .index import KeyIndex, key_hashes
+from .columns import LOGPROB, LOGPROB_FIELDS
 from .layout import (META_FINGERPRINT, META_IDENTITY, META_SCHEMA, META_SPEC, RACY_SECONDS,  # noqa: F401 (re-exported)
                      RELIST_LIMIT, RESPONSE_START, SHARD_SUFFIX, TMP_PREFIX, UNKNOWN_START, VERIFIED,
                      _atomic_write_bytes, _stat_key, list_shards, open_shard, read_verified, remember_verified,
-                     store_dir, vector_columns, write_shard)
+                     store_dir, stored_columns, vector_columns, write_shard)
 from .rows import ConcatRows, Rows, StoreRows
 from .writer import ShardWriter  # noqa: F401 (re-exported: its old import location)
 
@@ -173,7 +174,7 @@ class VectorStore:
                 self._tables.append(table)
                 self._paths.append(path)
                 self._starts.append(first + table.num_rows)
-                hashes, rows = added.setdefault(vector_columns(table.schema), ([], []))
+                hashes, rows = added.setdefault(stored_columns(table.schema), ([], []))
                 hashes.append(key_hashes(table.column("key").to_pylist()))
                 rows.append(np.arange(first, self._starts[-1]))
             if checked:
@@ -314,18 +315,24 @@ class VectorStore:
 
     def _column_parts(self, column: str) -> tuple[list[np.ndarray], np.ndarray]:
         """Zero-copy ``(n, D)`` views of ``column`` in every record batch of every shard, and
-        the global row of each view's first row."""
+        the global row of each view's first row (``logprob``: its three scalars side by side,
+        ``(n, 3)`` float32 copies, small; checked with the shard's scalars when it was opened)."""
         if column not in self._parts:
             views, firsts = [], []
             for table, start in zip(self._tables, self._starts):
-                if column not in table.schema.names:  # a shard of other columns
+                if column not in stored_columns(table.schema):  # a shard of other columns
                     continue
                 offset = start
-                for chunk in table.column(column).chunks:
-                    flat = chunk.flatten().to_numpy(zero_copy_only=True)  # (n*D,) view of the map
-                    views.append(flat.reshape(len(chunk), chunk.type.list_size))
+                if column == LOGPROB:
+                    chunks = zip(*(table.column(f).chunks for f in LOGPROB_FIELDS))
+                    arrays = [np.stack([c.to_numpy() for c in trio], axis=1).astype(np.float32) for trio in chunks]
+                else:
+                    arrays = [chunk.flatten().to_numpy(zero_copy_only=True).reshape(len(chunk), chunk.type.list_size)
+                              for chunk in table.column(column).chunks]  # (n, D) views of the map
+                for a in arrays:
+                    views.append(a)
                     firsts.append(offset)
-                    offset += len(chunk)
+                    offset += len(a)
             self._parts[column] = (views, np.asarray(firsts, dtype=np.int64))
         return self._parts[column]
 
@@ -354,9 +361,15 @@ class VectorStore:
                              "(concatenate several with '+', e.g. --feature mean@-4+mean@-1)")
         return parts
 
+    def column_dim(self, column: str) -> int | None:
+        """Width of one stored column: the vectors' (``logprob``: 3)."""
+        return len(LOGPROB_FIELDS) if column == LOGPROB else self.dim
+
     def feature_dim(self, feature: str | None) -> int | None:
-        """Width of ``feature``'s vectors: the stored width times the columns it concatenates."""
-        return None if self.dim is None else self.dim * len(self.feature_columns(self._check_column(feature)))
+        """Width of ``feature``'s vectors: the widths of the columns it concatenates."""
+        if self.dim is None:
+            return None
+        return sum(self.column_dim(c) for c in self.feature_columns(self._check_column(feature)))
 
     def matrix(self, keys, column: str | None = None) -> Rows:
         """The vectors of ``keys`` (in order) as a ``(len(keys), D)`` :class:`StoreRows`, read
@@ -385,7 +398,7 @@ class VectorStore:
             lens = np.fromiter(map(len, views), np.int64, len(views))
             if len(gids) and ((part < 0) | (row >= lens[np.maximum(part, 0)])).any():
                 raise StoreError(f"rows asked of column {col} lie in shards that do not hold it")
-            parts.append(StoreRows(views, part, row, self.dim))
+            parts.append(StoreRows(views, part, row, self.column_dim(col)))
         return parts[0] if len(parts) == 1 else ConcatRows(parts)
 
     def vectors(self, keys, column: str | None = None, dtype=np.float32) -> np.ndarray:
