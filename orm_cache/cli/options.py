@@ -62,8 +62,7 @@ SHORT_HELP = {
     "steps": "AdamW optimiser steps.",
     "seed": "Seed of initial weights, batch order and bootstrap resamples.",
     "l2": "lbfgs: L2 penalty on the standardised-feature weights.",
-    "feature": "Column(s) to train on, e.g. mean@-1, mean@-4+mean@-1, mean@-4+logprob or "
-               "mean@-4+bundled-smollm2:mean@-16 [default: the store's first].",
+    "feature": "Column(s), e.g. mean@-1, mean@-4+logprob, mean@-4+MODEL:mean@-16 [default: the store's first].",
     "objective": "pairwise (Bradley-Terry on pairs) or pointwise (logistic loss on labels).",
     "head": "linear (the reference checkpoint format) or mlp (one hidden ReLU layer).",
     "ensemble": "Members trained and averaged.",
