@@ -184,3 +184,24 @@ def test_a_changed_logprob_value_is_refused_by_its_checksum(lp_world, tmp_path):
     # the shard is set aside (its rows embedded again by the next embed); its changed value is never read
     assert f"{shard.name}: checksum mismatch" in r.output and "embedded again" in r.output, r.output
     assert "Traceback" not in r.output
+
+
+def test_the_reward_function_and_server_path_score_a_logprob_head_and_write_it_back(lp_world, tmp_path):
+    from orm_cache.pipeline.live import LiveScorer
+    from orm_cache.pipeline.reward import OrmReward
+
+    head = tmp_path / "h.pt"
+    ok("fit-head", "--data", lp_world["data"], "--model", lp_world["model"], "--cache-dir", lp_world["cache"],
+       "--feature", "logprob+mean@-1", "--solver", "lbfgs", "--out", head)
+    cache = tmp_path / "c"
+    shutil.copytree(lp_world["cache"], cache)
+    prompts, completions = ["Q: add 2 and 5"] * 3, ["2 + 5 = 7.", "2 + 5 = 8.", "It is 7."]
+    reward = OrmReward(str(head), cache_dir=cache, device="cpu")
+    first = reward(prompts=prompts, completions=completions)  # misses: embedded with their likelihood
+    reward.close()
+    live = LiveScorer(str(head), device="cpu").score(completions, prompts=prompts)
+    np.testing.assert_allclose(first, live, atol=1e-5)
+    again = OrmReward(str(head), cache_dir=cache, device="cpu")
+    assert again(prompts=prompts, completions=completions) == first  # hits now: the written-back columns
+    assert again.cache.model_loaded is False
+    again.close()
