@@ -101,6 +101,13 @@ def bundled_smollm2_dir() -> Path:
     st = gguf.stat()
     out = models_dir() / f"smollm2-135m-instruct-{_sha256(str(gguf), st.st_size, st.st_mtime_ns)[:12]}-c{CONVERTER}"
     if not (out / "config.json").is_file():
+        try:  # before 30 s of conversion: a place it can be written to
+            out.parent.mkdir(parents=True, exist_ok=True)
+            if out.exists():  # not a finished conversion (that has config.json): someone else's leftover
+                out.rename(out.with_name(f"{out.name}.incomplete-{os.getpid()}"))
+        except OSError as e:
+            raise EncoderError(f"cannot write the converted model to {out} ({e.strerror or e}); set ORM_CACHE_MODELS "
+                               "to a writable directory") from None
         _convert_gguf(gguf, out)
     return out
 
@@ -122,7 +129,6 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
         del config.quantization_config
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)  # free of the GGUF loader's hooks
     model.load_state_dict(src.state_dict())
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.{os.getpid()}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     try:

@@ -155,3 +155,24 @@ def test_export_and_the_server_refuse_a_head_over_two_encoders(two, tmp_path):
 
     with pytest.raises(ConfigError, match="several encoders"):
         RewardCache(str(two["head"]), two["cache"])
+
+
+def test_a_lost_store_of_the_other_encoder_is_filled_again_by_score(two, tmp_path):
+    from orm_cache.config import EncoderSpec
+    from orm_cache.store import find_store
+
+    h = Head.load(two["head"])
+    assert h.meta["encoders"][0]["encoder_spec"]["model"] == str(two["second"])  # as the head names it
+    cache = tmp_path / "cache"
+    shutil.copytree(two["cache"], cache)
+    lost = find_store(cache, EncoderSpec(model=str(two["second"])), "mean@-1").dir
+    shutil.rmtree(lost)
+    out = tmp_path / "s.jsonl"
+    r = ok("score", "--head", two["head"], "--input", two["data"] / "test.jsonl", "--output", out, "--cache-dir", cache)
+    assert "embedded now" in r.output and "(no model loaded)" not in r.output
+    want = [json.loads(x)["score"] for x in open(out)]
+    ok("score", "--head", two["head"], "--input", two["data"] / "test.jsonl", "--output", tmp_path / "t.jsonl",
+       "--cache-dir", two["cache"])
+    np.testing.assert_allclose(want, [json.loads(x)["score"] for x in open(tmp_path / "t.jsonl")], atol=1e-6)
+    r = run("eval", "--head", two["head"], "--data", two["data"], "--cache-dir", tmp_path / "empty")
+    assert r.exit_code == 1 and "Traceback" not in r.output

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from orm_cache.cli import cli
 from orm_cache.config import DataSpec
 from orm_cache.head import Head
-from orm_cache.pipeline.rescore import rank_rows
+from orm_cache.pipeline.rank import rank_rows
 from orm_cache.pipeline.bind import load_vectors, store_for_head
 
 from conftest import write_jsonl

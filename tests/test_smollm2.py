@@ -61,6 +61,17 @@ def test_without_the_package_it_says_what_to_install(monkeypatch):
         resolve_model_path(BUNDLED_SMOLLM2)
 
 
+def test_an_unwritable_models_directory_is_said_before_converting(monkeypatch, tmp_path):
+    import time
+
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("ORM_CACHE_MODELS", str(tmp_path / "file" / "models"))
+    t = time.monotonic()
+    with pytest.raises(EncoderError, match="cannot write the converted model to .*ORM_CACHE_MODELS"):
+        resolve_model_path(BUNDLED_SMOLLM2)
+    assert time.monotonic() - t < 5  # refused before 30 s of conversion
+
+
 @pytest.mark.slow
 def test_two_conversions_at_once_give_one_complete_directory_with_the_same_digest(smollm2, tmp_path):
     env = {**os.environ, "ORM_CACHE_MODELS": str(tmp_path / "models")}

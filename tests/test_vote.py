@@ -113,9 +113,16 @@ def _groups(groups):
 @pytest.mark.parametrize("raw,norm", [("1,000", "1000"), ("$1000.00", "1000"), (1000, "1000"), (" 18. ", "18"),
                                       ("-0.0", "0"), ("7.50", "7.5"), ("50%", "50"), ("Paris", "Paris"),
                                       ("a  b\n c", "a b c"), ("", None), (None, None), (float("nan"), None),
-                                      (True, "true")])
+                                      (True, "true"), ("1,2", "1,2"), ("12,345.60", "12345.6"), ("1e3", "1000"),
+                                      ("1e-5", "0.00001"), ("1e1000000", "1e1000000"), ("9" * 70, "9" * 70)])
 def test_answers_are_normalised_before_they_are_compared(raw, norm):
     assert V.normalize_answer(raw) == norm
+
+
+def test_long_numbers_are_never_rounded_into_one_answer():
+    assert V.normalize_answer("1" * 29) != V.normalize_answer("1" * 28 + "2")
+    assert V.normalize_answer("1" * 29) == "1" * 29
+    assert len(V.normalize_answer("1e-999999")) < 20  # kept as text, not written out to a megabyte
 
 
 def test_a_pattern_takes_its_last_match_and_the_answer_group():
@@ -123,6 +130,7 @@ def test_a_pattern_takes_its_last_match_and_the_answer_group():
     assert V.AnswerSource(pattern=r"(?P<pre>x)=(?P<answer>\d+)").from_text("x=4 x=5") == "5"
     assert V.AnswerSource(pattern=r"\d+").from_text("2 and 17") == "17"  # no group: the whole match
     assert V.AnswerSource(pattern=r"####\s*(.+)").from_text("no answer here") is None
+    assert V.AnswerSource(pattern=r"\d*").from_text("abc 42 def") == "42"  # the last non-empty match
     with pytest.raises(ConfigError, match="not a regular expression"):
         V.AnswerSource(pattern="(unclosed")
     with pytest.raises(ConfigError, match="one of"):
@@ -323,7 +331,8 @@ def test_the_server_ranks_by_answer_as_the_python_door_does(voted):
             {"candidates": texts, "answers": [{"x": 1}] * len(texts)},
             {"candidates": texts, "answer_pattern": ".*"})]
         nothing = c.post("/rank", json={"candidates": ["no digits here", "nor here"], "aggregate": "vote"})
-        fine = c.post("/rank", json={"candidates": ["no digits here", "nor here"]})
+        fine = c.post("/rank", json={"candidates": ["no digits here", "nor here"], "aggregate": None})
+        huge = c.post("/rank", json={"candidates": ["a", "b"], "aggregate": "vote", "answers": ["1e1000000", "5"]})
     for got in (by_pattern, by_answers):
         assert got["answer"] == want["answer"] and got["order"] == want["order"] and got["tied"] == want["tied"]
         assert got["share"] == pytest.approx(want["share"], rel=1e-4) and got["aggregate"] == "weighted-vote"
@@ -333,3 +342,59 @@ def test_the_server_ranks_by_answer_as_the_python_door_does(voted):
     assert "unknown aggregation" in bad[0].json()["error"] and "answer_pattern" in bad[3].json()["error"]
     assert nothing.status_code == 400 and "none of the 2 candidates" in nothing.json()["error"]
     assert fine.status_code == 200 and "answer" not in fine.json()  # no answer needed, none found: plain ranking
+    assert huge.status_code == 200 and huge.json()["answers"] == ["1e1000000", "5"]
+
+
+def test_a_pattern_that_backtracks_for_ever_is_stopped_in_one_line():
+    import time
+
+    t = time.monotonic()
+    with pytest.raises(DataError, match="took more than"):
+        V.AnswerSource(pattern=r"\s*(\d+)\s*$", seconds=0.2).from_text(" " * 40_000 + "x 5")
+    assert time.monotonic() - t < 5
+    with pytest.raises(DataError, match="took more than"):
+        V.candidate_answers([(" " * 40_000 + "x 5", 0)] * 3, pattern=r"\s*(\d+)\s*$", seconds=0.2)
+
+
+def test_rank_says_which_columns_it_replaces_and_which_answer_column_is_missing(voted, tmp_path):
+    d, data, cache, head = voted
+    src = read_jsonl(data / "test.jsonl")
+    inp = write_jsonl(tmp_path / "in.jsonl", [{**r, "final_answer": "PRE", "score": 0} for r in src])
+    r = ok("rank", "--head", head, "--input", inp, "--output", tmp_path / "o.jsonl", "--group-by", "group",
+           "--cache-dir", cache, "--answer-pattern", PATTERN)
+    assert "already has column(s) score, final_answer" in r.output
+    r = run("rank", "--head", head, "--input", inp, "--output", tmp_path / "o.jsonl", "--group-by", "group",
+            "--cache-dir", cache, "--answer-col", "nosuch")
+    assert r.exit_code == 1 and "--answer-col nosuch: no row of" in r.output
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{**src[0], "ans": [1, 2]}] + [{**x, "ans": "3"} for x in src[1:]])
+    r = run("rank", "--head", head, "--input", bad, "--output", tmp_path / "o.jsonl", "--group-by", "group",
+            "--cache-dir", cache, "--answer-col", "ans")
+    assert r.exit_code == 1 and f"{bad}:1: answer column 'ans' holds a list" in r.output
+
+
+def test_a_slow_operator_pattern_does_not_hold_the_server(voted):
+    import threading
+    import time
+
+    import httpx
+
+    from orm_cache.testing import ServerProcess
+
+    d, data, cache, head = voted
+    hostile = " " * 60_000 + "x 5"  # quadratic for this pattern: tens of seconds with Python's re
+    with ServerProcess("--head", head, "--cache-dir", cache, "--no-write-back", "--answer-pattern",
+                       r"\s*(\d+)\s*$", "--max-text-chars", "100000") as s, \
+            httpx.Client(base_url=s.url, timeout=120) as c:
+        got = {}
+        th = threading.Thread(target=lambda: got.update(r=c.post("/rank", json={
+            "candidates": [hostile, "y 4"], "aggregate": "vote"})))
+        t0 = time.monotonic()
+        th.start()
+        time.sleep(0.3)
+        health = httpx.get(s.url + "/health", timeout=30)
+        health_s = time.monotonic() - t0
+        th.join(60)
+        rank_s = time.monotonic() - t0
+    assert health.status_code == 200 and health_s < 3, health_s  # the loop kept answering
+    assert got["r"].status_code == 400 and "took more than" in got["r"].json()["error"]
+    assert rank_s < 15, rank_s

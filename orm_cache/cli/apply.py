@@ -52,7 +52,8 @@ def rank(head_path, input_path, output_path, text_col, messages_col, prompt_col,
     beside random and oracle, every aggregation's when answers are given, and the best-of-N
     curve of the top-scored candidate for N = 1..max (docs/evaluation.md).
     """
-    from ..pipeline.rescore import TextColumns, rank_file
+    from ..pipeline.rank import rank_file
+    from ..pipeline.rescore import TextColumns
 
     setup_logging(quiet)
     s = rank_file(head_path, input_path, output_path, group_by, top_k, cache_dir,

@@ -15,7 +15,7 @@ import torch
 
 from .spec import EncoderSpec
 from ..store.fingerprint import SCHEMA_VERSION, fingerprint
-from ..models import EncoderError, local_model_digest, resolve_model_path
+from ..models import BUNDLED_SMOLLM2, EncoderError, local_model_digest, resolve_model_path
 from .pooling import pool, response_logprob
 from ..store.columns import LOGPROB
 from .response import response_token_starts
@@ -243,7 +243,9 @@ class Encoder:
                 model = model.base_model
         except Exception as e:  # OSError, ValueError, safetensors' own error for a truncated file, …
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise EncoderError(f"cannot load weights of {self.spec.model!r}: {first}") from e
+            again = (f" (its converted copy {self.path} is damaged: delete that directory and it is converted "
+                     "again)") if self.spec.model == BUNDLED_SMOLLM2 else f" ({self.path})"
+            raise EncoderError(f"cannot load weights of {self.spec.model!r}: {first}{again}") from e
         finally:
             hf_logging.set_verbosity(verbosity)
         self.model = model.to(self.device).eval().requires_grad_(False)

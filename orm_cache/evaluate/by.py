@@ -149,6 +149,8 @@ def format_by(b: dict, max_groups: int = 50) -> list[str]:
         if len(traces) > max_groups:
             rest = traces[max_groups:]
             lines.append(f"    … {len(rest):,} more values ({sum(g['traces'] for g in rest):,} traces), all in --json")
+    if "best_of_n_note" in b:
+        lines.append(f"  by {b['column']} (best-of-N): none; {b['best_of_n_note']}")
     if "best_of_n" in b:
         rules = [k for k in ("best", "vote", "weighted-vote", "random", "oracle") if k in b["best_of_n"][0]]
         shown = b["best_of_n"][:max_groups]

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation, localcontext
 
 import numpy as np
 
@@ -32,11 +32,17 @@ AGGREGATES = ("best", "vote", "weighted-vote")
 TIE_POLICY = "fractional: credit shared evenly among tied top answers (or tied top candidates for best)"
 
 
+NUMBER_DIGITS = 60  # longer numbers (or exponents beyond it) are compared as text, never rounded
+THOUSANDS = re.compile(r"[+-]?\d{1,3}(,\d{3})+(\.\d*)?")  # 1,000 and 12,345.6 (not 1,2)
+PATTERN_SECONDS = 1.0  # a pattern that takes longer than this on one request's (or row's) texts is refused
+
+
 def normalize_answer(value) -> str | None:
     """An answer as it is compared: surrounding space and a trailing period dropped, inner space
-    collapsed; a number (``$``, thousands commas and ``%`` aside) in its plain decimal form, so
-    ``"1,000"``, ``"$1000.00"`` and ``1000`` are one answer. Case is kept. None or an empty
-    string: no answer."""
+    collapsed; a number (``$``, ``%`` and thousands commas aside) in its exact plain decimal form,
+    so ``"1,000"``, ``"$1000.00"`` and ``1000`` are one answer (a number of more than 60 digits,
+    or so far from 1 that writing it out would take more, is compared as text). Case is kept.
+    None or an empty string: no answer."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     if isinstance(value, bool):
@@ -44,50 +50,69 @@ def normalize_answer(value) -> str | None:
     s = " ".join(str(value).split()).rstrip(".").strip()
     if not s:
         return None
-    num = s.replace(",", "").replace("$", "").rstrip("%").strip()
+    num = s.replace("$", "").rstrip("%").strip()
+    if "," in num:
+        if not THOUSANDS.fullmatch(num):
+            return s
+        num = num.replace(",", "")
     try:
-        d = Decimal(num)
+        d = Decimal(num)  # exact: construction never rounds
     except InvalidOperation:
         return s
     if not d.is_finite():
         return s
-    d = d.normalize()
+    _, digits, exp = d.as_tuple()
+    if len(digits) + abs(exp) > NUMBER_DIGITS:
+        return s
+    with localcontext() as ctx:
+        ctx.prec = NUMBER_DIGITS + 2  # enough for every digit: normalize() drops trailing zeros only
+        d = d.normalize()
     return format(d, "f") if d != 0 else "0"
 
 
 @dataclass(frozen=True)
 class AnswerSource:
-    """Where each candidate's final answer comes from: a column of its row, or the last match of
-    a regular expression in its response (the named group ``answer``, else the first group, else
-    the whole match). The pattern is searched in the response part of the text (from where the
-    response starts; the whole text when that is unknown)."""
+    """Where each candidate's final answer comes from: a column of its row, or the last non-empty
+    match of a regular expression in its response (the named group ``answer``, else the first
+    group, else the whole match). The pattern is searched in the response part of the text (from
+    where the response starts; the whole text when that is unknown), with the ``regex`` module
+    (Python's ``re`` syntax), which can stop a search: one that runs past ``seconds`` is refused
+    in one line instead of holding the process."""
 
     column: str | None = None
     pattern: str | None = None
+    seconds: float = PATTERN_SECONDS
 
     def __post_init__(self):
         if (self.column is None) == (self.pattern is None):
             raise ConfigError("give one of --answer-col and --answer-pattern")
         if self.pattern is not None:
+            import regex
+
             try:
-                rx = re.compile(self.pattern)
-            except re.error as e:
+                rx = regex.compile(self.pattern)
+            except (regex.error, ValueError) as e:
                 raise ConfigError(f"--answer-pattern {self.pattern!r} is not a regular expression: {e}") from None
             object.__setattr__(self, "_rx", rx)
 
     def describe(self) -> str:
         return f"column {self.column!r}" if self.column is not None else f"the last match of {self.pattern!r}"
 
-    def from_text(self, response: str) -> str | None:
-        """The normalised answer in ``response`` (pattern sources), None when it has none."""
+    def from_text(self, response: str, seconds: float | None = None) -> str | None:
+        """The normalised answer in ``response`` (pattern sources), None when it has none; a
+        search longer than ``seconds`` (default: the source's) is a DataError."""
         rx = self._rx
-        last = None
-        for last in rx.finditer(response):
-            pass
-        if last is None:
-            return None
         group = "answer" if "answer" in rx.groupindex else (1 if rx.groups else 0)
-        return normalize_answer(last.group(group))
+        last = None
+        try:  # concurrent: the search lets other threads run (a server's event loop)
+            for m in rx.finditer(response, concurrent=True, timeout=seconds or self.seconds):
+                if m.group(group):
+                    last = m
+        except TimeoutError:
+            raise DataError(f"--answer-pattern {self.pattern!r} took more than {seconds or self.seconds:g} s on "
+                            f"one response of {len(response):,} characters; simplify it (anchor it, avoid nested "
+                            "or adjacent repeats)") from None
+        return None if last is None else normalize_answer(last.group(group))
 
     def answer(self, row: dict | None, response: str) -> str | None:
         """The normalised answer of one candidate: its row's column, or the pattern's match."""
@@ -114,14 +139,15 @@ def check_aggregate(aggregate: str, has_answers: bool) -> None:
                           "--answer-pattern REGEX; answers=[…] or answer_pattern=… in Python and over HTTP)")
 
 
-def require_answers(answers, source: AnswerSource, what: str = "candidates") -> dict:
+def require_answers(answers, source: "AnswerSource | str", what: str = "candidates") -> dict:
     """How many candidates have an answer; a DataError in one line when none has (voting would
-    silently be best-of-N)."""
+    silently be best-of-N). ``source``: where the answers came from (or its description)."""
     n = len(answers)
     found = sum(a is not None for a in answers)
     if n and not found:
-        raise DataError(f"none of the {n:,} {what} has a final answer by {source.describe()}; check the "
-                        "pattern (or column) against a response, e.g. --answer-pattern '####\\s*(.+)'")
+        how = source if isinstance(source, str) else f"by {source.describe()}"
+        raise DataError(f"none of the {n:,} {what} has a final answer {how}; check the pattern (or column) "
+                        "against a response, e.g. --answer-pattern '####\\s*(.+)'")
     return {"candidates": n, "with_answer": found, "without_answer": n - found,
             "rule": "a candidate without an answer is its own answer, shared with no one"}
 
@@ -273,25 +299,37 @@ def group_values(values: list, groups_idx) -> list | None:
     return out
 
 
-def candidate_answers(built: list[tuple[str, int | None]], answers=None, pattern: str | None = None) -> list | None:
+def candidate_answers(built: list[tuple[str, int | None]], answers=None, pattern: str | None = None,
+                      seconds: float = PATTERN_SECONDS) -> list | None:
     """The normalised answers of one group's candidates (``built``: each one's text and response
     start): given (``answers``, one per candidate), found by ``pattern`` in each response, or None
-    (neither). A DataError when the count is wrong or no candidate has one."""
+    (neither). A DataError when the count is wrong, no candidate has one, or the pattern's
+    searches together take more than ``seconds`` (a server's request cannot hold it longer)."""
+    import time
+
     if answers is not None and pattern is not None:
         raise ConfigError("give answers or answer_pattern, not both")
     if pattern is not None:
         source = AnswerSource(pattern=pattern)
-        found = [source.from_text(response_part(t, s)) for t, s in built]
+        deadline = time.monotonic() + seconds
+        found = []
+        for t, s in built:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise DataError(f"the answer pattern {pattern!r} took more than {seconds:g} s on these "
+                                f"{len(built):,} candidates; simplify it")
+            found.append(source.from_text(response_part(t, s), left))
+        how = f"by {source.describe()}"
     elif answers is not None:
         if isinstance(answers, (str, bytes)) or len(answers) != len(built):
             raise DataError(f"answers must be a list with one answer (or null) per candidate: {len(built)}")
         if any(isinstance(a, (dict, list)) for a in answers):
             raise DataError("each answer must be a string, a number or null")
-        source = AnswerSource(column="answer")
         found = [normalize_answer(a) for a in answers]
+        how = "among the answers given (all null or empty)"
     else:
         return None
-    require_answers(found, source)
+    require_answers(found, how)
     return found
 
 

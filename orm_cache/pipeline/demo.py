@@ -45,7 +45,7 @@ def run_demo(out_dir="cache/demo", cache_dir="cache", quiet=False, say=print) ->
     from ..evaluate import format_report
     from ..evaluate.baselines import shorter_wins, tfidf_pairwise
     from ..evaluate.verify import format_verify
-    from .rescore import rank_file
+    from .rank import rank_file
     from ..outputs import write_json
     from .evaluate import evaluate_split, verify_head
     from .fit import fit_head, sweep_heads

@@ -13,6 +13,8 @@ stores by fingerprint and, for misses and live scores, rebuild each encoder from
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..encode.spec import EncoderSpec
 from ..errors import ConfigError
 from ..store import StoreError, VectorStore, find_store, short
@@ -62,10 +64,15 @@ def stores_for_features(cache_dir, enc_spec: EncoderSpec, features, primary: Vec
 
 def encoders_record(store, feature: str) -> list[dict]:
     """What a checkpoint records of each other encoder ``feature`` reads through ``store``."""
+    from ..models import looks_like_path
+
     out = []
     for m in other_columns(feature):
         vs = store.others[m]
-        out.append({"model": m, "fingerprint": vs.fp, "encoder_identity": vs.identity(), "encoder_spec": vs.spec()})
+        spec = dict(vs.spec() or {})
+        # the model as this head names it (its store's first writer may have used another path to the same files)
+        spec["model"] = str(Path(m).expanduser().resolve()) if looks_like_path(m) else m
+        out.append({"model": m, "fingerprint": vs.fp, "encoder_identity": vs.identity(), "encoder_spec": spec})
     return out
 
 

@@ -1,4 +1,4 @@
-"""Offline re-scoring and best-of-N over stored traces.
+"""Offline re-scoring over stored traces (``score``; ``rank`` is :mod:`.rank`).
 
 Texts whose vectors the store already holds (for the head's fingerprint) are scored from the
 store alone: no model is loaded. Misses are embedded with the head's encoder and added to the
@@ -16,13 +16,11 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..encode.spec import RunSpec
-from ..data.groups import GroupIds
-from ..data.ingest import FILE_EXTS, DataError, encoder_model, parse_label, read_rows
+from ..data.ingest import FILE_EXTS, DataError, encoder_model, read_rows
 from ..data.readers import BadRow, file_format
 from ..errors import ConfigError
 from ..text import TextBuilder, TextRecipe
@@ -30,9 +28,6 @@ from ..data.writers import OutputWriter, RejectWriter, _input_rows, check_output
 from ..head import Head
 from ..outputs import AtomicOutputs, check_not_input
 from ..progress import Progress
-
-if TYPE_CHECKING:
-    from ..evaluate.vote import AnswerSource
 
 log = logging.getLogger(__name__)
 
@@ -270,6 +265,8 @@ def score_file(head_path, input_path, output_path, cache_dir="cache", cols: Text
         out = job.outputs(output_path, outputs)
         rows = job.valid_rows(job.text_of)
         while chunk := list(itertools.islice(rows, chunk_rows)):
+            if not job.summary.rows:
+                warn_replaced(chunk[0][0], ("score", "p_beats_average", "p_correct"), job.input_path)
             texts = {k: t for _, (k, t, _) in chunk}
             starts = {k: s for _, (k, _, s) in reversed(chunk)}  # the first row of a repeated text counts
             scores = job.rescorer.scores(texts, job.summary, starts, job.builder.special_tokens)
@@ -283,107 +280,8 @@ def score_file(head_path, input_path, output_path, cache_dir="cache", cols: Text
     return job.finish()
 
 
-def rank_rows(scores: np.ndarray, groups: list) -> np.ndarray:
-    """1-based rank of each row within its group, best first; tied scores share the best rank."""
-    from ..evaluate.vote import pick_groups
-
-    return pick_groups(scores, groups)[0]
-
-
-def rank_file(head_path, input_path, output_path, group_by: str, top_k: int | None = None, cache_dir="cache",
-              cols: TextColumns | None = None, label_col: str | None = "label", skip_invalid: bool = False,
-              device: str = "auto", batch_tokens: int | None = None, quiet: bool = True,
-              store: str | None = None, feature: str | None = None, chunk_rows: int = 50_000,
-              answers: "AnswerSource | None" = None, aggregate: str = "best") -> ScoreSummary:
-    """Rank candidates within each ``group_by`` group (rank 1 = best); write every row with its
-    ``rank`` and ``score`` (or only ranks <= ``top_k``). With a label column, best-of-N accuracy
-    (fractional credit for ties), random, oracle and the best-of-N curve go into the summary.
-
-    ``answers`` (a column or a pattern, :class:`~orm_cache.evaluate.vote.AnswerSource`) gives
-    each candidate a final answer, and ``aggregate`` picks one per group (best, vote,
-    weighted-vote; :mod:`orm_cache.evaluate.vote`): rows are then ranked by their answer's weight,
-    then score, and each row also gets ``final_answer`` (its own), ``group_answer``,
-    ``group_weight``, ``group_share`` and ``aggregate``; with labels, the summary has every
-    aggregation's best-of-N.
-
-    The input is read twice, ``chunk_rows`` rows at a time: first to score every row (a chunk's
-    distinct texts at once) and keep its score, group and label; then again to write each row
-    with its rank. Rows are never all held in memory."""
-    from ..evaluate.metrics import best_of_n, best_of_n_curve
-    from ..evaluate.vote import best_of_n_answers, check_aggregate, pick_groups, require_answers, response_part
-
-    if top_k is not None and top_k < 1:
-        raise ConfigError(f"--top-k {top_k} must be at least 1 (leave it out to write every row)")
-    if chunk_rows < 1:
-        raise ConfigError(f"--chunk-rows {chunk_rows} must be at least 1")
-    check_aggregate(aggregate, answers is not None)
-    job = _job(head_path, input_path, output_path, cache_dir, cols, skip_invalid, device, batch_tokens, quiet, store,
-               feature)
-    has_labels = None
-    group_ids = GroupIds(group_by)
-
-    def parse(where, row):
-        nonlocal has_labels
-        g = row.get(group_by)
-        if g is None:
-            state = "missing" if group_by not in row else "null"
-            raise DataError(f"{where}: group column {group_by!r} is {state} (columns: {sorted(row)})")
-        g = group_ids.check(g, where)
-        key, text, start = job.text_of(where, row)
-        if has_labels is None:
-            has_labels = bool(label_col) and label_col in row
-        label = parse_label(row.get(label_col), where, label_col) if has_labels else None
-        answer = None if answers is None else answers.answer(row, response_part(text, start))
-        return key, text, start, g, label, answer
-
-    T = job.head.temperature
-    with AtomicOutputs() as outputs:
-        out = job.outputs(output_path, outputs)
-        scores, groups, labels, found = [], [], [], []  # one per valid row, in input order
-        valid = job.valid_rows(parse)
-        while chunk := list(itertools.islice(valid, chunk_rows)):
-            starts = {p[0]: p[2] for _, p in reversed(chunk)}  # the first row of a repeated text counts
-            by_key = job.rescorer.scores({p[0]: p[1] for _, p in chunk}, job.summary, starts,
-                                         job.builder.special_tokens)
-            for _, (k, _, _, g, y, a) in chunk:
-                scores.append(by_key[k])
-                groups.append(g)
-                labels.append(y)
-                found.append(a)
-        if not scores:
-            raise DataError(f"{job.input_path}: no valid rows to rank")
-        if answers is not None:
-            job.summary.extra["answers"] = require_answers(found, answers, "candidates")
-        scores = np.array(scores)
-        ranks, picks = pick_groups(scores, groups, found if answers else None, aggregate, T)
-        per_row = [None] * len(scores)
-        if answers is not None:
-            for idx, p in picks:
-                cols_of = {"group_answer": p.answer, "group_weight": p.weight, "group_share": p.share,
-                           "aggregate": aggregate}
-                for i in idx:
-                    per_row[i] = {"final_answer": found[i], **cols_of}
-        again = job.valid_rows(parse, again=True)  # the same rows, in the same order
-        i = 0
-        while chunk := list(itertools.islice(again, chunk_rows)):
-            out.write([{**r, "score": float(scores[j]), "rank": int(ranks[j]), **(per_row[j] or {})}
-                       for j, (r, _) in enumerate(chunk, i) if top_k is None or ranks[j] <= top_k])
-            i += len(chunk)
-        if i != len(scores):
-            raise DataError(f"{job.input_path}: the file changed while it was being ranked ({len(scores):,} valid rows "
-                            f"read first, {i:,} the second time); nothing was written")
-        out.close()
-        if job.rejected is not None:
-            job.rejected.close()
-    summary = job.finish()
-    summary.rows = len(scores)
-    summary.extra["groups"] = len(picks)
-    summary.extra["aggregate"] = aggregate
-    summary.extra["temperature"] = T or 1.0
-    if has_labels:
-        y = np.array(labels)
-        summary.extra["best_of_n"] = best_of_n(scores, y, groups)
-        summary.extra["best_of_n_curve"] = best_of_n_curve(scores, y, groups)
-        if answers is not None:
-            summary.extra["best_of_n_answers"] = best_of_n_answers(scores, y, groups, found, T)
-    return summary
+def warn_replaced(row: dict, written, path) -> None:
+    """Say once, as a warning, which of the input's columns the output replaces with its own."""
+    clash = [c for c in written if c in row]
+    if clash:
+        log.warning("%s already has column(s) %s: the output replaces them with this run's", path, ", ".join(clash))

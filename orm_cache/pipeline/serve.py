@@ -159,7 +159,7 @@ def create_app(service: Service):
         data = await _read_json(request, lim.max_body_bytes, lim.body_seconds)
         _fields(data, {"prompt", "candidates", "aggregate", "answers"}, "/rank")
         candidates, prompt = data.get("candidates"), data.get("prompt")
-        aggregate, answers = data.get("aggregate", "best"), data.get("answers")
+        aggregate, answers = data.get("aggregate") or "best", data.get("answers")
         if not isinstance(candidates, list) or not candidates:
             raise HTTPError(400, "/rank takes {\"prompt\": P, \"candidates\": [...]} with at least one candidate")
         service.check_size(len(candidates), "candidates")
@@ -169,8 +169,10 @@ def create_app(service: Service):
         except ConfigError as e:
             raise HTTPError(400, f"/rank: {_line(e)}") from None
         t = service.cache.texts(candidates, None if prompt is None else [prompt] * len(candidates))
-        try:
-            found = candidate_answers(list(zip(t.texts, t.starts)), answers, pattern)
+        try:  # a pattern's searches run beside the event loop (they release the GIL) and are bounded in time
+            built = list(zip(t.texts, t.starts))
+            found = (await asyncio.to_thread(candidate_answers, built, None, pattern) if pattern is not None
+                     else candidate_answers(built, answers))
         except DataError:
             if answers is not None or aggregate != "best":
                 raise

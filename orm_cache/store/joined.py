@@ -45,7 +45,8 @@ class JoinedStore:
         parts = tuple(c if m is None else f"{m}:{c}" for m, c in encoder_parts(feature))
         for p in parts:
             vs, c = self.part(p)
-            vs.feature_columns(c)  # a column that store lacks: one line listing the ones it has
+            if vs.columns:  # a column that store lacks: one line listing the ones it has (an empty one fills on a miss)
+                vs.feature_columns(c)
         return parts
 
     def feature_dim(self, feature: str | None) -> int | None:
