@@ -24,7 +24,10 @@ def reference_logprob(hidden, ids, mask, start, W):
     for b in range(ids.shape[0]):
         pos = torch.nonzero(mask[b]).flatten()  # real positions, in order
         lp = torch.log_softmax(hidden[b, pos].double() @ W.double().T, dim=-1)  # (n, V)
-        first = 0 if start is None or start[b] < 0 else int(start[b])
+        if start is not None and start[b] < 0:  # the response was not found: nothing is scored
+            out.append([0.0, 0.0, 0.0])
+            continue
+        first = 0 if start is None else int(start[b])
         vals = [float(lp[k - 1, ids[b, pos[k]]]) for k in range(max(first, 1), len(pos))]
         out.append([np.mean(vals), min(vals), sum(vals)] if vals else [0.0, 0.0, 0.0])
     return np.array(out)
@@ -44,11 +47,11 @@ def test_response_logprob_equals_a_row_by_row_reference(side):
     ids = torch.randint(0, V, (B, T), generator=g) * mask
     hidden = torch.randn(B, T, D, generator=g)
     W = torch.randn(V, D, generator=g)
-    start = torch.tensor([0, 2, -1, 0, 5])  # 0 and -1: every token; 5: the last two of seven
-    got = response_logprob(hidden, ids, mask, start, lambda h: h @ W.T, chunk=3).numpy()
+    start = torch.tensor([0, 2, -1, 0, 5])  # 0: every token; -1: not found, none; 5: the last two of seven
+    got, count = response_logprob(hidden, ids, mask, start, lambda h: h @ W.T, chunk=3)
     want = reference_logprob(hidden, ids, mask, start, W)
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-    assert (got[3] == 0).all()  # one token: nothing is predicted
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-5)
+    assert count.tolist() == [8, 2, 0, 0, 2]  # one token: nothing is predicted; not found: nothing scored
 
 
 @pytest.fixture(scope="module")
@@ -205,3 +208,25 @@ def test_the_reward_function_and_server_path_score_a_logprob_head_and_write_it_b
     assert again(prompts=prompts, completions=completions) == first  # hits now: the written-back columns
     assert again.cache.model_loaded is False
     again.close()
+
+
+def test_a_response_with_no_token_to_score_is_said_and_left_out(lp_world, tmp_path):
+    cache = tmp_path / "c"
+    r = ok("embed", "--data", lp_world["data"], "--split", "validation", "--model", lp_world["model"], "--pooling",
+           "mean", "--likelihood", "--max-length", "12", "--cache-dir", cache)  # every response truncated away
+    assert "logprob: " in r.output and "no response token to score" in r.output
+    assert "response_mean:" not in r.output  # not pooled: not its warning
+    js = tmp_path / "t.json"
+    r = ok("likelihood", "--data", lp_world["data"], "--split", "validation", "--model", lp_world["model"],
+           "--max-length", "12", "--cache-dir", cache, "--json", js)
+    t = json.loads(js.read_text())
+    assert t["left_out"] > 0 and "left out:" in r.output
+    assert t["occurrences"] + t["left_out"] <= 30
+
+
+def test_logprob_messages_name_the_real_reason(lp_world, minilm_dir, tmp_path):
+    r = run("fit-head", "--data", lp_world["data"], "--model", lp_world["model"], "--cache-dir", lp_world["cache"],
+            "--feature", "logprob@-1")
+    assert r.exit_code == 1 and "logprob takes no layer" in r.output
+    r = run("likelihood", "--data", lp_world["data"], "--model", minilm_dir, "--cache-dir", lp_world["cache"])
+    assert r.exit_code == 1 and "needs a causal (decoder) LM" in r.output

@@ -42,9 +42,13 @@ def embed(**kw):
                        f"{report.texts_per_s:,.1f} texts/s, {report.tokens_per_s:,.0f} tokens/s "
                        f"(padding {1 - report.tokens / max(report.padded_tokens, 1):.1%}); "
                        f"{report.truncated:,} truncated to {enc_spec.max_length} tokens")
-        if report.response_fallback:
+        if report.response_fallback and "response_mean" in enc_spec.pooling:
             click.echo(f"response_mean: {report.response_fallback:,} texts had no response tokens to pool (start "
                        "unknown, or truncation removed the response) and were averaged over every token")
+        if report.logprob_empty:
+            click.echo(f"logprob: {report.logprob_empty:,} texts had no response token to score (a one-token response "
+                       "with nothing before it, or one truncated away or not found): stored as 0 with 0 tokens, "
+                       "left out of orm-cache likelihood")
         shards = f"{report.shards} new shard" + ("" if report.shards == 1 else "s")
         click.echo(f"store: {report.store}  (fingerprint {short(report.fingerprint)}, {shards})")
 

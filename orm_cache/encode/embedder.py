@@ -49,7 +49,8 @@ class EmbedReport:
     truncated: int
     seconds: float  # wall time of the whole call
     recomputed: int = 0  # rows whose half-precision states overflowed, recomputed in float32
-    response_fallback: int = 0  # response_mean rows whose response was not found: pooled over every token
+    response_fallback: int = 0  # rows whose response was not found: response_mean pooled over every token
+    logprob_empty: int = 0  # --likelihood rows with no response token to score: logprob stored as 0, 0, 0
     load_seconds: float = 0.0  # of which: loading the model weights
     shards_written: list[str] = field(default_factory=list)  # by this process
     shards: int = 0  # shards written (summed over ranks under torch.distributed)
@@ -190,9 +191,7 @@ def open_writer(cache_dir, encoder, vectors: dict, shard_rows: int, flush_second
     batch's ``{column: (B, D)}``). The store (and its encoder.json) is made only now, at the
     first vectors: a model that fails to load or run leaves no empty store behind for later
     hints to advertise."""
-    from ..store.columns import LOGPROB
-
-    dims = {v.shape[1] for c, v in vectors.items() if c != LOGPROB}
+    dims = {v.shape[1] for c, v in vectors.items() if "@" in c}  # the vector columns (not logprob's scalars)
     if len(dims) != 1:
         raise StoreError(f"columns have different widths {sorted(dims)}; store them separately")
     fp = encoder.fingerprint
@@ -285,6 +284,8 @@ def embed_texts(texts: Mapping[str, str] | Iterable[tuple], encoder, run: RunSpe
                        [starts[i] for i in b])
             if encoder.pools_response:
                 report.response_fallback += int((first[b] < 0).sum())
+            if "logprob_tokens" in vectors:
+                report.logprob_empty += int((vectors["logprob_tokens"] == 0).sum())
             report.recomputed += int(recomputed.sum())
             report.embedded += len(b)
             report.batches += 1
@@ -316,8 +317,12 @@ def embed_texts(texts: Mapping[str, str] | Iterable[tuple], encoder, run: RunSpe
             report.shards_written = [os.fspath(p) for p in writer.shards_written]
             report.shards = len(report.shards_written)
     report.seconds = time.perf_counter() - t0
-    if report.response_fallback:
+    if report.response_fallback and any(p == "response_mean" for p in encoder.spec.pooling):
         log.warning("%d texts have no response tokens to pool (start unknown, or truncation removed the response): "
                     "their response_mean is the mean over every token", report.response_fallback)
+    if report.logprob_empty:
+        log.warning("%d texts have no response token to score (a one-token response with nothing before it, or a "
+                    "response truncated away or not found): logprob stored as 0 with 0 tokens, left out of "
+                    "orm-cache likelihood", report.logprob_empty)
     log.info("embedded %d texts into %s (%s)", report.embedded, store.dir, short(fp))
     return report

@@ -17,7 +17,7 @@ from .spec import EncoderSpec
 from ..store.fingerprint import SCHEMA_VERSION, fingerprint
 from ..models import BUNDLED_SMOLLM2, EncoderError, local_model_digest, resolve_model_path
 from .pooling import pool, response_logprob
-from ..store.columns import LOGPROB
+from ..store.columns import LOGPROB, LOGPROB_TOKENS
 from .response import response_token_starts
 
 log = logging.getLogger(__name__)
@@ -284,7 +284,8 @@ class Encoder:
             import torch.nn.functional as F
 
             last = out.last_hidden_state  # (B, T, D), what the LM head reads
-            result[LOGPROB] = response_logprob(  # (B, 3)
+            result[LOGPROB], count = response_logprob(  # (B, 3), (B,)
                 last, input_ids, attention_mask, response_start,
                 lambda h: F.linear(h.float(), self._lm_weight, self._lm_bias))
+            result[LOGPROB_TOKENS] = count.unsqueeze(1)  # (B, 1): stored beside, not a feature
         return result

@@ -54,16 +54,22 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str,
 
 
 def response_logprob(hidden: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor,
-                     response_start: torch.Tensor | None, lm_head, chunk: int = 1024) -> torch.Tensor:
+                     response_start: torch.Tensor | None, lm_head, chunk: int = 1024
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(B, 3)`` float32 mean, min and sum of the log-probabilities of each row's response tokens,
     each predicted by ``lm_head`` (a function ``(M, D) -> (M, V)`` logits) from the final hidden
-    state ``hidden`` (B, T, D) of the token before it. Response tokens are :func:`response_mask`'s;
-    a token whose previous position is padding (a row's first real token) has no prediction and
-    is skipped. A row with no scored token gets zeros. ``lm_head`` runs on the scored positions
-    only, ``chunk`` at a time, so the ``(T, V)`` logits of a whole batch never exist."""
+    state ``hidden`` (B, T, D) of the token before it, and ``(B,)`` how many tokens were scored.
+    Response tokens are :func:`response_mask`'s, except that a row whose response was not found
+    (``response_start < 0``: truncated away, or unrecognisable) has none: its likelihood is not
+    the prompt's. A token whose previous position is padding (a row's first real token) has no
+    prediction and is skipped. A row with no scored token gets zeros and a count of 0 (said at
+    embed, left out of ``orm-cache likelihood``). ``lm_head`` runs on the scored positions only,
+    ``chunk`` at a time, so the ``(T, V)`` logits of a whole batch never exist."""
     B, T, D = hidden.shape
     real = mask > 0  # (B, T)
     target = response_mask(mask, response_start) > 0  # (B, T)
+    if response_start is not None:
+        target &= (response_start.to(mask.device) >= 0).unsqueeze(1)  # not found: nothing is the response's
     target[:, 1:] &= real[:, :-1]  # predicted from the previous position: it must be a real token
     target[:, 0] = False
     rows, cols = target.nonzero(as_tuple=True)  # (M,), (M,)
@@ -78,4 +84,4 @@ def response_logprob(hidden: torch.Tensor, input_ids: torch.Tensor, mask: torch.
     none = count == 0
     mean = torch.where(none, torch.zeros_like(total), total / count.clamp(min=1))
     low = torch.where(none, torch.zeros_like(low), low)
-    return torch.stack([mean, low, total], dim=1)  # (B, 3)
+    return torch.stack([mean, low, total], dim=1), count  # (B, 3), (B,)

@@ -40,10 +40,15 @@ def format_likelihood(r: dict) -> str:
     fmt = lambda x, pct=False: "      -" if x is None else (f"{100 * x:6.1f}%" if pct else f"{x:7.3f}")  # noqa: E731
     lines = [f"split {r['split']} of {r['source']}: {r['occurrences']:,} labelled responses ({r['positives']:,} "
              f"positive), {r['pairs']:,} pairs; log-probabilities of the response tokens under {r['model']}",
-             f"  {'statistic':<14}{'positives':>10}{'negatives':>10}{'Pearson':>9}{'Spearman':>9}{'pairwise acc':>14}"]
+             f"  {'statistic':<14}{'positives':>10}{'negatives':>10}{'Pearson':>9}{'Spearman':>9}{'pairwise acc':>14}"
+             f"{'ties':>8}"]
     for name, s in r["stats"].items():
         lines.append(f"  {name + ' logprob':<14}{fmt(s['positive_mean']):>10}{fmt(s['negative_mean']):>10}"
-                     f"{fmt(s['pearson']):>9}{fmt(s['spearman']):>9}{fmt(s['pairwise_accuracy'], True):>14}")
+                     f"{fmt(s['pearson']):>9}{fmt(s['spearman']):>9}{fmt(s['pairwise_accuracy'], True):>14}"
+                     f"{fmt(s['pairwise_ties'], True):>8}")
     lines.append("  (correlations with the 0/1 label over every labelled response; pairwise: the statistic of the "
                  "chosen response strictly above the rejected one's)")
+    if r.get("left_out"):
+        lines.append(f"  left out: {r['left_out']:,} texts whose response had no token to score (a one-token response "
+                     "with nothing before it, or one truncated away or not found), and their pairs")
     return "\n".join(lines)

@@ -117,3 +117,20 @@ def with_store_defaults(head: Head, vs: VectorStore, feature: str | None = None)
     out = head.with_meta(meta)
     out.check_store(vs)  # another encoder, or a feature of another width than the head takes
     return out
+
+
+def explain_missing_logprob(enc_spec, feature: str | None) -> None:
+    """Called when no store holds ``feature``: if it reads ``logprob`` and ``enc_spec``'s model is
+    not a causal LM, that is the reason (one line), not a missing ``embed --likelihood``."""
+    if not feature or "logprob" not in feature.split("+"):
+        return
+    from transformers import AutoConfig
+
+    from ..encode.model import check_causal
+    from ..models import resolve_model_path
+
+    try:
+        config = AutoConfig.from_pretrained(resolve_model_path(enc_spec.model), revision=enc_spec.revision)
+    except (OSError, ValueError):
+        return  # the store's own message says what is there
+    check_causal(config, enc_spec.model)

@@ -163,16 +163,34 @@ def likelihood_report(data_spec: DataSpec, enc_spec, cache_dir="cache", store: s
     from ..store import find_store
     from .vectors import embed_command
 
-    vs = find_store(cache_dir, enc_spec, "logprob", store,
-                    embed_hint=embed_command(data_spec, enc_spec, cache_dir, "logprob"))
+    from .bind import explain_missing_logprob
+
+    try:
+        vs = find_store(cache_dir, enc_spec, "logprob", store,
+                        embed_hint=embed_command(data_spec, enc_spec, cache_dir, "logprob"))
+    except StoreError:
+        explain_missing_logprob(enc_spec, "logprob")  # a bidirectional encoder has no likelihood to embed
+        raise
     sv = load_vectors(data_spec, vs, "logprob", cache_dir)
     X = sv.X.take(np.arange(len(sv.X)), dtype=np.float64)  # (U, 3): mean, min, sum
+    scored = logprob_tokens(vs, sv.keys) > 0  # (U,): a text whose response had no token to score is left out
     d = sv.data
     if d.labels is not None:
         rows, labels = sv.rows(d.keys), d.labels
     else:
         rows = np.concatenate([sv.ci, sv.ri])
         labels = np.concatenate([np.ones(len(sv.ci)), np.zeros(len(sv.ri))])
-    out = likelihood_table(X, rows, labels, sv.ci, sv.ri)
+    keep, pairs = scored[rows], scored[sv.ci] & scored[sv.ri]
+    out = likelihood_table(X, rows[keep], np.asarray(labels)[keep], sv.ci[pairs], sv.ri[pairs])
     return {"split": d.split, "source": d.source, "model": (vs.spec() or {}).get("model") or enc_spec.model,
-            "fingerprint": vs.fp, **out}
+            "fingerprint": vs.fp, "left_out": int((~scored).sum()),
+            "left_out_rule": "texts whose response had no token to score (logprob_tokens = 0)", **out}
+
+
+def logprob_tokens(vs, keys) -> "np.ndarray":
+    """``(N,)`` how many response tokens each key's stored logprob is over."""
+    import numpy as np
+
+    from ..store.columns import LOGPROB, LOGPROB_TOKENS
+
+    return np.asarray(vs.scalars_at(vs.locate(keys, LOGPROB), LOGPROB_TOKENS))

@@ -22,7 +22,7 @@ from ..head import Head, train
 from ..store import StoreError, VectorStore, find_store, short
 from .vectors import embed_command, split_vectors
 from .evaluate import calibrate_and_evaluate, evaluate_split
-from .bind import check_distinct, check_head_target, check_outputs, load_vectors
+from .bind import check_distinct, check_head_target, check_outputs, explain_missing_logprob, load_vectors
 from .joined import canonical, encoders_record, other_columns, primary_feature, stores_for_features
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,12 @@ def fit_head(data_spec: DataSpec, enc_spec: EncoderSpec, cfg: HeadConfig, cache_
     check_outputs(data_spec, out)
     cfg = replace(cfg, feature=canonical(cfg.feature))
     first = primary_feature(cfg.feature)
-    vs = find_store(cache_dir, enc_spec, first, store, embed_hint=embed_command(data_spec, enc_spec, cache_dir, first))
+    try:
+        vs = find_store(cache_dir, enc_spec, first, store,
+                        embed_hint=embed_command(data_spec, enc_spec, cache_dir, first))
+    except StoreError:
+        explain_missing_logprob(enc_spec, first)  # a bidirectional encoder has no likelihood to embed
+        raise
     vs = stores_for_features(cache_dir, enc_spec, [cfg.feature], vs)
     sv = load_vectors(data_spec, vs, cfg.feature, cache_dir)
     feature = sv.feature

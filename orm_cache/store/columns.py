@@ -7,6 +7,7 @@ from ..errors import ConfigError
 
 LOGPROB = "logprob"  # a causal encoder's log-likelihood of each response: three stored scalars per text
 LOGPROB_FIELDS = ("logprob_mean", "logprob_min", "logprob_sum")  # over the response's tokens (natural log)
+LOGPROB_TOKENS = "logprob_tokens"  # how many tokens they are over (0: none could be scored; the three are 0)
 
 
 def feature_column(pooling: str, layer: int) -> str:
@@ -53,6 +54,9 @@ def feature_parts(feature: str) -> tuple[str, ...]:
     for p in parts:
         if p == LOGPROB:
             continue
+        if p.startswith(LOGPROB + "@"):
+            raise ConfigError(f"feature {feature!r}: {LOGPROB} takes no layer (it is the LM's likelihood, from its "
+                              f"output); write {LOGPROB}")
         if p != p.strip():
             raise ConfigError(f"feature {feature!r}: {p!r} has spaces around it (write e.g. mean@-4+mean@-1)")
         pooling, at, layer = p.partition("@")

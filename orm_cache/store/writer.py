@@ -23,12 +23,12 @@ class ShardWriter:
     def __init__(self, directory: Path, fp: str, identity: dict, columns: tuple[str, ...], dim: int,
                  vector_dtype: str, shard_rows: int = 2048, flush_seconds: float = 30.0,
                  spec: dict | None = None):
-        from .columns import LOGPROB, LOGPROB_FIELDS
+        from .columns import LOGPROB, LOGPROB_FIELDS, LOGPROB_TOKENS
 
         self.dir = Path(directory)
         self.fp = fp
-        self.logprob = LOGPROB in columns  # three float32 scalars per row, not a vector column
-        self.columns = tuple(c for c in columns if c != LOGPROB)
+        self.logprob = LOGPROB in columns  # three float32 scalars per row (and their token count), not vectors
+        self.columns = tuple(c for c in columns if "@" in c)
         self.dim = dim
         self.np_dtype = np.dtype(vector_dtype)
         self.shard_rows = shard_rows
@@ -43,6 +43,7 @@ class ShardWriter:
             fields.append(pa.field(RESPONSE_START, pa.int32(), nullable=False))
         fields += [pa.field(c, pa.list_(value_type, dim), nullable=False) for c in self.columns]
         fields += [pa.field(f, pa.float32(), nullable=False) for f in (LOGPROB_FIELDS if self.logprob else ())]
+        fields += [pa.field(LOGPROB_TOKENS, pa.int32(), nullable=False)] if self.logprob else []
         metadata = {META_FINGERPRINT: fp.encode(), META_IDENTITY: canonical_json(identity).encode(),
                     META_SCHEMA: str(SCHEMA_VERSION).encode()}
         if spec is not None:
@@ -62,6 +63,7 @@ class ShardWriter:
         self._starts: list[np.ndarray] = []
         self._vecs: dict[str, list[np.ndarray]] = {c: [] for c in self.columns}
         self._logprob: list[np.ndarray] = []
+        self._lp_tokens: list[np.ndarray] = []
 
     @property
     def buffered(self) -> int:
@@ -81,13 +83,14 @@ class ShardWriter:
                 raise StoreError(f"refusing to store non-finite values in column {c}")
             self._vecs[c].append(np.ascontiguousarray(v, dtype=self.np_dtype))
         if self.logprob:
-            from .columns import LOGPROB
+            from .columns import LOGPROB, LOGPROB_TOKENS
 
             lp = np.asarray(vectors[LOGPROB], dtype=np.float32)
             assert lp.shape == (len(keys), 3), lp.shape  # (B, 3): mean, min, sum
             if not np.isfinite(lp).all():
                 raise StoreError(f"refusing to store non-finite values in column {LOGPROB}")
             self._logprob.append(lp)
+            self._lp_tokens.append(np.asarray(vectors[LOGPROB_TOKENS], dtype=np.int32).reshape(len(keys)))
         self._keys.extend(keys)
         self._n_tokens.append(np.asarray(n_tokens, dtype=np.int32))
         self._truncated.append(np.asarray(truncated, dtype=bool))
@@ -116,6 +119,7 @@ class ShardWriter:
         if self.logprob:
             lp = np.concatenate(self._logprob)  # (N, 3)
             arrays += [pa.array(lp[:, j]) for j in range(lp.shape[1])]
+            arrays.append(pa.array(np.concatenate(self._lp_tokens)))
         table = pa.Table.from_arrays(arrays, schema=self.schema)
         stem = f"{time.time_ns():016x}-{socket.gethostname()}-{os.getpid()}-{self._seq:05d}"
         self._seq += 1
