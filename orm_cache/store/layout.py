@@ -124,10 +124,10 @@ def vector_columns(schema: pa.Schema) -> tuple[str, ...]:
 
 def stored_columns(schema: pa.Schema) -> tuple[str, ...]:
     """What a feature can read from a shard: its vector columns, then ``logprob`` when it holds
-    the likelihood scalars (:data:`~orm_cache.store.columns.LOGPROB_FIELDS`)."""
-    from .columns import LOGPROB, LOGPROB_FIELDS
+    the likelihood scalars (:data:`~orm_cache.store.columns.LOGPROB_FIELDS` and their count)."""
+    from .columns import LOGPROB, LOGPROB_FIELDS, LOGPROB_TOKENS
 
-    has = all(f in schema.names for f in LOGPROB_FIELDS)
+    has = all(f in schema.names for f in (*LOGPROB_FIELDS, LOGPROB_TOKENS))
     return vector_columns(schema) + ((LOGPROB,) if has else ())
 
 
