@@ -187,7 +187,7 @@ def likelihood_report(data_spec: DataSpec, enc_spec, cache_dir="cache", store: s
             "left_out_rule": "texts whose response had no token to score (logprob_tokens = 0)", **out}
 
 
-def logprob_tokens(vs, keys) -> "np.ndarray":
+def logprob_tokens(vs, keys):
     """``(N,)`` how many response tokens each key's stored logprob is over."""
     import numpy as np
 
