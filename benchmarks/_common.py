@@ -87,6 +87,17 @@ def publish(name: str, body: str, write: bool) -> None:
         write_section(name, body)
 
 
+def gsm8k_main(section: str, run, args, data: Path = GSM8K):
+    """A GSM8K benchmark's main: ``run(args)``'s tables, published as ``section`` (RESULTS.md with
+    ``--write``); skipped cleanly, returning None, where the data (``data``) is absent."""
+    if not (data / "model_solutions_dev.jsonl").exists():
+        print(f"skipped: {data}/model_solutions_dev.jsonl is absent")
+        return None
+    out = run(args)
+    publish(section, out, args.write)
+    return out
+
+
 def gsm8k_pointwise(path: Path = GSM8K / "model_solutions_dev.jsonl") -> list[dict]:
     """One row per candidate: the ground truth and the four model solutions of each problem.
     ``source`` says who wrote it (``ground_truth`` or the solver, e.g. ``6b_finetuning``), so

@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import GSM8K, publish, table, write_gsm8k_splits  # noqa: E402
+from _common import GSM8K, gsm8k_main, table, write_gsm8k_splits  # noqa: E402
 
 PATTERN = r"A:\s*(.+)"
 S = "bundled-smollm2"
@@ -171,13 +171,7 @@ def parse(argv=None):
 
 
 def main(argv=None):
-    args = parse(argv)
-    if not (GSM8K / "model_solutions_dev.jsonl").exists():
-        print(f"skipped: {GSM8K}/model_solutions_dev.jsonl is absent")
-        return None
-    out = run(args)
-    publish("gsm8k-encoders", out, args.write)
-    return out
+    return gsm8k_main("gsm8k-encoders", run, parse(argv), GSM8K)
 
 
 if __name__ == "__main__":

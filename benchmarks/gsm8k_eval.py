@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import GSM8K, median_time, publish, table, write_gsm8k_splits  # noqa: E402
+from _common import GSM8K, gsm8k_main, median_time, table, write_gsm8k_splits  # noqa: E402
 
 POOLING, LAYERS = ("mean", "last", "response_mean"), (-1, -2, -4)
 COLUMNS = [f"{p}@{l}" for l in LAYERS for p in POOLING]
@@ -172,13 +172,7 @@ def parse(argv=None):
 
 
 def main(argv=None):
-    args = parse(argv)
-    if not (GSM8K / "model_solutions_dev.jsonl").exists():
-        print(f"skipped: {GSM8K}/model_solutions_dev.jsonl is absent")
-        return None
-    out = run(args)
-    publish("gsm8k", out, args.write)
-    return out
+    return gsm8k_main("gsm8k", run, parse(argv), GSM8K)
 
 
 if __name__ == "__main__":
