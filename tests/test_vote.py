@@ -101,6 +101,12 @@ def test_best_of_n_answers_equals_a_naive_reference_on_random_groups(seed):
     plain = best_of_n(np.array(scores), np.array(labels), groups)  # the answer-free metric, unchanged
     assert got["best"] == pytest.approx(plain["accuracy"]) and got["random"] == pytest.approx(plain["random"])
     assert got["oracle"] == plain["oracle"] and got["groups"] == 60
+    from orm_cache.evaluate.metrics import group_indices
+
+    idx = group_indices(groups)  # the report's best-of-N, from the credits it has anyway, is the metric's
+    summary = V.best_summary(V.group_credits(scores, labels, answers, idx, T, ("best",)), idx)
+    assert summary.keys() == plain.keys() and all(summary[k] == pytest.approx(plain[k]) for k in plain
+                                                  if k != "tie_policy")
 
 
 def _groups(groups):
@@ -398,3 +404,23 @@ def test_a_slow_operator_pattern_does_not_hold_the_server(voted):
     assert health.status_code == 200 and health_s < 3, health_s  # the loop kept answering
     assert got["r"].status_code == 400 and "took more than" in got["r"].json()["error"]
     assert rank_s < 15, rank_s
+
+
+def test_rank_skip_invalid_writes_exactly_the_rows_the_first_pass_accepted(voted, tmp_path):
+    d, data, cache, head = voted
+    src = read_jsonl(data / "test.jsonl")
+    rows = [{**r, "ans": r["text"].rsplit("Answer: ", 1)[1].split()[0]} for r in src]
+    rows[3]["ans"] = [1, 2]  # a bad answer, found only by the answer column
+    rows[-1]["group"] = None  # a bad row late in the input
+    inp = tmp_path / "in.jsonl"
+    lines = [json.dumps(r) for r in rows]
+    lines.insert(10, "{not json")
+    inp.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "o.jsonl"
+    r = ok("rank", "--head", head, "--input", inp, "--output", out, "--group-by", "group", "--cache-dir", cache,
+           "--answer-col", "ans", "--aggregate", "vote", "--skip-invalid")
+    assert "rejected 3 invalid rows" in r.output
+    got = read_jsonl(out)
+    want = [x for i, x in enumerate(rows) if i not in (3, len(rows) - 1)]
+    assert [g["text"] for g in got] == [w["text"] for w in want]
+    assert [s["row"] for s in read_jsonl(tmp_path / "o.jsonl.rejected.jsonl")] == [4, 11, len(lines)]

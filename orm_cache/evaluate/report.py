@@ -54,16 +54,15 @@ def evaluate(head, sv, bootstrap: int = 1000, ci_level: float = 0.9, seed: int =
     if data.labels is not None:
         row_scores = scores[sv.rows(data.keys)]
         out["pointwise"] = M.pointwise(row_scores, data.labels)
-        if data.groups is not None:
-            out["best_of_n"] = M.best_of_n(row_scores, data.labels, data.groups)
-            out["best_of_n_curve"] = M.best_of_n_curve(row_scores, data.labels, data.groups)
     credits = idx = None
     if row_scores is not None and data.groups is not None:
         from . import vote
 
-        idx = M.group_indices(data.groups)
+        idx = M.group_indices(data.groups)  # every group picked once, for best-of-N, its answers and --by
         credits = vote.group_credits(row_scores, data.labels, answers, idx, vote_temperature,
                                      vote.AGGREGATES if answers is not None else ("best",))
+        out["best_of_n"] = vote.best_summary(credits, idx)
+        out["best_of_n_curve"] = M.best_of_n_curve(row_scores, data.labels, data.groups)
         if answers is not None:
             out["best_of_n_answers"] = vote.summarize(credits, idx, answers, vote_temperature)
     if by:

@@ -248,6 +248,14 @@ def best_of_n_answers(scores, labels, groups, answers, temperature: float | None
     return summarize(group_credits(scores, labels, answers, idx, temperature), idx, answers, temperature)
 
 
+def best_summary(credits: dict[str, np.ndarray], groups_idx) -> dict:
+    """:func:`~orm_cache.evaluate.metrics.best_of_n`'s result (the same keys and values) from
+    :func:`group_credits`, so a report that has the credits does not pick every group again."""
+    return {"accuracy": float(credits["best"].mean()), "random": float(credits["random"].mean()),
+            "oracle": float(credits["oracle"].mean()), "groups": len(groups_idx),
+            "mean_candidates": float(np.mean([len(g) for g in groups_idx])), "tie_policy": "fractional"}
+
+
 def summarize(credits: dict[str, np.ndarray], groups_idx, answers, temperature: float | None) -> dict:
     """:func:`group_credits` as the report gives it: each aggregation's mean credit over groups."""
     distinct = [len({answers[i] for i in g if answers[i] is not None}) for g in groups_idx]

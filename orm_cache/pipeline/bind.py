@@ -119,7 +119,21 @@ def with_store_defaults(head: Head, vs: VectorStore, feature: str | None = None)
     return out
 
 
-def explain_missing_logprob(enc_spec, feature: str | None) -> None:
+def encoder_store_for(data_spec: DataSpec, enc_spec, cache_dir, feature: str | None, store: str | None = None):
+    """The store of ``enc_spec``'s encoder that holds ``feature`` (``find_store``); when there is
+    none, the one line says why: the ``embed`` command that fills it for ``data_spec``'s split, or
+    that the model is not a causal LM when the feature reads ``logprob``."""
+    from ..store import find_store
+
+    try:
+        return find_store(cache_dir, enc_spec, feature, store,
+                          embed_hint=embed_command(data_spec, enc_spec, cache_dir, feature))
+    except StoreError:
+        _explain_missing_logprob(enc_spec, feature)  # a bidirectional encoder has no likelihood to embed
+        raise
+
+
+def _explain_missing_logprob(enc_spec, feature: str | None) -> None:
     """Called when no store holds ``feature``: if it reads ``logprob`` and ``enc_spec``'s model is
     not a causal LM, that is the reason (one line), not a missing ``embed --likelihood``."""
     if not feature or "logprob" not in feature.split("+"):

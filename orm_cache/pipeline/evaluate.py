@@ -160,17 +160,9 @@ def likelihood_report(data_spec: DataSpec, enc_spec, cache_dir="cache", store: s
     import numpy as np
 
     from ..evaluate.likelihood import likelihood_table
-    from ..store import find_store
-    from .vectors import embed_command
+    from .bind import encoder_store_for
 
-    from .bind import explain_missing_logprob
-
-    try:
-        vs = find_store(cache_dir, enc_spec, "logprob", store,
-                        embed_hint=embed_command(data_spec, enc_spec, cache_dir, "logprob"))
-    except StoreError:
-        explain_missing_logprob(enc_spec, "logprob")  # a bidirectional encoder has no likelihood to embed
-        raise
+    vs = encoder_store_for(data_spec, enc_spec, cache_dir, "logprob", store)
     sv = load_vectors(data_spec, vs, "logprob", cache_dir)
     X = sv.X.take(np.arange(len(sv.X)), dtype=np.float64)  # (U, 3): mean, min, sum
     scored = logprob_tokens(vs, sv.keys) > 0  # (U,): a text whose response had no token to score is left out

@@ -19,10 +19,10 @@ from ..data import DataError, load_split
 from ..errors import UserError
 from ..evaluate.report import margins_of
 from ..head import Head, train
-from ..store import StoreError, VectorStore, find_store, short
+from ..store import StoreError, VectorStore, short
 from .vectors import embed_command, split_vectors
 from .evaluate import calibrate_and_evaluate, evaluate_split
-from .bind import check_distinct, check_head_target, check_outputs, explain_missing_logprob, load_vectors
+from .bind import check_distinct, check_head_target, check_outputs, encoder_store_for, load_vectors
 from .joined import canonical, encoders_record, other_columns, primary_feature, stores_for_features
 
 log = logging.getLogger(__name__)
@@ -70,14 +70,8 @@ def fit_head(data_spec: DataSpec, enc_spec: EncoderSpec, cfg: HeadConfig, cache_
     only with ``overwrite``)."""
     check_outputs(data_spec, out)
     cfg = replace(cfg, feature=canonical(cfg.feature))
-    first = primary_feature(cfg.feature)
-    try:
-        vs = find_store(cache_dir, enc_spec, first, store,
-                        embed_hint=embed_command(data_spec, enc_spec, cache_dir, first))
-    except StoreError:
-        explain_missing_logprob(enc_spec, first)  # a bidirectional encoder has no likelihood to embed
-        raise
-    vs = stores_for_features(cache_dir, enc_spec, [cfg.feature], vs)
+    vs = stores_for_features(cache_dir, enc_spec, [cfg.feature],
+                             encoder_store_for(data_spec, enc_spec, cache_dir, primary_feature(cfg.feature), store))
     sv = load_vectors(data_spec, vs, cfg.feature, cache_dir)
     feature = sv.feature
     if cfg.feature is None:
@@ -183,8 +177,7 @@ def sweep_heads(data_spec: DataSpec, enc_spec: EncoderSpec, base: HeadConfig, gr
     check_outputs(data_spec, out)
     t0 = time.perf_counter()
     grids = [grid] if isinstance(grid, dict) else grid
-    first = primary_feature(canonical(base.feature))
-    vs = find_store(cache_dir, enc_spec, first, store, embed_hint=embed_command(data_spec, enc_spec, cache_dir, first))
+    vs = encoder_store_for(data_spec, enc_spec, cache_dir, primary_feature(canonical(base.feature)), store)
     cfgs = [replace(c, feature=canonical(c.feature)) for c in expand(replace(base, feature=base.feature or vs.columns[0]), grids)]
     vs = stores_for_features(cache_dir, enc_spec, {c.feature for c in cfgs}, vs)
     train_data = load_split(data_spec, vs.spec())

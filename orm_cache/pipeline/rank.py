@@ -48,8 +48,9 @@ def rank_file(head_path, input_path, output_path, group_by: str, top_k: int | No
     The input is read twice, ``chunk_rows`` rows at a time: first to score every row (a chunk's
     distinct texts at once) and keep its score, group and label; then again to write each row
     with its rank. Rows are never all held in memory."""
-    from ..evaluate.metrics import best_of_n, best_of_n_curve
-    from ..evaluate.vote import best_of_n_answers, check_aggregate, pick_groups, require_answers, response_part
+    from ..evaluate.metrics import best_of_n_curve
+    from ..evaluate.vote import (AGGREGATES, best_summary, check_aggregate, group_credits, pick_groups,
+                                 require_answers, response_part, summarize)
 
     if top_k is not None and top_k < 1:
         raise ConfigError(f"--top-k {top_k} must be at least 1 (leave it out to write every row)")
@@ -111,7 +112,7 @@ def rank_file(head_path, input_path, output_path, group_by: str, top_k: int | No
                            "aggregate": aggregate}
                 for i in idx:
                     per_row[i] = {"final_answer": found[i], **cols_of}
-        again = job.valid_rows(parse, again=True)  # the same rows, in the same order
+        again = job.valid_rows(parse, again=True)  # the rows the first pass accepted, in the same order
         i = 0
         written = ("score", "rank", *(("final_answer", "group_answer", "group_weight", "group_share", "aggregate")
                                       if answers is not None else ()))
@@ -134,8 +135,11 @@ def rank_file(head_path, input_path, output_path, group_by: str, top_k: int | No
     summary.extra["temperature"] = T or 1.0
     if has_labels:
         y = np.array(labels)
-        summary.extra["best_of_n"] = best_of_n(scores, y, groups)
+        idx = [i for i, _ in picks]  # the groups, as pick_groups found them
+        credits = group_credits(scores, y, found if answers is not None else None, idx, T,
+                                AGGREGATES if answers is not None else ("best",))
+        summary.extra["best_of_n"] = best_summary(credits, idx)
         summary.extra["best_of_n_curve"] = best_of_n_curve(scores, y, groups)
         if answers is not None:
-            summary.extra["best_of_n_answers"] = best_of_n_answers(scores, y, groups, found, T)
+            summary.extra["best_of_n_answers"] = summarize(credits, idx, found, T)
     return summary

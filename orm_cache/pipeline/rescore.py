@@ -11,6 +11,7 @@ rank), holding one score and one group value per row in between.
 from __future__ import annotations
 
 import itertools
+from array import array
 import logging
 import math
 import time
@@ -104,9 +105,9 @@ class Rescorer:
     @property
     def encoder(self):
         if self._encoder is None:  # only on the first miss: hits never load transformers
-            from .live import LiveScorer
+            from .live import encoder_for_head
 
-            self._encoder = LiveScorer(self.head, self.device).encoder
+            self._encoder = encoder_for_head(self.head, self.device)
         return self._encoder
 
     def scores(self, texts: dict[str, str], summary: ScoreSummary,
@@ -193,11 +194,21 @@ class _Job:
     skip_invalid: bool
     t0: float
     rejected: "RejectWriter | None" = None
+    accepted: array = field(default_factory=lambda: array("q"))  # line numbers of the rows valid_rows yielded
 
     def valid_rows(self, parse, again: bool = False):
         """Yield ``(row, parse(where, row))`` for every row ``parse`` accepts; a DataError stops
         the run, or with --skip-invalid sends the row and its reason to the side file. ``again``:
-        a second reading of the same input, whose bad rows were sent there the first time."""
+        a second reading of the same input yields ``(row, None)`` for exactly the rows the first
+        accepted (by line number), without parsing them again: no text is built or answer
+        searched twice, and a row cannot be judged differently the second time."""
+        if again:
+            accepted, i = self.accepted, 0
+            for lineno, row in read_rows(self.input_path, lenient=self.rejected is not None):
+                if i < len(accepted) and lineno == accepted[i]:
+                    i += 1
+                    yield row, None
+            return
         for lineno, row in read_rows(self.input_path, lenient=self.rejected is not None):
             try:
                 if isinstance(row, BadRow):  # a line that is not a readable JSON object
@@ -206,10 +217,10 @@ class _Job:
             except DataError as e:
                 if self.rejected is None:
                     raise
-                if not again:
-                    self.rejected.add(lineno, row, str(e))
-                    self.summary.invalid += 1
+                self.rejected.add(lineno, row, str(e))
+                self.summary.invalid += 1
                 continue
+            self.accepted.append(lineno)
             yield row, parsed
 
     def text_of(self, where: str, row: dict) -> tuple[str, str, int | None]:
