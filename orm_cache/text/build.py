@@ -25,6 +25,7 @@ from ..errors import DataError
 from .conversation import check_messages, final_turn_start, render_conversation, template_turns, tokenizer_chat
 from .key import trace_key
 from .recipe import TextRecipe
+from .steps import DEFAULT_STEP_PATTERN, PREFIX_MARK, append_text, cut_response, response_text, step_ends
 
 UNPAIRED_COMPLETION = "completion"  # TRL's unpaired preference shape: prompt, completion, label
 
@@ -150,7 +151,56 @@ class TextBuilder:
         text = render_conversation(r.chat_template, r.chat_tokens, messages, where)
         if not text.strip():
             raise DataError(f"{where}: the chat template renders this conversation as an empty text")
-        return text, final_turn_start(text, messages)
+        return text, self._turn_start(text, messages, r, where)
+
+    @staticmethod
+    def _turn_start(text: str, messages: list[dict], r: TextRecipe, where: str) -> int | None:
+        """Where the final assistant content starts in ``text``: found by rendering it once more
+        with a mark after it (so a short response that recurs in the closing tokens or the
+        prompt is not mistaken), else by searching for it (:func:`final_turn_start`)."""
+        content = messages[-1]["content"]
+        if isinstance(content, str) and content:
+            marked = render_conversation(r.chat_template, r.chat_tokens, append_text(messages, PREFIX_MARK), where)
+            end = marked.find(PREFIX_MARK)
+            if end >= len(content) and marked.count(PREFIX_MARK) == 1 and text.startswith(marked[:end]) \
+                    and marked[end - len(content):end] == content:
+                return end - len(content)
+        return final_turn_start(text, messages)
+
+    def build_prefix(self, response, prompt, where: str, col: str, flag: str | None = None) -> tuple[str, int | None]:
+        """The text of a partial trace (prefix mode): ``response`` (a string, or a conversation whose
+        final assistant turn is unfinished) rendered with its prompt as :meth:`build` renders it,
+        cut right after the response's last character: no closing chat tokens, no EOS. A string
+        taken as already rendered is its own prefix. See :mod:`.steps`."""
+        content = response_text(response) if isinstance(response, (str, list, tuple)) and response else None
+        if content is None:
+            return self.build(response, prompt, where, col, flag)  # refused there, in its words
+        # Rendered with a mark after the response: where the mark lands is where the response ends,
+        # whatever the closing tokens or the prompt hold (a short step can recur in either).
+        text, start = self.build(append_text(response, PREFIX_MARK), prompt, where, col, flag)
+        if start is None:  # taken as already rendered: the text is the partial trace itself
+            return response, None
+        end = text.find(PREFIX_MARK)
+        head = text[:end]
+        for needle in (content, content.lstrip()):
+            if end >= 0 and needle and head.endswith(needle) and text.count(PREFIX_MARK) == 1:
+                return head, end - len(needle)
+        raise DataError(f"{where}: the recipe does not write the response of column {col!r} as it is, so where a "
+                        "partial trace ends cannot be found")
+
+    def build_steps(self, response, prompt, where: str, col: str, pattern: str | None = None,
+                    ends: list[int] | None = None) -> list[tuple[str, int | None]]:
+        """The prefix text (:meth:`build_prefix`) at the end of each step of ``response``: steps cut
+        by the delimiter ``pattern`` (:func:`.steps.step_ends`), or ending at ``ends`` (character
+        offsets in the response text, from data that lists its steps)."""
+        content = response_text(response) if isinstance(response, (str, list, tuple)) and response else None
+        if content is None:
+            raise DataError(f"{where}: column {col!r}: the response is not text (a list of parts), so it has no steps")
+        if ends is None:
+            ends = step_ends(content, pattern or DEFAULT_STEP_PATTERN)
+        if not ends:
+            raise DataError(f"{where}: column {col!r} has no step (only whitespace between delimiters)")
+        return [self.build_prefix(cut_response(response, e), prompt, where, col) for e in ends]
 
     def used(self) -> TextRecipe:
         """The recipe a scorer must repeat: its kind and EOS rule, the prompt column only if
@@ -168,12 +218,20 @@ class TextBuilder:
         return prompt_field(row, self.prompt_col_for(response), where,
                             self.require_prompt and isinstance(response, str))
 
-    def row_text(self, row: dict, where: str, text_col: str = "text", messages_col: str | None = "messages"
-                 ) -> tuple[str, int | None]:
-        """The text of one pointwise (or input) row and where its response starts."""
+    def row_text(self, row: dict, where: str, text_col: str = "text", messages_col: str | None = "messages",
+                 prefix: bool = False) -> tuple[str, int | None]:
+        """The text of one pointwise (or input) row and where its response starts; ``prefix``: the
+        row's trace is unfinished (:meth:`build_prefix`)."""
         value, col = response_value(row, where, text_col, messages_col)
         flag = "--text-col" if col == text_col else "--messages-col"
-        return self.build(value, self.row_prompt(row, value, where), where, col, flag)
+        return (self.build_prefix if prefix else self.build)(value, self.row_prompt(row, value, where), where, col, flag)
+
+
+def row_steps(builder: TextBuilder, row: dict, where: str, pattern: str | None, text_col: str = "text",
+              messages_col: str | None = "messages") -> list[tuple[str, int | None]]:
+    """The step prefixes (:meth:`TextBuilder.build_steps`) of one pointwise (or input) row's trace."""
+    value, col = response_value(row, where, text_col, messages_col)
+    return builder.build_steps(value, builder.row_prompt(row, value, where), where, col, pattern)
 
 
 def prompt_field(row: dict, col: str | None, where: str, required: bool = False):
