@@ -9,12 +9,13 @@ import click
 from ..config import DataSpec, EncoderSpec, RunSpec
 from .base import Group, cli
 from .options import (build, cache_option, data_options, encoder_options, quiet_option,
-                      run_options, setup_logging)
+                      run_options, setup_logging, steps_option)
 
 
 @cli.command()
 @data_options
 @encoder_options(columns=True)
+@steps_option
 @run_options
 def embed(**kw):
     """Stage 1: embed every distinct trace of one or more splits that the store lacks.
@@ -42,6 +43,10 @@ def embed(**kw):
                        f"{report.texts_per_s:,.1f} texts/s, {report.tokens_per_s:,.0f} tokens/s "
                        f"(padding {1 - report.tokens / max(report.padded_tokens, 1):.1%}); "
                        f"{report.truncated:,} truncated to {enc_spec.max_length} tokens")
+        if report.prefixes or report.prefixes_alone:
+            click.echo(f"step prefixes: {report.prefixes:,} pooled from their trace's forward pass, "
+                       f"{report.prefixes_alone:,} embedded on their own (their tokens are not the trace's first: "
+                       "a step boundary inside a token, or truncation from the left)")
         if report.response_fallback and "response_mean" in enc_spec.pooling:
             click.echo(f"response_mean: {report.response_fallback:,} texts had no response tokens to pool (start "
                        "unknown, or truncation removed the response) and were averaged over every token")

@@ -26,9 +26,11 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from .prefixes import batch_rows, plan_chunk, prefix_args
 from .spec import RunSpec, batch_tokens_for
 from ..progress import Progress
 from ..store import ShardWriter, StoreError, VectorStore, short, store_dir
+from ..store.writer import check_writable
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,8 @@ class EmbedReport:
     seconds: float  # wall time of the whole call
     recomputed: int = 0  # rows whose half-precision states overflowed, recomputed in float32
     response_fallback: int = 0  # rows whose response was not found: response_mean pooled over every token
+    prefixes: int = 0  # step prefixes pooled from their trace's forward pass (stored as rows, in `embedded`: no)
+    prefixes_alone: int = 0  # step prefixes whose tokens are not their trace's first: embedded on their own
     logprob_empty: int = 0  # --likelihood rows with no response token to score: logprob stored as 0, 0, 0
     load_seconds: float = 0.0  # of which: loading the model weights
     shards_written: list[str] = field(default_factory=list)  # by this process
@@ -119,39 +123,63 @@ def _rows(first: np.ndarray | None, b: np.ndarray) -> torch.Tensor | None:
     return None if first is None else torch.from_numpy(np.ascontiguousarray(first[b], dtype=np.int64))
 
 
+def _pooled(encoder, ids, b, first, prefixes, float32: bool = False):
+    """One forward pass over texts ``b``: ``{column: (B, D)}`` and ``{column: (P, D)}`` of their
+    prefixes, as NumPy arrays on the host in the store's dtype, the prefixes' ``(text, slot)``
+    and the padded batch's size in tokens."""
+    input_ids, mask = pad_batch([ids[i] for i in b], encoder.pad_id, encoder.padding_side)
+    args, which = prefix_args(b, prefixes)
+    out = encoder.forward(input_ids, mask, _rows(first, b), float32=float32, **({"prefixes": args} if args else {}))
+    pooled, pre = out if args else (out, {})
+    out_dtype = torch.float16 if encoder.vector_dtype == "float16" else torch.float32
+    # vectors in the store's dtype; the log-likelihood scalars (computed in float32) stay float32
+    host = lambda v, c: v.to(out_dtype if "@" in c else torch.float32).cpu().numpy()  # noqa: E731
+    return ({c: host(v, c) for c, v in pooled.items()}, {c: host(v, c) for c, v in pre.items()}, which,
+            int(input_ids.numel()))
+
+
+def _finite_rows(vectors: dict, n: int) -> np.ndarray:
+    return np.all([np.isfinite(v).all(axis=1) for v in vectors.values()], axis=0) if vectors else np.ones(n, bool)
+
+
 def encode_batches(encoder, ids: list[list[int]], n_tokens: np.ndarray, batch_tokens: int, max_batch_size: int,
-                   first: np.ndarray | None = None):
+                   first: np.ndarray | None = None, prefixes: list | None = None):
     """Run the encoder over token-budget batches; yield ``(indices, {column: (B, D) array},
     padded tokens, recomputed (B,) bool)``. Vectors come back rounded to the store's dtype, so
     a live score and a cached one go through exactly the same arithmetic. ``first`` (N,): each
     text's first response token, from :meth:`Encoder.tokenize` (None: every token).
+    ``prefixes`` (N lists of ``(tokens, first response token)``): also pool each text's prefixes
+    from its pass (a causal encoder); then a fifth item comes with each batch: ``(which,
+    {column: (P, D)})``, ``which[p]`` = ``(text index, prefix slot)``.
 
-    Rows whose half-precision states overflowed (NaN or Inf) are run again in float32 and
-    flagged; a row still non-finite then raises :class:`StoreError`: NaN or Inf never leaves.
+    Rows whose half-precision states overflowed (NaN or Inf), or one of whose prefixes did, are
+    run again in float32 and flagged; a row still non-finite then raises :class:`StoreError`: NaN
+    or Inf never leaves.
     """
-    out_dtype = torch.float16 if encoder.vector_dtype == "float16" else torch.float32
     for b in token_budget_batches(n_tokens, batch_tokens, max_batch_size):
-        input_ids, mask = pad_batch([ids[i] for i in b], encoder.pad_id, encoder.padding_side)
-        pooled = encoder.forward(input_ids, mask, _rows(first, b))  # {column: (B, D)} on the device
-        # vectors in the store's dtype; the log-likelihood scalars (computed in float32) stay float32
-        vectors = {c: v.to(out_dtype if "@" in c else torch.float32).cpu().numpy() for c, v in pooled.items()}
-        bad = ~np.all([np.isfinite(v).all(axis=1) for v in vectors.values()], axis=0)  # (B,)
+        vectors, pre, which, padded = _pooled(encoder, ids, b, first, prefixes)
+        owner = batch_rows(b, which)  # (P,) the batch row of each prefix's text
+        bad = ~_finite_rows(vectors, len(b))  # (B,)
+        if which:
+            bad[owner[~_finite_rows(pre, len(which))]] = True
         if bad.any() and encoder.torch_dtype != torch.float32:
             redo = b[bad]
-            r_ids, r_mask = pad_batch([ids[i] for i in redo], encoder.pad_id, encoder.padding_side)
-            fixed = encoder.forward(r_ids, r_mask, _rows(first, redo), float32=True)
+            fixed, fixed_pre, fixed_which, _ = _pooled(encoder, ids, redo, first, prefixes, float32=True)
+            clip = (lambda v: np.clip(v, -FP16_MAX, FP16_MAX)) if encoder.vector_dtype == "float16" else (lambda v: v)
             for c, v in fixed.items():
-                v = v.float().cpu().numpy()
-                if out_dtype == torch.float16:
-                    v = np.clip(v, -FP16_MAX, FP16_MAX)
-                vectors[c][bad] = v
+                vectors[c][bad] = clip(v)
+            slot = {w: p for p, w in enumerate(which)}
+            for c, v in fixed_pre.items():
+                pre[c][[slot[w] for w in fixed_which]] = clip(v)
             log.warning("%d texts overflowed in %s; recomputed in float32 and flagged recomputed_fp32",
                         int(bad.sum()), encoder.identity["dtype"])
-        still = ~np.all([np.isfinite(v).all(axis=1) for v in vectors.values()], axis=0)
+        still = ~_finite_rows(vectors, len(b))
+        if which:
+            still[owner[~_finite_rows(pre, len(which))]] = True
         if still.any():
             raise StoreError(f"{int(still.sum())} texts gave non-finite hidden states even in float32 "
                              f"(batch rows {np.flatnonzero(still)[:5].tolist()}); nothing of them was stored")
-        yield b, vectors, int(input_ids.numel()), bad
+        yield (b, vectors, padded, bad) + (((which, pre),) if prefixes is not None else ())
 
 
 def encode_texts(encoder, texts: list[str], column: str, batch_tokens: int | None = None,
@@ -173,17 +201,6 @@ def encode_texts(encoder, texts: list[str], column: str, batch_tokens: int | Non
             out = np.empty((len(texts), v.shape[1]), dtype=np.float32)  # (N, D)
         out[b] = v
     return out, n_tokens
-
-
-def check_writable(directory) -> None:
-    """Refuse, in one line, a store directory that cannot be created or written (a read-only
-    cache), judged on the directory or its nearest existing parent."""
-    d = os.path.abspath(directory)
-    while not os.path.exists(d) and os.path.dirname(d) != d:
-        d = os.path.dirname(d)
-    if not os.access(d, os.W_OK | os.X_OK):
-        raise StoreError(f"cannot write to the cache directory {directory} ({d} is not writable); "
-                         "give a writable --cache-dir")
 
 
 def open_writer(cache_dir, encoder, vectors: dict, shard_rows: int, flush_seconds: float) -> ShardWriter:
@@ -214,19 +231,45 @@ def _key(digest) -> str:
     return digest.hex() if isinstance(digest, bytes) else digest
 
 
-def _stream(texts) -> Iterable[tuple[str, str, int | None, bool]]:
-    """``(key, text, response start, special tokens)`` of a ``{key: text}`` mapping (texts as
-    given: start 0, tokenized with special tokens), or of a re-iterable stream of ``(key, text)``
-    pairs, ``(key, text, start)`` triples or such quadruples."""
+def _stream(texts) -> Iterable[tuple[str, str, int | None, bool, tuple]]:
+    """``(key, text, response start, special tokens, prefixes)`` of a ``{key: text}`` mapping
+    (texts as given: start 0, tokenized with special tokens, no prefixes), or of a re-iterable
+    stream of ``(key, text)`` pairs, ``(key, text, start)`` triples, quadruples with the special
+    tokens rule, or quintuples with the ``(key, text)`` of the text's step prefixes to store too
+    (same start and rule; see :mod:`.prefixes`)."""
     items = texts.items() if isinstance(texts, Mapping) else texts
     for item in items:
-        yield item if len(item) == 4 else (*item, 0, True) if len(item) == 2 else (*item, True)
+        n = len(item)
+        yield tuple(item) if n == 5 else (*item, ()) if n == 4 else (*item, True, ()) if n == 3 else (*item, 0, True, ())
 
 
-def distinct_keys(texts) -> set:
-    """Pass 1: the digest of every distinct key of ``texts`` (~100 bytes a text). Reading a
-    streamed split validates every row, so a bad row stops the run before the model is loaded."""
-    return {_digest(item[0]) for item in _stream(texts)}
+class KeySet(set):
+    """The digests of a stream's distinct keys, and which of them name only step prefixes."""
+
+    def __init__(self):
+        super().__init__()
+        self.prefix_only: set = set()
+
+    @property
+    def prefixes(self) -> int:
+        return len(self.prefix_only)
+
+
+def distinct_keys(texts) -> KeySet:
+    """Pass 1: the digest of every distinct key of ``texts``, step prefixes included (~100 bytes a
+    text). Reading a streamed split validates every row, so a bad row stops the run before the
+    model is loaded."""
+    keys = KeySet()
+    for item in _stream(texts):
+        d = _digest(item[0])
+        keys.add(d)
+        keys.prefix_only.discard(d)
+        for k, _ in item[4]:
+            d = _digest(k)
+            if d not in keys:
+                keys.add(d)
+                keys.prefix_only.add(d)
+    return keys
 
 
 def embed_texts(texts: Mapping[str, str] | Iterable[tuple], encoder, run: RunSpec,
@@ -242,6 +285,12 @@ def embed_texts(texts: Mapping[str, str] | Iterable[tuple], encoder, run: RunSpe
     then again for the missing texts, which are embedded in chunks of ``run.chunk_texts``."""
     t0 = time.perf_counter()
     todo = distinct_keys(texts) if keys is None else keys  # becomes: the texts this process embeds
+    steps = getattr(todo, "prefixes", 0) > 0
+    if steps and encoder.spec.likelihood:
+        from ..errors import ConfigError
+
+        raise ConfigError("--steps with --likelihood is not supported: embed the step prefixes without it (the "
+                          "likelihood of whole traces in another run)")
     n_texts, cached = len(todo), 0
     fp = encoder.fingerprint
     store = VectorStore(store_dir(run.cache_dir, fp), fp)
@@ -254,7 +303,8 @@ def embed_texts(texts: Mapping[str, str] | Iterable[tuple], encoder, run: RunSpe
             if k not in missing:
                 todo.discard(d)
                 cached += 1
-            elif run.num_shards > 1 and shard_of(k, run.num_shards) != run.shard_index:
+            elif run.num_shards > 1 and shard_of(k, run.num_shards) != run.shard_index and \
+                    d not in getattr(todo, "prefix_only", ()):  # a prefix goes with its trace (pass 2)
                 todo.discard(d)
     del every
     report = EmbedReport(fp, str(store.dir), n_texts, cached, len(todo), 0, 0, 0, 0, 0, 0.0)
@@ -262,6 +312,10 @@ def embed_texts(texts: Mapping[str, str] | Iterable[tuple], encoder, run: RunSpe
         report.seconds = time.perf_counter() - t0
         return report
     check_writable(store.dir)  # before the model loads and the work is done, not at the first shard
+    if steps:
+        from .model import check_causal
+
+        check_causal(encoder.config, encoder.spec.model, "--steps")
     t_load = time.perf_counter()
     encoder.load()
     report.load_seconds = time.perf_counter() - t_load
@@ -271,39 +325,56 @@ def embed_texts(texts: Mapping[str, str] | Iterable[tuple], encoder, run: RunSpe
     bar = Progress(len(todo), desc, "text", run.quiet)
     budget = batch_tokens_for(encoder.device, run.batch_tokens)
 
-    def embed_chunk(chunk: list[tuple[str, str, int | None, bool]]):
+    def embed_chunk(chunk: list[tuple]):
         nonlocal writer
-        starts = [s for _, _, s, _ in chunk]
-        ids, n_tokens, truncated, first = encoder.tokenize([t for _, t, _, _ in chunk], starts,
-                                                           [sp for _, _, _, sp in chunk])  # this chunk's only
-        for b, vectors, padded, recomputed in encode_batches(encoder, ids, n_tokens, budget, run.max_batch_size,
-                                                             first):
+        p = plan_chunk(encoder, chunk)  # this chunk's token ids only
+        report.prefixes += p.pooled_prefixes
+        report.prefixes_alone += p.alone
+        for out in encode_batches(encoder, p.ids, p.n_tokens, budget, run.max_batch_size, p.first, p.prefixes):
+            b, vectors, padded, recomputed = out[:4]
             if writer is None:
                 writer = open_writer(run.cache_dir, encoder, vectors, run.shard_rows, run.flush_seconds)
-            writer.add([chunk[i][0] for i in b], n_tokens[b], truncated[b], vectors, recomputed,
-                       [starts[i] for i in b])
+            w = b[p.write[b]]  # the texts whose own rows are stored
+            keep = p.write[b]
+            writer.add([p.keys[i] for i in w], p.n_tokens[w], p.truncated[w], {c: v[keep] for c, v in vectors.items()},
+                       recomputed[keep], [p.starts[i] for i in w])
+            written = len(w)
+            if len(out) > 4 and out[4][0]:
+                which, pre = out[4]
+                owner = batch_rows(b, which)
+                writer.add(*p.prefix_rows(which)[:3], pre, recomputed[owner], p.prefix_rows(which)[3])
+                written += len(which)
             if encoder.pools_response:
-                report.response_fallback += int((first[b] < 0).sum())
+                report.response_fallback += int((p.first[w] < 0).sum())
             if "logprob_tokens" in vectors:
-                report.logprob_empty += int((vectors["logprob_tokens"] == 0).sum())
+                report.logprob_empty += int((vectors["logprob_tokens"][keep] == 0).sum())
             report.recomputed += int(recomputed.sum())
             report.embedded += len(b)
             report.batches += 1
-            report.tokens += int(n_tokens[b].sum())
+            report.tokens += int(p.n_tokens[b].sum())
             report.padded_tokens += padded
-            report.truncated += int(truncated[b].sum())
-            bar.update(len(b))
+            report.truncated += int(p.truncated[w].sum())
+            bar.update(written)
             elapsed = time.perf_counter() - t0 - report.load_seconds
             bar.set_postfix_str(f"{report.tokens / max(elapsed, 1e-9):,.0f} tok/s")
 
     finished = False
     try:
-        chunk: list[tuple[str, str, int | None, bool]] = []
-        for item in _stream(texts):
-            d = _digest(item[0])
-            if d in todo:
-                todo.discard(d)
-                chunk.append(item)
+        chunk: list[tuple] = []
+        for key, text, start, special, prefixes in _stream(texts):
+            if run.num_shards > 1 and shard_of(key, run.num_shards) != run.shard_index:
+                continue  # another process's trace: its prefixes are pooled from its pass there
+            d = _digest(key)
+            write = d in todo
+            todo.discard(d)
+            need = []  # the prefixes this text's pass stores (each key once in the run)
+            for k, t in prefixes:
+                dk = _digest(k)
+                if dk in todo:
+                    todo.discard(dk)
+                    need.append((k, t))
+            if write or need:
+                chunk.append((key, text, start, special, tuple(need), write))
                 if len(chunk) >= run.chunk_texts:
                     embed_chunk(chunk)
                     chunk = []

@@ -16,7 +16,7 @@ import torch
 from .spec import EncoderSpec
 from ..store.fingerprint import SCHEMA_VERSION, fingerprint
 from ..models import BUNDLED_SMOLLM2, EncoderError, local_model_digest, resolve_model_path
-from .pooling import pool, response_logprob
+from .pooling import pool, pool_prefixes, response_logprob
 from ..store.columns import LOGPROB, LOGPROB_TOKENS
 from .response import response_token_starts
 
@@ -58,16 +58,29 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def check_causal(config, model: str) -> None:
-    """Refuse, in one line, log-likelihoods from a model that is not a causal LM (a BERT-style
-    encoder's tokens see both sides) or whose logits are post-processed (soft-capping, scaling)."""
+def is_causal(config) -> bool:
+    """Whether a model's tokens attend only to earlier tokens: a causal LM architecture that is not
+    also a masked LM (BERT-style encoders attend both ways)."""
     from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
                                                         MODEL_FOR_MASKED_LM_MAPPING_NAMES)
 
     t = config.model_type
-    if t not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or t in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
-        raise EncoderError(f"--likelihood needs a causal (decoder) LM; {model!r} is a {t} model, whose tokens "
-                           "attend both ways, so it gives no next-token probabilities")
+    return t in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and t not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
+def check_causal(config, model: str, why: str = "--likelihood") -> None:
+    """Refuse, in one line, log-likelihoods (or step prefixes from one pass: ``why``) from a model
+    that is not a causal LM (a BERT-style encoder's tokens see both sides) or, for likelihoods,
+    whose logits are post-processed (soft-capping, scaling)."""
+    t = config.model_type
+    if not is_causal(config):
+        gives = ("it gives no next-token probabilities" if why == "--likelihood" else
+                 "a prefix's vectors depend on what follows it and one pass over a trace cannot give them (score "
+                 "--steps embeds each prefix of such a head's traces on its own)")
+        raise EncoderError(f"{why} needs a causal (decoder) LM; {model!r} is a {t} model, whose tokens "
+                           f"attend both ways, so {gives}")
+    if why != "--likelihood":
+        return
     for name in ("final_logit_softcapping", "logit_scale", "output_multiplier_scale"):
         if getattr(config, name, None) not in (None, 1, 1.0):
             raise EncoderError(f"--likelihood: {model!r} post-processes its logits ({name}); not supported")
@@ -252,12 +265,14 @@ class Encoder:
 
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                response_start: torch.Tensor | None = None, float32: bool = False) -> dict[str, torch.Tensor]:
+                response_start: torch.Tensor | None = None, float32: bool = False, prefixes=None):
         """``(B, T)`` ids and mask -> ``{column: (B, D)}`` pooled vectors, still on the device:
         every pooling of every layer from this one forward pass. ``response_start`` (B,): each
         row's first response token among its real tokens (from :meth:`tokenize`; None: all).
         ``float32=True`` runs a float32 copy of the model (made on first use): the fallback for
-        rows whose half-precision states overflowed."""
+        rows whose half-precision states overflowed. ``prefixes``: ``(rows, ends, firsts)`` (P,) each
+        (:func:`~.pooling.pool_prefixes`); then ``(columns, prefix columns)`` come back, the second
+        ``{column: (P, D)}`` (a causal model only: :func:`check_causal`)."""
         self.load()
         model = self.model
         if float32 and self.torch_dtype != torch.float32:
@@ -275,11 +290,15 @@ class Encoder:
                     output_hidden_states=need_all, use_cache=False)
         self.batches_forwarded += 1
         self.texts_forwarded += int(input_ids.shape[0])
-        result = {}
+        result, pre = {}, {}
+        if prefixes is not None:
+            prefixes = [None if x is None else x.to(self.device) for x in prefixes]
         for layer in self.spec.layers:
             hidden = out.hidden_states[layer] if need_all else out.last_hidden_state  # (B, T, D)
             for how in self.spec.pooling:
                 result[f"{how}@{layer}"] = pool(hidden, attention_mask, how, response_start)  # (B, D)
+                if prefixes is not None:
+                    pre[f"{how}@{layer}"] = pool_prefixes(hidden, attention_mask, how, *prefixes)  # (P, D)
         if self.spec.likelihood:
             import torch.nn.functional as F
 
@@ -288,4 +307,4 @@ class Encoder:
                 last, input_ids, attention_mask, response_start,
                 lambda h: F.linear(h.float(), self._lm_weight, self._lm_bias))
             result[LOGPROB_TOKENS] = count.unsqueeze(1)  # (B, 1): stored beside, not a feature
-        return result
+        return result if prefixes is None else (result, pre)

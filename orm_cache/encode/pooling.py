@@ -53,6 +53,37 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str,
     raise ConfigError(f"pooling {how!r} is not one of {', '.join(POOLINGS)}")
 
 
+def pool_prefixes(hidden: torch.Tensor, mask: torch.Tensor, how: str, rows: torch.Tensor, ends: torch.Tensor,
+                  firsts: torch.Tensor | None = None) -> torch.Tensor:
+    """``(P, D)``: what :func:`pool` gives each of ``P`` prefixes of the batch's texts, from the
+    same forward pass. Prefix ``p`` is the first ``ends[p]`` real tokens of batch row ``rows[p]``
+    (``rows`` sorted); in a causal model their hidden states are the prefix's own, whatever
+    follows. ``firsts[p]``: its first response token among its real tokens (response_mean; < 0 or
+    None: every token). Either padding side (positions are counted among real tokens)."""
+    B, T, D = hidden.shape
+    P = rows.shape[0]
+    assert mask.shape == (B, T) and ends.shape == (P,), (hidden.shape, mask.shape, rows.shape, ends.shape)
+    real = mask > 0  # (B, T)
+    rank = real.long().cumsum(dim=1) - 1  # (B, T) index of each real token among its row's real tokens
+    r = rank[rows]  # (P, T)
+    keep = real[rows] & (r < ends.unsqueeze(1))  # (P, T) the prefix's tokens
+    if how == "last":
+        pos = (keep & (r == (ends - 1).unsqueeze(1))).long().argmax(dim=1)  # (P,)
+        return hidden[rows, pos]  # (P, D)
+    if how == "response_mean" and firsts is not None:
+        f = firsts.to(mask.device)
+        keep &= (r >= f.clamp(min=0).unsqueeze(1)) | (f < 0).unsqueeze(1)
+    elif how not in ("mean", "response_mean"):
+        raise ConfigError(f"pooling {how!r} is not one of {', '.join(POOLINGS)}")
+    w = keep.float() / keep.sum(dim=1, keepdim=True).clamp(min=1).float()  # (P, T)
+    # one (P_b, T) @ (T, D) product per batch row, as a batched matmul over rows padded to the most prefixes
+    counts = torch.bincount(rows, minlength=B)  # (B,)
+    slot = torch.arange(P, device=rows.device) - (counts.cumsum(0) - counts)[rows]  # (P,) index within its row
+    W = torch.zeros(B, int(counts.max()) if P else 0, T, device=hidden.device)  # (B, Pmax, T)
+    W[rows, slot] = w
+    return torch.bmm(W, hidden.float())[rows, slot].to(hidden.dtype)  # (P, D)
+
+
 def response_logprob(hidden: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor,
                      response_start: torch.Tensor | None, lm_head, chunk: int = 1024
                      ) -> tuple[torch.Tensor, torch.Tensor]:

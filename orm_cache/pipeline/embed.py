@@ -102,7 +102,7 @@ def embed_split(data_spec: DataSpec, enc_spec: EncoderSpec, run: RunSpec | None 
         report = embed_texts(data, encoder, run, f"embed {data_spec.split} (rank 0 of {dist_info.world})", keys)
         dist.barrier()
         counts = ("assigned", "embedded", "batches", "tokens", "padded_tokens", "truncated", "recomputed",
-                  "response_fallback", "logprob_empty", "shards")
+                  "response_fallback", "logprob_empty", "shards", "prefixes", "prefixes_alone")
         summed = all_sum(dist, [getattr(report, c) for c in counts], device)
     for name, value in zip(counts, summed):
         setattr(report, name, value)

@@ -133,3 +133,14 @@ class ShardWriter:
         self.rows_written += len(self._keys)
         self._reset()
         return final
+
+
+def check_writable(directory) -> None:
+    """Refuse, in one line, a store directory that cannot be created or written (a read-only
+    cache), judged on the directory or its nearest existing parent."""
+    d = os.path.abspath(directory)
+    while not os.path.exists(d) and os.path.dirname(d) != d:
+        d = os.path.dirname(d)
+    if not os.access(d, os.W_OK | os.X_OK):
+        raise StoreError(f"cannot write to the cache directory {directory} ({d} is not writable); "
+                         "give a writable --cache-dir")
