@@ -6,16 +6,20 @@ import click
 
 from ..config import EncoderSpec
 from .base import cli
-from .options import (_opt, answer_options, answer_source, cache_option, quiet_option,
-                      rescore_options, setup_logging, _rescore_summary)
+from .options import (_opt, answer_options, answer_source, cache_option, quiet_option, rescore_options,
+                      setup_logging, step_aggregate_option, step_pattern_option, _rescore_summary)
 
 
 @cli.command(short_help="Offline re-scoring: add a score to every row of a file.")
 @rescore_options
 @click.option("--chunk-rows", type=click.IntRange(min=1), default=50_000, show_default=True,
               help="Rows read, scored and written at a time (bounds memory).")
+@click.option("--steps", is_flag=True, help="Also write step_scores: the score of each step prefix of the trace "
+              "(cached by embed --steps; misses pooled from one pass of the trace).")
+@step_pattern_option
 def score(head_path, input_path, output_path, text_col, messages_col, prompt_col, template, chat_template,
-          recipe_kind, override_recipe, store, feature, cache_dir, skip_invalid, device, batch_tokens, quiet, chunk_rows):
+          recipe_kind, override_recipe, store, feature, cache_dir, skip_invalid, device, batch_tokens, quiet, chunk_rows,
+          steps, step_pattern):
     """Offline re-scoring: add a score column to every row of a file, in input order.
 
     Texts already in the store for the head's encoder are scored without loading any model;
@@ -28,7 +32,7 @@ def score(head_path, input_path, output_path, text_col, messages_col, prompt_col
     s = score_file(head_path, input_path, output_path, cache_dir,
                    TextColumns(text_col, prompt_col, template, override_recipe, chat_template, messages_col, recipe_kind),
                    chunk_rows, skip_invalid, device,
-                   batch_tokens, quiet, store, feature)
+                   batch_tokens, quiet, store, feature, steps, step_pattern)
     _rescore_summary(s, "scored")
 
 
@@ -40,9 +44,11 @@ def score(head_path, input_path, output_path, text_col, messages_col, prompt_col
 @click.option("--label-col", default="label", show_default=True,
               help="When present (0/1), report best-of-N accuracy beside random and oracle.")
 @answer_options
+@step_aggregate_option
+@step_pattern_option
 def rank(head_path, input_path, output_path, text_col, messages_col, prompt_col, template, chat_template,
          recipe_kind, override_recipe, store, feature, cache_dir, skip_invalid, device, batch_tokens, quiet, group_by, top_k,
-         label_col, answer_col, answer_pattern, aggregate):
+         label_col, answer_col, answer_pattern, aggregate, step_aggregate, step_pattern):
     """Best-of-N: order candidates within each group by score (rank 1 = best; ties share a rank).
 
     With --answer-col or --answer-pattern each candidate has a final answer and --aggregate
@@ -60,7 +66,7 @@ def rank(head_path, input_path, output_path, text_col, messages_col, prompt_col,
                   TextColumns(text_col, prompt_col, template, override_recipe, chat_template, messages_col, recipe_kind),
                   label_col or None, skip_invalid,
                   device, batch_tokens, quiet, store, feature, answers=answer_source(answer_col, answer_pattern),
-                  aggregate=aggregate)
+                  aggregate=aggregate, step_aggregate=step_aggregate, step_pattern=step_pattern)
     _rescore_summary(s, "ranked")
     T = s.extra["temperature"]
     rule = {"best": "the top-scored candidate", "vote": "the most frequent answer",

@@ -46,6 +46,32 @@ def _params(cmd: click.Command) -> dict[str, str]:
     return out
 
 
+def _commands(group: click.Group, prefix: str = ""):
+    for name, cmd in group.commands.items():
+        if isinstance(cmd, click.Group):
+            yield from _commands(cmd, f"{prefix}{name} ")
+        else:
+            yield prefix + name, cmd
+
+
+def _check_one_meaning(group: click.Group, shared: dict, path: str) -> None:
+    """A top-level key is given to every command that has the option; one spelling that is a flag
+    in one command and takes a value in another (embed's --steps, fit-head's AdamW --steps) would
+    mean two things, so it must sit in a [command] table."""
+    from ..errors import ConfigError
+
+    for key in shared:
+        kinds = {}
+        for name, cmd in _commands(group):
+            for p in cmd.params:
+                if isinstance(p, click.Option) and key in {o.lstrip("-") for o in p.opts} | {
+                        o.lstrip("-").replace("-", "_") for o in p.opts} | {p.name}:
+                    kinds.setdefault(bool(p.is_flag), name)
+        if len(kinds) > 1:
+            raise ConfigError(f"--config {path}: {key!r} is a flag of {kinds[True]} but takes a value in {kinds[False]}; "
+                              f"put it in a table, e.g. [{kinds[True]}] or [{kinds[False]}]")
+
+
 def _all_params(group: click.Group) -> set[str]:
     """Every spelling of every option of every command under ``group``."""
     out = set()
@@ -64,6 +90,8 @@ def config_defaults(group: click.Group, data: dict, path: str, where: str = "") 
         unknown = [k for k in tables if k not in group.commands] + [k for k in shared if k not in _all_params(group)]
         if unknown:
             raise ConfigError(f"--config {path}: {', '.join(map(repr, unknown))} is no option or command of orm-cache")
+    if not where:
+        _check_one_meaning(group, shared, path)
     out = {}
     for name, cmd in group.commands.items():
         table = tables.get(name, {})

@@ -37,7 +37,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 # --help (listed by name at its end) and explained by `orm-cache help TOPIC`.
 FOLDED = {
     "data": ("template", "chosen_col", "rejected_col", "text_col", "messages_col", "label_col", "group_col",
-             "chat_template", "negatives", "pair_seed", "drop_duplicate_pairs"),
+             "chat_template", "negatives", "pair_seed", "drop_duplicate_pairs", "step_pattern", "train_on"),
     "encoder": ("revision", "dtype", "max_length", "truncation_side", "pooling", "layers"),
     "run": ("batch_tokens", "max_batch_size", "chunk_texts", "shard_rows", "num_shards", "shard_index"),
     "head": ("betas", "weight_decay", "warmup_steps", "batch_size", "grad_clip", "init", "margin", "center_coef",
@@ -163,7 +163,26 @@ def data_options(f=None, split: str = DataSpec().split):
         _opt(DataSpec, "negatives", type=int, default=None, show_default=False),
         _opt(DataSpec, "pair_seed", type=int, default=d.pair_seed),
         _opt(DataSpec, "drop_duplicate_pairs", "--drop-duplicate-pairs/--keep-duplicate-pairs", default=False),
+        _opt(DataSpec, "step_pattern", default=None, show_default=False, metavar="REGEX"),
     )(f)
+
+
+steps_option = _opt(DataSpec, "step_prefixes", "--steps", is_flag=True, default=False, show_default=False,
+                    show_envvar=True,
+                    help="Also store the vector of every step prefix of each trace (steps: --step-pattern, a newline "
+                         "by default), pooled from the trace's own forward pass (a causal encoder).")
+train_on_option = _opt(DataSpec, "train_on", type=click.Choice(["traces", "prefixes"]), default="traces",
+                       help="traces, or prefixes: every step prefix (and the trace) labelled with its trace's "
+                            "outcome (embed --steps first).")
+step_pattern_option = click.option("--step-pattern", default=None,
+                                   envvar=f"{ENV}_STEP_PATTERN",
+                                   metavar="REGEX", hidden=True,
+                                   help="Delimiter between a response's steps (a regex) [default: the head's, else a line "
+                                        "break].")
+step_aggregate_option = click.option(
+    "--step-aggregate", type=click.Choice(["last", "min", "mean", "product"]), default=None,
+    help="Score each trace by its step prefixes' scores (embed --steps): the last, the lowest, their mean, or "
+         "the product of σ(score) (summed as logs).")
 
 
 def encoder_options(f=None, columns: bool = False):

@@ -10,11 +10,12 @@ from ..config import DataSpec, EncoderSpec, HeadConfig, RunSpec
 from .base import cli
 from .options import (answer_options, answer_source, finite, _opt, build, cache_option, data_options, early_output_checks,
                       encoder_options, head_options, overwrite_option, override_recipe_option, quiet_option,
-                      setup_logging, store_option)
+                      setup_logging, step_aggregate_option, store_option, train_on_option)
 
 
 @cli.command("fit-head", short_help="Stage 2: train a head (linear, MLP, ensemble) on cached vectors.")
 @data_options
+@train_on_option
 @encoder_options
 @cache_option
 @head_options
@@ -53,6 +54,7 @@ def fit_head_cmd(out, eval_split, store, overwrite, **kw):
 
 @cli.command(short_help="Train a grid of head configurations; select on validation.")
 @data_options
+@train_on_option
 @encoder_options
 @cache_option
 @head_options(base=True)
@@ -142,12 +144,14 @@ def sweep(grid, grid_file, select_on, report_on, results, out, top, store, quiet
                    "(chosen=<v> / rejected=<v>) plus AUROC per trace value. Missing values are '(missing)'; "
                    "the 50 largest values are printed, --json has all.")
 @answer_options(aggregate=False)
+@step_aggregate_option
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write every metric here.")
 @click.option("--plot-dir", type=click.Path(file_okay=False), default=None,
               help="Write PNG plots here (reliability, accuracy by length, margins; needs matplotlib).")
 @quiet_option
 def eval_cmd(head_path, store, feature, calibrate_on, save_calibration, override_recipe, ci_level, bootstrap,
-             bootstrap_seed, length_edges, by, answer_col, answer_pattern, json_path, plot_dir, quiet, **kw):
+             bootstrap_seed, length_edges, by, answer_col, answer_pattern, step_aggregate, json_path, plot_dir, quiet,
+             **kw):
     """The reference card's metric table for a head, from cached vectors (test split by default).
 
     Pairwise accuracy with a bootstrap CI, margins, accuracy by length, the label-swap test,
@@ -167,7 +171,7 @@ def eval_cmd(head_path, store, feature, calibrate_on, save_calibration, override
         require_matplotlib()
     r = evaluate_split(head_path, build(DataSpec, kw), kw["cache_dir"], calibrate_on or None, bootstrap,
                        ci_level, bootstrap_seed, length_edges_of(length_edges), store, feature, save_calibration,
-                       override_recipe, by, answer_source(answer_col, answer_pattern))
+                       override_recipe, by, answer_source(answer_col, answer_pattern), step_aggregate)
     click.echo(format_report(r))
     if save_calibration:
         click.echo(f"calibration T={r['calibration']['temperature']:.4g} saved into {head_path}")

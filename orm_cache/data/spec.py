@@ -6,6 +6,9 @@ from dataclasses import asdict, dataclass, replace
 
 from ..errors import ConfigError
 from ..text.recipe import TextRecipe
+from ..text.steps import step_regex
+
+TRAIN_ON = ("traces", "prefixes")
 
 DEFAULT_DATA = "LossFunctionLover/orm-pairwise-preference-pairs"
 
@@ -69,6 +72,18 @@ class DataSpec:
     """Seed for sampling negatives from pointwise data."""
     drop_duplicate_pairs: bool = False
     """Keep only the first of identical (chosen, rejected) pairs; duplicates are counted either way."""
+    step_prefixes: bool = False
+    """Each trace also has its step prefixes (cut by ``step_pattern``): embed stores their vectors
+    from the trace's own forward pass (a causal encoder), eval and rank can aggregate their scores."""
+    step_pattern: str | None = None
+    """Where a response's steps end: a regular expression matching the delimiter between steps
+    (default: the head's recorded one, else a line break, ``\r?\n``); a step holding only
+    whitespace is none. Data that lists its steps (TRL's
+    stepwise shape: prompt, completions, labels) needs none."""
+    train_on: str = "traces"
+    """traces (each row's traces, as they are), or prefixes: every step prefix of every trace, and
+    the trace itself, labelled with the trace's outcome (a pairwise row: chosen 1, rejected 0;
+    grouped by the row's group, else by the row), Cobbe et al.'s outcome-supervised verifier."""
     keep_columns: tuple[str, ...] = ()
     """Pointwise data: metadata columns kept per trace (row), e.g. for ``eval --by``; the others
     are only named. (Pairwise rows keep all their other columns per pair.)"""
@@ -84,6 +99,12 @@ class DataSpec:
         if isinstance(self.keep_columns, str):
             raise ConfigError(f"keep_columns must be a sequence of column names, got the string {self.keep_columns!r}")
         object.__setattr__(self, "keep_columns", tuple(self.keep_columns))
+        if self.train_on not in TRAIN_ON:
+            raise ConfigError(f"--train-on {self.train_on!r} is not one of {', '.join(TRAIN_ON)}")
+        if self.step_pattern is not None:
+            step_regex(self.step_pattern)
+        if self.train_on == "prefixes":
+            object.__setattr__(self, "step_prefixes", True)
 
     @property
     def recipe(self) -> "TextRecipe":

@@ -49,6 +49,9 @@ class SplitData:
     # key -> every response start the split gives it, for texts whose rows disagree (a bare string
     # in one row, the same text built from a prompt and a response in another)
     start_conflicts: dict[str, set] = field(default_factory=dict)
+    # DataSpec.step_prefixes: trace key -> the keys of its step prefixes (in step order), and their texts
+    steps: dict[str, list[str]] = field(default_factory=dict)
+    step_texts: dict[str, str] = field(default_factory=dict)
 
     @property
     def special_tokens(self) -> bool:
@@ -60,7 +63,8 @@ class SplitData:
         """``(key, text, response start, special tokens)`` of every distinct text, as stage 1
         takes them (:func:`~orm_cache.encode.embedder.embed_texts`, which reads them twice)."""
         special = self.special_tokens
-        return [(k, t, self.response_starts.get(k, 0), special) for k, t in self.texts.items()]
+        return [(k, t, self.response_starts.get(k, 0), special,
+                 tuple((p, self.step_texts[p]) for p in self.steps.get(k, ()))) for k, t in self.texts.items()]
 
     @property
     def identity(self) -> dict:
@@ -70,7 +74,8 @@ class SplitData:
             h.update(f"{c}{r}".encode())
         return {"source": self.source, "split": self.split, "kind": self.kind,
                 "n_pairs": len(self.pairs), "n_texts": len(self.texts),
-                "pairs_sha256": h.hexdigest()}
+                "pairs_sha256": h.hexdigest(),
+                **({k: self.stats[k] for k in ("step_points", "step_pattern") if k in self.stats})}
 
 
 def merge_splits(a: SplitData, b: SplitData) -> SplitData:

@@ -25,9 +25,11 @@ def evaluate(head, sv, bootstrap: int = 1000, ci_level: float = 0.9, seed: int =
 
     by = list(dict.fromkeys([by] if isinstance(by, str) else by or ()))
     check_columns(sv.data, by)
-    if head.members > 1:
+    stepped = getattr(sv, "step_aggregate", None) is not None
+    if head.members > 1 and not stepped:
         member = head.member_scores(sv.X)  # (U, K)
-    scores = head.score(sv.X)  # (U,): the head's score, as every other door computes it
+    # (U,): the head's score, as every other door computes it (or its step prefixes' aggregated)
+    scores = sv.trace_scores(head) if stepped else head.score(sv.X)
     margins = margins_of(scores, sv.ci, sv.ri)  # (N,)
     swapped = margins_of(scores, sv.ri, sv.ci)  # the same pairs with chosen and rejected exchanged
     data = sv.data
@@ -47,7 +49,9 @@ def evaluate(head, sv, bootstrap: int = 1000, ci_level: float = 0.9, seed: int =
         "margin_histogram": dict(zip(("counts", "edges"), (x.tolist() for x in np.histogram(margins, 30)))),
         "calibration": {**M.calibration(margins, T), "fitted_on": None if temperature is None else "given"},
     }
-    if head.members > 1:
+    if stepped:
+        out["step_aggregate"] = sv.step_aggregate[0]
+    if head.members > 1 and not stepped:
         out["ensemble"] = M.ensemble_disagreement(member[sv.ci] - member[sv.ri], margins)
     out["head_kind"] = head.describe()
     row_scores = None
@@ -82,6 +86,7 @@ def format_report(r: dict, max_groups: int = 50) -> str:
     c, m, a = r["ci"], r["margin"], r["antisymmetry"]
     lines = [
         f"split {r['split']}  ({r['pairs']:,} pairs, {r['traces']:,} traces, feature {r['feature']}"
+        + (f", scored by the {r['step_aggregate']} of their step prefixes' scores" if r.get("step_aggregate") else "")
         + (f", head {r['head_kind']})" if r.get("head_kind", "linear") != "linear" else ")"),
         f"  pairwise accuracy   {_pct(r['accuracy'])}   {int(c['level'] * 100)}% CI [{_pct(c['low']).strip()}, "
         f"{_pct(c['high']).strip()}]  (bootstrap, {c['resamples']} resamples by {c['unit']})",

@@ -71,16 +71,25 @@ def _first_store(head: Head, cache_dir, store: str | None = None) -> VectorStore
     return vs  # its width is checked against the head's feature by with_store_defaults
 
 
-def load_vectors(data_spec: DataSpec, store: VectorStore, feature: str | None, cache_dir, check=None):
+def load_vectors(data_spec: DataSpec, store: VectorStore, feature: str | None, cache_dir, check=None,
+                 step_aggregate: str | None = None):
     """A split's vectors from ``store``; a missing vector names the command that embeds them
     into exactly this store (its model, dtype, max length, every pooling and layer). Conversation
     rows without a chat template in ``data_spec`` take the store's encoder's tokenizer's.
     ``check(data)``, when given, sees the split before its vectors are looked for (so a request
-    the data cannot answer is refused before the user is sent to embed it)."""
+    the data cannot answer is refused before the user is sent to embed it). ``step_aggregate``:
+    the split's traces carry their step prefixes (``sv.data.steps``), and ``sv.trace_scores(head)``
+    aggregates those prefixes' scores so (:func:`~.vectors.step_scores`)."""
+    if step_aggregate:
+        data_spec = replace(data_spec, step_prefixes=True)
     data = load_split(data_spec, store.spec())
     if check is not None:
         check(data)
-    return split_vectors(data, store, feature, embed_command(data_spec, store.spec() or {}, cache_dir, feature))
+    hint = embed_command(data_spec, store.spec() or {}, cache_dir, feature)
+    sv = split_vectors(data, store, feature, hint)
+    if step_aggregate:
+        sv.step_aggregate = (step_aggregate, store, hint)
+    return sv
 
 
 def head_data_spec(head: Head, data_spec: DataSpec, override_recipe: bool = False) -> DataSpec:
@@ -89,7 +98,14 @@ def head_data_spec(head: Head, data_spec: DataSpec, override_recipe: bool = Fals
     r = TextRecipe.for_head(head.recipe, data_spec.template, data_spec.prompt_col, override_recipe,
                             data_spec.chat_template, data_spec.recipe_kind)
     return replace(data_spec.with_recipe(r), prompt_col=r.prompt_col or "",
-                   require_prompt=prompt_required(head, r, override_recipe))
+                   require_prompt=prompt_required(head, r, override_recipe),
+                   step_pattern=data_spec.step_pattern or head_step_pattern(head))
+
+
+def head_step_pattern(head: Head, given: str | None = None) -> str | None:
+    """The step delimiter to score ``head`` with: ``given``, else the one its training steps were
+    cut by (a head trained on prefixes or step labels records it), else None (the default)."""
+    return given or (head.meta.get("data") or {}).get("step_pattern")
 
 
 def prompt_required(head: Head, recipe: TextRecipe, override_recipe: bool = False) -> bool:

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 def calibrate(head: Head, sv) -> float:
     """Fit the temperature of σ(Δ/T) on ``sv``'s pairs and record it in the head (None when no
     pair is wrong, so no finite T is optimal); returns T."""
-    T = fit_temperature(margins_of(head.score(sv.X), sv.ci, sv.ri))
+    T = fit_temperature(margins_of(sv.trace_scores(head), sv.ci, sv.ri))
     head.meta["calibration"] = {"temperature": T if math.isfinite(T) else None, "fitted_on": sv.data.split}
     return T
 
@@ -47,7 +47,7 @@ def _headline(r: dict) -> dict:
 def evaluate_split(head_path, data_spec: DataSpec, cache_dir="cache", calibrate_on: str | None = "validation",
                    bootstrap: int = 1000, ci_level: float = 0.9, seed: int = 0, length_edges=(128, 256),
                    store: str | None = None, feature: str | None = None, save_calibration: bool = False,
-                   override_recipe: bool = False, by=(), answers=None) -> dict:
+                   override_recipe: bool = False, by=(), answers=None, step_aggregate: str | None = None) -> dict:
     """The full metric table of a head on one split, with the head's text recipe.
 
     The calibration temperature T is fitted on ``calibrate_on`` when that split is cached (the
@@ -56,7 +56,9 @@ def evaluate_split(head_path, data_spec: DataSpec, cache_dir="cache", calibrate_
     metadata columns to break the headline down by (``report["by"]``); a column no row has is a
     DataError naming the columns there are, raised before anything is computed or saved.
     ``answers`` (an :class:`~orm_cache.evaluate.vote.AnswerSource`): best-of-N of every
-    aggregation (best, vote, weighted-vote with this calibration's T) beside random and oracle."""
+    aggregation (best, vote, weighted-vote with this calibration's T) beside random and oracle.
+    ``step_aggregate`` (last, min, mean, product): each trace is scored by its step prefixes'
+    scores, aggregated so (their vectors from ``embed --steps``), calibration included."""
     from ..evaluate.by import check_columns
 
     by = list(dict.fromkeys([by] if isinstance(by, str) else by or ()))
@@ -75,7 +77,10 @@ def evaluate_split(head_path, data_spec: DataSpec, cache_dir="cache", calibrate_
         check_columns(data, by, data_spec.group_col)
         found = split_answers(data, answers) if answers is not None else None
 
-    sv = load_vectors(data_spec, vs, feature, cache_dir, check)
+    if step_aggregate and save_calibration:
+        raise ConfigError("--save-calibration records the temperature of whole-trace scores; it cannot be fitted "
+                          "on step-aggregated ones (drop --step-aggregate to save it)")
+    sv = load_vectors(data_spec, vs, feature, cache_dir, check, step_aggregate)
     if not len(sv.ci):
         raise DataError(f"split {sv.data.split!r} of {sv.data.source} gives no pairs to evaluate (pointwise data "
                         "needs a correct and an incorrect trace in a group, or in the split)")
@@ -83,7 +88,9 @@ def evaluate_split(head_path, data_spec: DataSpec, cache_dir="cache", calibrate_
     if calibrate_on:
         try:
             cal = sv if calibrate_on == data_spec.split else load_vectors(
-                replace(data_spec, split=calibrate_on), vs, feature, cache_dir)
+                replace(data_spec, split=calibrate_on), vs, feature, cache_dir, step_aggregate=step_aggregate)
+            if step_aggregate and cal is not sv:
+                cal.trace_scores(head)  # its step prefixes are cached too, or it is no calibration split
             if cal is not sv and cal.data.identity["pairs_sha256"] == sv.data.identity["pairs_sha256"]:
                 raise DataError(f"split {calibrate_on!r} is the evaluated rows themselves (a file without a split "
                                 "column is used whole for every --split)")

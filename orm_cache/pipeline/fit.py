@@ -62,6 +62,16 @@ def sweep_head_path(cache_dir, fp: str, cfgs, select_on: str, select_by: str, re
     return Path(cache_dir) / "heads" / f"sweep-best-{short(fp)[:8]}-{digest}.pt"
 
 
+WHOLE_TRACES = {"train_on": "traces", "step_prefixes": False}  # how a head trained on prefixes is evaluated
+
+
+def whole_traces(data_spec: DataSpec, data, vs):
+    """The training split as whole traces (itself unless it was read as prefixes): what a split
+    evaluated or selected on must not be."""
+    return data if data_spec.train_on == "traces" else load_split(
+        replace(data_spec.with_recipe(data.recipe), **WHOLE_TRACES), vs.spec())
+
+
 def fit_head(data_spec: DataSpec, enc_spec: EncoderSpec, cfg: HeadConfig, cache_dir="cache",
              out: str | Path | None = None, eval_split: str | None = "validation",
              store: str | None = None, overwrite: bool = False) -> FitResult:
@@ -83,11 +93,14 @@ def fit_head(data_spec: DataSpec, enc_spec: EncoderSpec, cfg: HeadConfig, cache_
     report = None
     if eval_split:
         try:  # built exactly as the training texts were (an auto recipe resolved on the training split)
-            ev = load_vectors(replace(data_spec.with_recipe(sv.data.recipe), split=eval_split), vs, feature, cache_dir)
+            ev = load_vectors(replace(data_spec.with_recipe(sv.data.recipe), split=eval_split, **WHOLE_TRACES), vs,
+                              feature, cache_dir)
         except (DataError, StoreError) as e:
             log.info("not evaluating on %s: %s", eval_split, e)
         else:
-            if ev.data.identity["pairs_sha256"] == sv.data.identity["pairs_sha256"]:
+            traces = whole_traces(data_spec, sv.data, vs)
+            if ev.data.identity["pairs_sha256"] == traces.identity["pairs_sha256"] or ev.data.texts.keys() == \
+                    traces.texts.keys():
                 log.warning("not evaluating on %s: its pairs are the training pairs (a single file or Dataset "
                             "without a split column is used whole for every --split)", eval_split)
             else:
@@ -174,6 +187,9 @@ def sweep_heads(data_spec: DataSpec, enc_spec: EncoderSpec, base: HeadConfig, gr
         raise UserError("--select-on must differ from the training --split: selecting on the training pairs "
                          "picks the configuration that fits them best, not the one that generalises")
     selection_key(select_by)  # a bad value is one line before any work
+    if refit and data_spec.train_on == "prefixes":
+        raise UserError("--refit with --train-on prefixes is not supported: the selection split holds whole traces, "
+                        "the training split prefixes")
     check_outputs(data_spec, out)
     t0 = time.perf_counter()
     grids = [grid] if isinstance(grid, dict) else grid
@@ -181,12 +197,14 @@ def sweep_heads(data_spec: DataSpec, enc_spec: EncoderSpec, base: HeadConfig, gr
     cfgs = [replace(c, feature=canonical(c.feature)) for c in expand(replace(base, feature=base.feature or vs.columns[0]), grids)]
     vs = stores_for_features(cache_dir, enc_spec, {c.feature for c in cfgs}, vs)
     train_data = load_split(data_spec, vs.spec())
-    select_spec = replace(data_spec.with_recipe(train_data.recipe), split=select_on)  # the training texts' recipe
+    # the training texts' recipe; selected (and reported) on whole traces, whatever the training points were
+    select_spec = replace(data_spec.with_recipe(train_data.recipe), split=select_on, **WHOLE_TRACES)
     select_data = load_split(select_spec, vs.spec())  # each split read once
-    check_distinct(train_data, select_data, "--select-on", "the training --split")
+    train_traces = whole_traces(data_spec, train_data, vs)  # what selection must not see again
+    check_distinct(train_traces, select_data, "--select-on", "the training --split")
     if report_on:
         report_data = load_split(replace(select_spec, split=report_on), vs.spec())
-        check_distinct(train_data, report_data, "--report-on", "the training --split")
+        check_distinct(train_traces, report_data, "--report-on", "the training --split")
         check_distinct(select_data, report_data, "--report-on", "--select-on")
     path = Path(out) if out else sweep_head_path(cache_dir, vs.fp, cfgs, select_on, select_by, refit, train_data)
     check_head_target(path, overwrite, given=out is not None)

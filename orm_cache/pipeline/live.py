@@ -12,6 +12,8 @@ directory changed, another dtype, …). It is the project's answer to the refere
     scorer.prefer(a, b, prompt=question)               # P(a beats b) = σ((s_a - s_b) / T)
     scorer.score([conversation])                       # a list of {"role", "content"} messages
     scorer.score([[assistant_turn]], prompts=[messages])  # TRL's explicit-prompt shape
+    scorer.score_prefixes(["Step 1: …\nStep 2: …"], prompts=[question])  # a partial trace (a tree node)
+    scorer.score_steps([solution], prompts=[question])  # one score per step prefix (lines)
 
 Texts are built with the recipe the head recorded (template, prompt column and chat template of
 its training data), so a live score is the score of the same text the head was trained and
@@ -25,7 +27,7 @@ import math
 import numpy as np
 
 from ..encode.spec import EncoderSpec
-from ..text import TextBuilder, TextRecipe
+from ..text import DEFAULT_STEP_PATTERN, TextBuilder, TextRecipe
 from ..encode.embedder import encode_texts
 from ..errors import DataError
 from ..head import CheckpointError, Head
@@ -156,6 +158,39 @@ class LiveScorer:
         s = self.head.score(self.vectors(list(texts), starts=list(starts))[0]) if built else np.empty(0)
         return ranking(s, found, aggregate, self.head.temperature)
 
+    def score_prefixes(self, partials: list, prompts: list | None = None, one_at_a_time: bool = False) -> np.ndarray:
+        """Scores of partial traces (a search tree's nodes): each response is unfinished, so its
+        text is the recipe's cut right after it, with no closing chat tokens or EOS
+        (:mod:`orm_cache.text.steps`): the very text, key and vector of the step prefix that
+        ``embed --steps`` stores for any trace passing through this node."""
+        built = build_texts(self.builder, self.head, partials, prompts, prefix=True)
+        if not built:
+            return np.empty(0, dtype=np.float32)
+        texts, starts = zip(*built)
+        return self.head.score(self.vectors(list(texts), one_at_a_time, list(starts))[0])
+
+    def score_steps(self, responses: list, prompts: list | None = None,
+                    step_pattern: str | None = None) -> list[np.ndarray]:
+        """Per response, the score of each of its step prefixes (steps cut by ``step_pattern``, else
+        the head's recorded delimiter, else a line break), in step order: what ``orm-cache score
+        --steps`` writes."""
+        from .bind import head_step_pattern
+
+        step_pattern = head_step_pattern(self.head, step_pattern) or DEFAULT_STEP_PATTERN
+        responses = list(responses)
+        prompts = None if prompts is None else list(prompts)
+        built = build_texts(self.builder, self.head, responses, prompts, pooled=False)  # the checks, and one error per row
+        prompts = [None] * len(built) if prompts is None else list(prompts)
+        steps = [self.builder.build_steps(r, p, f"text {i}", "text", step_pattern)
+                 for i, (r, p) in enumerate(zip(responses, prompts))]
+        flat = [t for s in steps for t in s]
+        if not flat:
+            return []
+        texts, starts = zip(*flat)
+        scores = self.head.score(self.vectors(list(texts), starts=list(starts))[0])
+        bounds = np.cumsum([0] + [len(s) for s in steps])
+        return [scores[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
     def prefer(self, a: str, b: str, prompt: str | None = None) -> float:
         """P(a beats b) = σ((s_a - s_b) / T), with the checkpoint's calibration T (else T = 1)."""
         sa, sb = self.score([a, b], None if prompt is None else [prompt, prompt])
@@ -164,14 +199,15 @@ class LiveScorer:
 
 
 def build_texts(builder: TextBuilder, head: Head, responses, prompts=None,
-                pooled: bool = True) -> list[tuple[str, int | None]]:
+                pooled: bool = True, prefix: bool = False) -> list[tuple[str, int | None]]:
     """The texts of ``responses`` (strings or conversations) with their ``prompts`` (strings,
     message lists or None; None: no prompts) by ``builder`` (the head's recipe), each with the
     character offset where its response starts (None: unknown). The Python and HTTP doors'
     argument checks: a bare string or a bare conversation where a list of them is due is a
     TypeError; a row the recipe cannot take is a DataError naming its index. ``pooled``: the
     texts will be pooled by the head's feature (then a bare string is refused where that feature
-    cannot know where its response starts)."""
+    cannot know where its response starts). ``prefix``: the responses are unfinished (partial
+    traces, :meth:`~orm_cache.text.TextBuilder.build_prefix`)."""
     for name, seq in (("texts", responses), ("prompts", prompts)):
         if isinstance(seq, (str, bytes)):
             raise TypeError(f"{name} must be a list of strings, not a single string; wrap it: [{name[:-1]}]")
@@ -202,5 +238,5 @@ def build_texts(builder: TextBuilder, head: Head, responses, prompts=None,
             raise DataError(f"text {i} must be a non-empty string or a list of messages, got {r!r:.60}")
         if p is not None and not isinstance(p, (str, list, tuple)):
             raise DataError(f"prompt {i} must be a string, a list of messages or None, got {type(p).__name__}")
-        out.append(builder.build(r, p, f"text {i}", "text"))  # DataError is a ValueError
+        out.append((builder.build_prefix if prefix else builder.build)(r, p, f"text {i}", "text"))  # a ValueError
     return out

@@ -16,6 +16,7 @@ from ..data.groups import GroupIds
 from ..data.ingest import DataError, parse_label
 from ..errors import ConfigError
 from ..outputs import AtomicOutputs
+from ..evaluate.steps import aggregate_steps, check_step_aggregate
 from .rescore import ScoreSummary, TextColumns, _job, warn_replaced
 
 if TYPE_CHECKING:
@@ -33,7 +34,8 @@ def rank_file(head_path, input_path, output_path, group_by: str, top_k: int | No
               cols: TextColumns | None = None, label_col: str | None = "label", skip_invalid: bool = False,
               device: str = "auto", batch_tokens: int | None = None, quiet: bool = True,
               store: str | None = None, feature: str | None = None, chunk_rows: int = 50_000,
-              answers: "AnswerSource | None" = None, aggregate: str = "best") -> ScoreSummary:
+              answers: "AnswerSource | None" = None, aggregate: str = "best", step_aggregate: str | None = None,
+              step_pattern: str | None = None) -> ScoreSummary:
     """Rank candidates within each ``group_by`` group (rank 1 = best); write every row with its
     ``rank`` and ``score`` (or only ranks <= ``top_k``). With a label column, best-of-N accuracy
     (fractional credit for ties), random, oracle and the best-of-N curve go into the summary.
@@ -43,7 +45,10 @@ def rank_file(head_path, input_path, output_path, group_by: str, top_k: int | No
     weighted-vote; :mod:`orm_cache.evaluate.vote`): rows are then ranked by their answer's weight,
     then score, and each row also gets ``final_answer`` (its own), ``group_answer``,
     ``group_weight``, ``group_share`` and ``aggregate``; with labels, the summary has every
-    aggregation's best-of-N.
+    aggregation's best-of-N. ``step_aggregate`` (last, min, mean, product): a row's score is its
+    trace's step prefixes' scores aggregated so (steps cut by ``step_pattern``, else the head's
+    recorded delimiter, else a line break;
+    :mod:`orm_cache.evaluate.steps`), and each row also gets ``step_scores``.
 
     The input is read twice, ``chunk_rows`` rows at a time: first to score every row (a chunk's
     distinct texts at once) and keep its score, group and label; then again to write each row
@@ -57,8 +62,10 @@ def rank_file(head_path, input_path, output_path, group_by: str, top_k: int | No
     if chunk_rows < 1:
         raise ConfigError(f"--chunk-rows {chunk_rows} must be at least 1")
     check_aggregate(aggregate, answers is not None)
+    if step_aggregate is not None:
+        check_step_aggregate(step_aggregate)
     job = _job(head_path, input_path, output_path, cache_dir, cols, skip_invalid, device, batch_tokens, quiet, store,
-               feature)
+               feature, bool(step_aggregate), step_pattern)
     has_labels = None
     group_ids = GroupIds(group_by)
     seen_answer_col = [False]
@@ -70,7 +77,8 @@ def rank_file(head_path, input_path, output_path, group_by: str, top_k: int | No
             state = "missing" if group_by not in row else "null"
             raise DataError(f"{where}: group column {group_by!r} is {state} (columns: {sorted(row)})")
         g = group_ids.check(g, where)
-        key, text, start = job.text_of(where, row)
+        parsed = job.steps_of(where, row) if step_aggregate else job.text_of(where, row)
+        _, text, start = parsed[:3]
         if has_labels is None:
             has_labels = bool(label_col) and label_col in row
         label = parse_label(row.get(label_col), where, label_col) if has_labels else None
@@ -81,19 +89,24 @@ def rank_file(head_path, input_path, output_path, group_by: str, top_k: int | No
                 answer = answers.answer(row, response_part(text, start))
             except DataError as e:
                 raise DataError(f"{where}: {e}") from None
-        return key, text, start, g, label, answer
+        return parsed, g, label, answer
 
-    T = job.head.temperature
+    # the vote's weights exp(score / T): the head's calibration is of whole-trace scores, so T = 1
+    # for step-aggregated ones (eval --step-aggregate fits its own T on them)
+    T = None if step_aggregate else job.head.temperature
     with AtomicOutputs() as outputs:
         out = job.outputs(output_path, outputs)
         scores, groups, labels, found = [], [], [], []  # one per valid row, in input order
+        step_scores = []  # with step_aggregate: one list per valid row
         valid = job.valid_rows(parse)
         while chunk := list(itertools.islice(valid, chunk_rows)):
-            starts = {p[0]: p[2] for _, p in reversed(chunk)}  # the first row of a repeated text counts
-            by_key = job.rescorer.scores({p[0]: p[1] for _, p in chunk}, job.summary, starts,
-                                         job.builder.special_tokens)
-            for _, (k, _, _, g, y, a) in chunk:
-                scores.append(by_key[k])
+            by_key, steps = job.chunk_scores([p[0] for _, p in chunk])
+            for _, ((k, *_), g, y, a) in chunk:
+                if step_aggregate:
+                    step_scores.append(steps[k])
+                    scores.append(float(aggregate_steps(steps[k], [0, len(steps[k])], step_aggregate)[0]))
+                else:
+                    scores.append(by_key[k])
                 groups.append(g)
                 labels.append(y)
                 found.append(a)
@@ -115,11 +128,12 @@ def rank_file(head_path, input_path, output_path, group_by: str, top_k: int | No
         again = job.valid_rows(parse, again=True)  # the rows the first pass accepted, in the same order
         i = 0
         written = ("score", "rank", *(("final_answer", "group_answer", "group_weight", "group_share", "aggregate")
-                                      if answers is not None else ()))
+                                      if answers is not None else ()), *(("step_scores",) if step_aggregate else ()))
         while chunk := list(itertools.islice(again, chunk_rows)):
             if i == 0:
                 warn_replaced(chunk[0][0], written, job.input_path)
-            out.write([{**r, "score": float(scores[j]), "rank": int(ranks[j]), **(per_row[j] or {})}
+            out.write([{**r, "score": float(scores[j]), "rank": int(ranks[j]), **(per_row[j] or {}),
+                        **({"step_scores": step_scores[j]} if step_aggregate else {})}
                        for j, (r, _) in enumerate(chunk, i) if top_k is None or ranks[j] <= top_k])
             i += len(chunk)
         if i != len(scores):
@@ -133,6 +147,8 @@ def rank_file(head_path, input_path, output_path, group_by: str, top_k: int | No
     summary.extra["groups"] = len(picks)
     summary.extra["aggregate"] = aggregate
     summary.extra["temperature"] = T or 1.0
+    if step_aggregate:
+        summary.extra["step_aggregate"] = step_aggregate
     if has_labels:
         y = np.array(labels)
         idx = [i for i, _ in picks]  # the groups, as pick_groups found them

@@ -111,12 +111,17 @@ class Rescorer:
         return self._encoder
 
     def scores(self, texts: dict[str, str], summary: ScoreSummary,
-               starts: dict[str, int | None] | None = None, special_tokens: bool = True) -> dict[str, float]:
+               starts: dict[str, int | None] | None = None, special_tokens: bool = True,
+               steps: dict[str, tuple] | None = None) -> dict[str, float]:
         """key -> score for every key of ``texts``; embeds and stores the misses first. ``starts``:
         key -> where its response starts (response_mean pools from it; absent: 0); a hit pooled
         from elsewhere is refused (:func:`~orm_cache.pipeline.vectors.check_response_starts`).
-        ``special_tokens``: how the texts are tokenized (their keys say it too)."""
+        ``special_tokens``: how the texts are tokenized (their keys say it too). ``steps``: trace
+        key -> the ``(key, text)`` of its step prefixes (in ``texts`` too): a causal encoder pools
+        a missing prefix from its trace's pass (:mod:`orm_cache.encode.prefixes`), another embeds
+        it alone."""
         from ..encode.embedder import embed_texts
+        from ..encode.model import is_causal
 
         starts = starts or {}
         parts = self.head.feature.split("+")
@@ -130,7 +135,9 @@ class Rescorer:
             for vs, cols, encoder in self._encoders(parts):  # each encoder embeds the texts its store lacks
                 todo = vs.missing(missing, cols)
                 if todo:
-                    embed_texts([(k, texts[k], starts.get(k, 0), special_tokens) for k in todo], encoder(), run,
+                    enc = encoder()
+                    embed_texts(miss_items(texts, list(todo), starts, special_tokens,
+                                           steps if steps and is_causal(enc.config) else None), enc, run,
                                 desc="embed misses")
             self.store.refresh()
         keys = list(texts)
@@ -167,6 +174,20 @@ class Rescorer:
         return self.head.score(self.store.columns_at(found, self.head.feature))  # (N,), read from the map in blocks
 
 
+def miss_items(texts: dict[str, str], todo: list, starts: dict, special: bool, steps: dict | None) -> list[tuple]:
+    """Stage 1's items for the keys ``todo`` of ``texts`` (in that order): with ``steps`` (trace key
+    -> its prefixes' ``(key, text)``), a trace lacking any of its prefixes brings them along
+    (pooled from its pass; the trace itself is stored only if it lacks it too); the other keys alone."""
+    items, covered, lacking = [], set(), set(todo)
+    for host, prefixes in (steps or {}).items():
+        need = tuple((k, t) for k, t in prefixes if k in lacking and k != host)
+        if host in lacking or need:
+            items.append((host, texts[host], starts.get(host, 0), special, need))
+            covered.add(host)
+            covered.update(k for k, _ in need)
+    return items + [(k, texts[k], starts.get(k, 0), special) for k in todo if k not in covered]
+
+
 def _check_input(path: Path) -> None:
     if not path.is_file():
         raise DataError(f"{path}: no such file")
@@ -195,6 +216,7 @@ class _Job:
     t0: float
     rejected: "RejectWriter | None" = None
     accepted: array = field(default_factory=lambda: array("q"))  # line numbers of the rows valid_rows yielded
+    step_pattern: str | None = None  # score each trace's step prefixes too (None: whole traces only)
 
     def valid_rows(self, parse, again: bool = False):
         """Yield ``(row, parse(where, row))`` for every row ``parse`` accepts; a DataError stops
@@ -228,6 +250,27 @@ class _Job:
         text, start = self.builder.row_text(row, where, self.text_col, self.messages_col)
         return self.builder.key(text), text, start
 
+    def steps_of(self, where: str, row: dict) -> tuple:
+        """:meth:`text_of` and the ``(key, text)`` of the row's step prefixes (``step_pattern``)."""
+        from ..text.build import row_steps
+
+        key, text, start = self.text_of(where, row)
+        prefixes = row_steps(self.builder, row, where, self.step_pattern, self.text_col, self.messages_col)
+        return key, text, start, tuple((self.builder.key(t), t) for t, _ in prefixes)
+
+    def chunk_scores(self, parsed: list[tuple]) -> tuple[dict[str, float], dict[str, list[float]]]:
+        """Scores of a chunk of :meth:`text_of` (or :meth:`steps_of`) results: key -> score, and
+        with steps trace key -> its step prefixes' scores, in step order."""
+        starts = {p[0]: p[2] for p in reversed(parsed)}  # the first row of a repeated text counts
+        texts = {p[0]: p[1] for p in parsed}
+        steps = {p[0]: p[3] for p in parsed if len(p) > 3} if self.step_pattern is not None else None
+        for k, prefixes in (steps or {}).items():
+            for pk, pt in prefixes:
+                texts.setdefault(pk, pt)
+                starts.setdefault(pk, starts[k])  # a prefix's response starts where its trace's does
+        scores = self.rescorer.scores(texts, self.summary, starts, self.builder.special_tokens, steps)
+        return scores, {k: [scores[pk] for pk, _ in prefixes] for k, prefixes in (steps or {}).items()}
+
     def outputs(self, output_path, outputs: AtomicOutputs) -> "OutputWriter":
         """The output writer, and with --skip-invalid the side file, as temporary files of
         ``outputs``: both appear only when the whole job succeeds."""
@@ -245,7 +288,7 @@ class _Job:
 
 
 def _job(head_path, input_path, output_path, cache_dir, cols, skip_invalid, device, batch_tokens, quiet,
-         store, feature) -> _Job:
+         store, feature, steps: bool = False, step_pattern: str | None = None) -> _Job:
     t0 = time.perf_counter()
     input_path = Path(input_path)
     check_not_input(output_path, input=input_path, head=head_path)  # before anything is read
@@ -255,34 +298,46 @@ def _job(head_path, input_path, output_path, cache_dir, cols, skip_invalid, devi
     cols = cols or TextColumns()
     cols.recipe_for(head)  # a recipe conflict is refused before any store is opened
     rescorer = Rescorer(head, cache_dir, device, batch_tokens, quiet, store, feature)
+    if steps:
+        from ..text import DEFAULT_STEP_PATTERN, step_regex
+        from .bind import head_step_pattern
+
+        step_pattern = head_step_pattern(rescorer.head, step_pattern) or DEFAULT_STEP_PATTERN
+        step_regex(step_pattern)  # a bad pattern is one line before any row is read
+    else:
+        step_pattern = None
     return _Job(input_path, rescorer.head, rescorer, cols.text_col, cols.messages_col, cols.builder_for(rescorer.head),
-                ScoreSummary(output=str(output_path)), skip_invalid, t0)
+                ScoreSummary(output=str(output_path)), skip_invalid, t0, step_pattern=step_pattern)
 
 
 def score_file(head_path, input_path, output_path, cache_dir="cache", cols: TextColumns | None = None,
                chunk_rows: int = 50_000, skip_invalid: bool = False, device: str = "auto",
                batch_tokens: int | None = None, quiet: bool = True, store: str | None = None,
-               feature: str | None = None) -> ScoreSummary:
+               feature: str | None = None, steps: bool = False, step_pattern: str | None = None) -> ScoreSummary:
     """Add ``score`` (and ``p_beats_average`` = σ(score/T) when calibrated; ``p_correct`` =
-    σ(score) for a pointwise head, whose score is a log-odds) to every row of ``input_path``, in input order, streaming ``chunk_rows`` rows at a time. The output (and
-    the side file of rejected rows) replaces an existing file only once its last row is written."""
+    σ(score) for a pointwise head, whose score is a log-odds) to every row of ``input_path``, in
+    input order, streaming ``chunk_rows`` rows at a time. ``steps``: also ``step_scores``, the
+    score of each step prefix of the row's trace, in step order (steps cut by ``step_pattern``,
+    else the head's recorded delimiter, else a line break; :mod:`orm_cache.text.steps`). The output (and the side file of rejected rows) replaces an existing file only
+    once its last row is written."""
     if chunk_rows < 1:
         raise ConfigError(f"--chunk-rows {chunk_rows} must be at least 1")
     job = _job(head_path, input_path, output_path, cache_dir, cols, skip_invalid, device, batch_tokens, quiet, store,
-               feature)
+               feature, steps, step_pattern)
+    step_pattern = job.step_pattern
     T = job.head.temperature
     pointwise = (job.head.meta.get("head") or {}).get("objective") == "pointwise"  # its score is a log-odds
+    written = ("score", "p_beats_average", "p_correct", *(("step_scores",) if step_pattern is not None else ()))
     with AtomicOutputs() as outputs, Progress(_input_rows(job.input_path), "score", "row", quiet) as bar:
         out = job.outputs(output_path, outputs)
-        rows = job.valid_rows(job.text_of)
+        rows = job.valid_rows(job.text_of if step_pattern is None else job.steps_of)
         while chunk := list(itertools.islice(rows, chunk_rows)):
             if not job.summary.rows:
-                warn_replaced(chunk[0][0], ("score", "p_beats_average", "p_correct"), job.input_path)
-            texts = {k: t for _, (k, t, _) in chunk}
-            starts = {k: s for _, (k, _, s) in reversed(chunk)}  # the first row of a repeated text counts
-            scores = job.rescorer.scores(texts, job.summary, starts, job.builder.special_tokens)
-            out.write([{**row, "score": scores[k], **({"p_beats_average": _prob(scores[k], T)} if T else {}),
-                        **({"p_correct": _prob(scores[k], 1.0)} if pointwise else {})} for row, (k, _, _) in chunk])
+                warn_replaced(chunk[0][0], written, job.input_path)
+            scores, steps = job.chunk_scores([p for _, p in chunk])
+            out.write([{**row, "score": scores[p[0]], **({"p_beats_average": _prob(scores[p[0]], T)} if T else {}),
+                        **({"p_correct": _prob(scores[p[0]], 1.0)} if pointwise else {}),
+                        **({"step_scores": steps[p[0]]} if step_pattern is not None else {})} for row, p in chunk])
             job.summary.rows += len(chunk)
             bar.update(job.summary.rows + job.summary.invalid - bar.done)  # input rows consumed
         out.close()

@@ -106,22 +106,23 @@ class RewardCache:
         texts = [t for t, _ in built]
         return Texts([self.builder.key(t) for t in texts], texts, [s for _, s in built], [special] * len(texts))
 
-    def texts(self, responses, prompts=None) -> Texts:
-        """Responses (strings or conversations) with their prompts, as :class:`LiveScorer` takes them."""
+    def texts(self, responses, prompts=None, partial: bool = False) -> Texts:
+        """Responses (strings or conversations) with their prompts, as :class:`LiveScorer` takes them;
+        ``partial``: unfinished traces (search-tree nodes), as :meth:`LiveScorer.score_prefixes` builds them."""
         from .live import build_texts
 
-        return self._texts(build_texts(self.builder, self.head, responses, prompts))
+        return self._texts(build_texts(self.builder, self.head, responses, prompts, prefix=partial))
 
-    def rows(self, rows: list) -> Texts:
+    def rows(self, rows: list, partial: bool = False) -> Texts:
         """Rows of any shape ``orm-cache score`` reads (``text``/``messages``/``completion`` with
-        an optional prompt column), one text each."""
+        an optional prompt column), one text each; ``partial``: unfinished traces."""
         if not isinstance(rows, list):
             raise DataError(f"rows must be a list of objects, got {type(rows).__name__}")
         built = []
         for i, row in enumerate(rows):
             if not isinstance(row, dict):
                 raise DataError(f"row {i} must be an object, got {type(row).__name__}")
-            built.append(self.builder.row_text(row, f"row {i}"))
+            built.append(self.builder.row_text(row, f"row {i}", prefix=partial))
         return self._texts(built)
 
     def whole(self, texts: list) -> Texts:

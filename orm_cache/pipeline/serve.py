@@ -87,19 +87,22 @@ def _fields(data: dict, allowed: set, endpoint: str) -> None:
 
 def _texts_of(service: Service, data: dict) -> Texts:
     cache = service.cache
+    partial = data.get("partial") or False
+    if not isinstance(partial, bool):
+        raise HTTPError(400, "partial must be true (the traces are unfinished: search-tree nodes) or false")
     if "rows" in data:
-        _fields(data, {"rows"}, "/score")
+        _fields(data, {"rows", "partial"}, "/score")
         rows = data["rows"]
         service.check_size(len(rows) if isinstance(rows, list) else 0, "rows")
-        return cache.rows(rows)
-    _fields(data, {"texts", "prompts"}, "/score")
+        return cache.rows(rows, partial)
+    _fields(data, {"texts", "prompts", "partial"}, "/score")
     if "texts" not in data:
         raise HTTPError(400, "/score takes {\"texts\": [...], \"prompts\": [...]} or {\"rows\": [{...}]}")
     texts, prompts = data["texts"], data.get("prompts")
     if not isinstance(texts, list) or (prompts is not None and not isinstance(prompts, list)):
         raise HTTPError(400, "texts (and prompts) must be lists: one string or conversation per text")
     service.check_size(len(texts), "texts")
-    return cache.texts(texts, prompts)
+    return cache.texts(texts, prompts, partial)
 
 
 def create_app(service: Service):

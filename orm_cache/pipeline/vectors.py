@@ -30,6 +30,16 @@ class SplitVectors:
     n_tokens: np.ndarray  # (U,)
     feature: str
 
+    step_aggregate: tuple | None = None  # (how, store, embed hint): trace scores from step prefixes
+
+    def trace_scores(self, head) -> np.ndarray:
+        """``(U,)`` the score of each trace (row of ``X``): the head's score of its vector, or with
+        ``step_aggregate`` its step prefixes' scores aggregated (:func:`step_scores`)."""
+        if self.step_aggregate is None:
+            return head.score(self.X)
+        how, store, hint = self.step_aggregate
+        return step_scores(head, self.data, store, self.keys, how, hint)
+
     def rows(self, keys) -> np.ndarray:
         """``(N,)`` row of ``X`` of each key (keys of this split)."""
         return rows_of(self.keys, list(keys))[0]
@@ -37,7 +47,7 @@ class SplitVectors:
 
 # DataSpec fields that decide which texts a split has (pair sampling does not: every text is embedded).
 _TEXT_FIELDS = ("template", "prompt_col", "chat_template", "chosen_col", "rejected_col", "text_col", "messages_col",
-                "label_col")
+                "label_col", "step_pattern")
 _ENCODER_FIELDS = ("revision", "dtype", "max_length", "truncation_side", "pooling", "layers")
 
 
@@ -74,6 +84,8 @@ def embed_command(data_spec, encoder, cache_dir, feature: str | None = None) -> 
         cmd += ["--" + name.replace("_", "-"), str(value)]
     if enc.get("likelihood"):
         cmd += ["--likelihood"]
+    if getattr(data_spec, "step_prefixes", False):
+        cmd += ["--steps"]
     return shlex.join(cmd + ["--cache-dir", str(cache_dir)])
 
 
@@ -180,3 +192,27 @@ def rows_of(keys: list[str], *sides: list[str]) -> list[np.ndarray]:
         return out
     pos = {k: i for i, k in enumerate(keys)}
     return [np.fromiter(map(pos.__getitem__, side), dtype=np.int64, count=len(side)) for side in sides]
+
+
+def step_scores(head, data: SplitData, store: VectorStore, keys: list[str], how: str, hint: str = "") -> np.ndarray:
+    """``(N,)`` float64 score of each trace ``keys[i]`` of ``data`` (loaded with its step prefixes),
+    aggregated by ``how`` over its step prefixes' cached scores
+    (:func:`~orm_cache.evaluate.steps.aggregate_steps`). A prefix without a cached vector stops with the embed command (``hint``)."""
+    from ..evaluate.steps import aggregate_steps, offsets_of
+
+    lacking = [k for k in keys if k not in data.steps]
+    if lacking:
+        raise DataError(f"{len(lacking):,} traces of split {data.split!r} have no steps (load the split with its "
+                        "step prefixes)")
+    flat = [p for k in keys for p in data.steps[k]]
+    feature = head.feature
+    parts = store.feature_columns(feature) if store.columns else feature.split("+")
+    found = [store._find(flat, c) for c in parts]  # (M,) global rows of each column, -1 where missing
+    for c, g in zip(parts, found):
+        if (g < 0).any():
+            raise StoreError(f"{len(set(np.asarray(flat)[g < 0])):,} step prefixes of split {data.split!r} have no "
+                             f"cached {c} vector in {store.part(c)[0].dir}; run first: {hint or 'orm-cache embed --steps'}")
+        vs, col = store.part(c)
+        check_response_starts(vs, g, flat, data.response_starts, col, f" (step prefixes) of split {data.split!r}")
+    scores = head.score(store.columns_at(found, feature))  # (M,)
+    return aggregate_steps(scores, offsets_of([data.steps[k] for k in keys]), how)
