@@ -98,6 +98,20 @@ def gsm8k_main(section: str, run, args, data: Path = GSM8K):
     return out
 
 
+def gsm8k_args(doc: str, argv, stage1_sample: int, stage1_help: str):
+    """The command line the GSM8K benchmarks share: a cache, a subset of problems, the split seed,
+    how many texts stage 1 is timed on, and --write."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cache-dir", default="cache", help="vector stores (re-runs embed nothing)")
+    p.add_argument("--problems", type=int, default=None, help="use the first N problems (default: all 1,000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stage1-sample", type=int, default=stage1_sample, help=stage1_help)
+    p.add_argument("--write", action="store_true", help="write the tables into benchmarks/RESULTS.md")
+    return p.parse_args(argv)
+
+
 def gsm8k_pointwise(path: Path = GSM8K / "model_solutions_dev.jsonl") -> list[dict]:
     """One row per candidate: the ground truth and the four model solutions of each problem.
     ``source`` says who wrote it (``ground_truth`` or the solver, e.g. ``6b_finetuning``), so

@@ -20,7 +20,6 @@ selected head:
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -29,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import GSM8K, gsm8k_main, table, write_gsm8k_splits  # noqa: E402
+from _common import GSM8K, gsm8k_args, gsm8k_main, table, write_gsm8k_splits  # noqa: E402
 
 PATTERN = r"A:\s*(.+)"
 S = "bundled-smollm2"
@@ -161,13 +160,7 @@ def run(args) -> str:
 
 
 def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cache-dir", default="cache", help="vector stores (re-runs embed nothing)")
-    p.add_argument("--problems", type=int, default=None, help="use the first N problems (default: all 1,000)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--stage1-sample", type=int, default=100, help="test texts timed through each encoder")
-    p.add_argument("--write", action="store_true", help="write the tables into benchmarks/RESULTS.md")
-    return p.parse_args(argv)
+    return gsm8k_args(__doc__, argv, 100, "test texts timed through each encoder")
 
 
 def main(argv=None):
