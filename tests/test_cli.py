@@ -83,7 +83,7 @@ def test_help_topics_list_every_option_of_their_spec():
     for topic, spec in (("data", DataSpec), ("encoder", EncoderSpec), ("run", RunSpec), ("head", HeadConfig)):
         out = ok("help", topic).output
         for name in set(spec.__dataclass_fields__) - {"chat_tokens", "require_prompt", "keep_columns"}:
-            flag = {"recipe_kind": "recipe"}.get(name, name)
+            flag = {"recipe_kind": "recipe", "step_prefixes": "steps"}.get(name, name)
             assert f"--{flag.replace('_', '-')}  [default:" in out, (topic, name)
     assert "[fit-head]" in ok("help", "config").output
     folded = ok("fit-head", "--help").output

@@ -98,14 +98,15 @@ def help_cmd(topic):
         return
     spec = SPECS[topic]
     defaults = spec()
-    flags = {"recipe_kind": "recipe"}  # a field whose option reads better under another name
+    flags = {"recipe_kind": "recipe", "step_prefixes": "steps"}  # a field whose option reads better under another name
     for name, doc in field_docs(spec).items():
         if name in ("chat_tokens", "require_prompt", "keep_columns"):
             continue  # set by the library from a head, not options
         default = getattr(defaults, name, None)
         folded = "" if name in TOPIC else "  (also listed in each command's --help)"
         flag = flags.get(name, name)
-        click.echo(f"--{flag.replace('_', '-')}  [default: {default!r}; env ORM_CACHE_{flag.upper()}]{folded}")
+        env = name if name == "step_prefixes" else flag  # ORM_CACHE_STEPS is fit-head's AdamW steps
+        click.echo(f"--{flag.replace('_', '-')}  [default: {default!r}; env ORM_CACHE_{env.upper()}]{folded}")
         click.echo(click.wrap_text(doc, 96, initial_indent="    ", subsequent_indent="    "))
 
 

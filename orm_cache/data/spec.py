@@ -77,13 +77,13 @@ class DataSpec:
     from the trace's own forward pass (a causal encoder), eval and rank can aggregate their scores."""
     step_pattern: str | None = None
     """Where a response's steps end: a regular expression matching the delimiter between steps
-    (default: the head's recorded one, else a line break, ``\r?\n``); a step holding only
+    (default: the head's recorded one, else a line break, ``\\r?\\n``); a step holding only
     whitespace is none. Data that lists its steps (TRL's
     stepwise shape: prompt, completions, labels) needs none."""
     train_on: str = "traces"
     """traces (each row's traces, as they are), or prefixes: every step prefix of every trace, and
     the trace itself, labelled with the trace's outcome (a pairwise row: chosen 1, rejected 0;
-    grouped by the row's group, else by the row), Cobbe et al.'s outcome-supervised verifier."""
+    grouped by the row's group, else a pair by itself), Cobbe et al.'s outcome-supervised verifier."""
     keep_columns: tuple[str, ...] = ()
     """Pointwise data: metadata columns kept per trace (row), e.g. for ``eval --by``; the others
     are only named. (Pairwise rows keep all their other columns per pair.)"""
