@@ -83,11 +83,13 @@ def test_scale_script_tiny(tmp_path):
     assert out["stage1"][60]["rss"] > 0
 
 
-def test_gsm8k_encoders_script_skips_cleanly_without_data(monkeypatch, tmp_path, capsys):
-    import gsm8k_encoders
+@pytest.mark.parametrize("script", ["gsm8k_encoders", "gsm8k_steps"])
+def test_gsm8k_scripts_skip_cleanly_without_data(monkeypatch, tmp_path, capsys, script):
+    import importlib
 
-    monkeypatch.setattr(gsm8k_encoders, "GSM8K", tmp_path / "absent")
-    assert gsm8k_encoders.main([]) is None
+    module = importlib.import_module(script)
+    monkeypatch.setattr(module, "GSM8K", tmp_path / "absent")
+    assert module.main([]) is None
     assert "skipped" in capsys.readouterr().out
 
 
@@ -111,14 +113,6 @@ def test_steps_stage1_script_with_a_tiny_opt():
     rows = [line.split("|") for line in out.splitlines() if line.startswith("| (")]
     assert rows[0][2].strip() == rows[1][2].strip() == "12"  # (a) and (b): one forward pass per trace
     assert int(rows[1][3].replace(",", "")) == int(rows[2][3].replace(",", "")) > 12  # same rows as embedding alone
-
-
-def test_gsm8k_steps_script_skips_cleanly_without_data(monkeypatch, tmp_path, capsys):
-    import gsm8k_steps
-
-    monkeypatch.setattr(gsm8k_steps, "GSM8K", tmp_path / "absent")
-    assert gsm8k_steps.main([]) is None
-    assert "skipped" in capsys.readouterr().out
 
 
 @pytest.mark.slow

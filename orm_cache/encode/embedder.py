@@ -342,7 +342,8 @@ def embed_texts(texts: Mapping[str, str] | Iterable[tuple], encoder, run: RunSpe
             if len(out) > 4 and out[4][0]:
                 which, pre = out[4]
                 owner = batch_rows(b, which)
-                writer.add(*p.prefix_rows(which)[:3], pre, recomputed[owner], p.prefix_rows(which)[3])
+                keys, tokens, truncated, starts = p.prefix_rows(which)
+                writer.add(keys, tokens, truncated, pre, recomputed[owner], starts)
                 written += len(which)
             if encoder.pools_response:
                 report.response_fallback += int((p.first[w] < 0).sum())

@@ -127,7 +127,10 @@ class LiveScorer:
     def score(self, texts: list[str], prompts: list[str | None] | None = None,
               one_at_a_time: bool = False) -> np.ndarray:
         """Scores of ``texts`` (responses), each joined with its prompt (when given) by the head's recipe."""
-        built = self.built(texts, prompts)
+        return self._scores(self.built(texts, prompts), one_at_a_time)
+
+    def _scores(self, built: list[tuple[str, int | None]], one_at_a_time: bool = False) -> np.ndarray:
+        """``(N,)`` scores of built ``(text, response start)`` pairs."""
         if not built:
             return np.empty(0, dtype=np.float32)
         texts, starts = zip(*built)
@@ -163,11 +166,7 @@ class LiveScorer:
         text is the recipe's cut right after it, with no closing chat tokens or EOS
         (:mod:`orm_cache.text.steps`): the very text, key and vector of the step prefix that
         ``embed --steps`` stores for any trace passing through this node."""
-        built = build_texts(self.builder, self.head, partials, prompts, prefix=True)
-        if not built:
-            return np.empty(0, dtype=np.float32)
-        texts, starts = zip(*built)
-        return self.head.score(self.vectors(list(texts), one_at_a_time, list(starts))[0])
+        return self._scores(build_texts(self.builder, self.head, partials, prompts, prefix=True), one_at_a_time)
 
     def score_steps(self, responses: list, prompts: list | None = None,
                     step_pattern: str | None = None) -> list[np.ndarray]:
@@ -183,11 +182,7 @@ class LiveScorer:
         prompts = [None] * len(built) if prompts is None else list(prompts)
         steps = [self.builder.build_steps(r, p, f"text {i}", "text", step_pattern)
                  for i, (r, p) in enumerate(zip(responses, prompts))]
-        flat = [t for s in steps for t in s]
-        if not flat:
-            return []
-        texts, starts = zip(*flat)
-        scores = self.head.score(self.vectors(list(texts), starts=list(starts))[0])
+        scores = self._scores([t for s in steps for t in s])
         bounds = np.cumsum([0] + [len(s) for s in steps])
         return [scores[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 

@@ -16,7 +16,7 @@ from ..data.groups import GroupIds
 from ..data.ingest import DataError, parse_label
 from ..errors import ConfigError
 from ..outputs import AtomicOutputs
-from ..evaluate.steps import aggregate_steps, check_step_aggregate
+from ..evaluate.steps import aggregate_steps, check_step_aggregate, offsets_of
 from .rescore import ScoreSummary, TextColumns, _job, warn_replaced
 
 if TYPE_CHECKING:
@@ -101,12 +101,13 @@ def rank_file(head_path, input_path, output_path, group_by: str, top_k: int | No
         valid = job.valid_rows(parse)
         while chunk := list(itertools.islice(valid, chunk_rows)):
             by_key, steps = job.chunk_scores([p[0] for _, p in chunk])
-            for _, ((k, *_), g, y, a) in chunk:
-                if step_aggregate:
-                    step_scores.append(steps[k])
-                    scores.append(float(aggregate_steps(steps[k], [0, len(steps[k])], step_aggregate)[0]))
-                else:
-                    scores.append(by_key[k])
+            if step_aggregate:  # the chunk's rows aggregated at once
+                rows = [steps[k] for _, ((k, *_), *_) in chunk]
+                step_scores += rows
+                scores += aggregate_steps(np.concatenate(rows), offsets_of(rows), step_aggregate).tolist()
+            else:
+                scores += [by_key[k] for _, ((k, *_), *_) in chunk]
+            for _, (_, g, y, a) in chunk:
                 groups.append(g)
                 labels.append(y)
                 found.append(a)
